@@ -1,0 +1,1 @@
+//! distgate-codec: the External Term Format and distribution framing, decoded in place.

@@ -1,0 +1,1 @@
+//! distgate configuration (schema arrives with the configuration issue).
