@@ -1,0 +1,1 @@
+//! `~w` printing (in progress).
