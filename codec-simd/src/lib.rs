@@ -12,9 +12,15 @@
 //! - [`print`]: `io_lib:format("~w", …)`-exact printing;
 //! - [`scan`]: memchr/SWAR fast paths with their scalar twins.
 
+pub mod atom_cache;
+pub mod control;
 pub mod error;
+pub mod frame;
+pub mod fun;
 pub mod inflate;
+pub mod message;
 pub mod print;
+pub mod rewrite;
 pub mod scan;
 pub mod tag;
 pub mod term;

@@ -1,0 +1,362 @@
+//! One direction of a distribution connection, decoded frame by frame.
+//!
+//! A [`Decoder`] owns what a direction needs to understand its frames: the atom cache, the
+//! fragments in flight, and a reusable term walker. Feed it each frame's data (what follows the
+//! 4-byte length); it answers with a [`Message`] view (header, control, payload extents, the
+//! decoded control) or says a fragment was absorbed.
+//!
+//! Frame starts:
+//! - `112` (pass-through, no atom cache): `112 131 Control [131 Payload]`;
+//! - `131 68` DIST_HDR: header, then Control and Payload without version bytes;
+//! - `131 69` first fragment: `SeqId:64 FragId:64`, header, Control, start of Payload;
+//! - `131 70` continuation: `SeqId:64 FragId:64`, more Payload.
+//!
+//! Fragmented messages: the header of the first fragment is applied to the cache when that
+//! fragment arrives (that is the order the sender encoded in), and the message's atom texts are
+//! snapshotted then, so later headers that reuse a slot cannot change its meaning. The
+//! continuation bytes are appended to a buffer bounded by [`FragLimits::max_bytes`] across all
+//! sequences of the direction.
+
+use crate::atom_cache::{AtomCache, RefTable};
+use crate::control::{self, Control};
+use crate::error::{DistErrorKind, Error, ErrorKind, Result};
+use crate::tag;
+use crate::term::{u64_at, u8_at, Limits, Walker};
+use core::ops::Range;
+
+/// Bounds on fragment reassembly for one direction.
+#[derive(Debug, Clone, Copy)]
+pub struct FragLimits {
+    /// Bytes buffered across all incomplete fragmented messages.
+    pub max_bytes: usize,
+    /// Fragmented messages in flight at once.
+    pub max_sequences: usize,
+}
+
+impl Default for FragLimits {
+    fn default() -> Self {
+        FragLimits { max_bytes: 64 << 20, max_sequences: 256 }
+    }
+}
+
+/// How the message arrived, which is how a rewritten message must be re-emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `112 131 Control 131 Payload`.
+    PassThrough,
+    /// `131 68 …`.
+    DistHeader,
+    /// Reassembled from fragments of sequence `seq` (a single-fragment message included).
+    Fragmented { seq: u64, fragments: u64 },
+}
+
+/// Atom texts for a message's cache refs.
+pub enum Refs<'a> {
+    /// No atom-cache header (pass-through framing).
+    None,
+    /// Resolved through the live cache (a whole message, decoded as it arrived).
+    Live { cache: &'a AtomCache, table: &'a RefTable },
+    /// Snapshotted when a fragmented message's first fragment arrived.
+    Snapshot { table: &'a RefTable, texts: &'a [Box<str>] },
+}
+
+impl<'a> Refs<'a> {
+    pub fn resolve(&self, idx: u8) -> Option<&'a str> {
+        match self {
+            Refs::None => None,
+            Refs::Live { cache, table } => cache.resolve(table, idx),
+            Refs::Snapshot { table, texts } => {
+                if (idx as u16) < table.nrefs {
+                    texts.get(idx as usize).map(|s| &**s)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+    pub fn table(&self) -> Option<&'a RefTable> {
+        match self {
+            Refs::None => None,
+            Refs::Live { table, .. } | Refs::Snapshot { table, .. } => Some(table),
+        }
+    }
+}
+
+/// A whole message, borrowed from the frame or from the reassembly buffer.
+pub struct Message<'a> {
+    /// The message bytes. For `131 68` and reassembled messages this starts at the header's
+    /// `NumberOfAtomCacheRefs` byte; for pass-through it starts at the control's `131`.
+    pub bytes: &'a [u8],
+    /// Where the header (refs count, flags, refs) lies in `bytes`, when there is one.
+    pub header: Option<Range<usize>>,
+    /// The control term (without a version byte).
+    pub control_range: Range<usize>,
+    /// The payload term, when the op has one (without a version byte).
+    pub payload: Option<Range<usize>>,
+    pub control: Control<'a>,
+    pub framing: Framing,
+    pub refs: Refs<'a>,
+}
+
+/// What a frame turned out to be.
+pub enum Decoded<'a> {
+    Tick,
+    /// A complete message.
+    Message(Message<'a>),
+    /// A fragment was buffered; the message is not complete yet.
+    Fragment { seq: u64, frag_id: u64 },
+}
+
+struct Seq {
+    id: u64,
+    next: u64,
+    total: u64,
+    buf: Vec<u8>,
+    table: RefTable,
+    texts: Vec<Box<str>>,
+}
+
+/// The decoding state of one direction of one connection.
+pub struct Decoder {
+    pub cache: AtomCache,
+    table: RefTable,
+    walker: Walker,
+    frag_limits: FragLimits,
+    seqs: Vec<Seq>,
+    buffered: usize,
+    /// A finished sequence's buffer, kept so the returned message can borrow it; recycled on
+    /// the next call.
+    done: Option<Seq>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(Limits::default(), FragLimits::default())
+    }
+}
+
+impl Decoder {
+    pub fn new(limits: Limits, frag_limits: FragLimits) -> Self {
+        Decoder {
+            cache: AtomCache::default(),
+            table: RefTable::default(),
+            walker: Walker::new(limits),
+            frag_limits,
+            seqs: Vec::new(),
+            buffered: 0,
+            done: None,
+        }
+    }
+
+    /// Bytes held for incomplete fragmented messages.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Sequences in flight.
+    pub fn in_flight(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// The walker, for callers that walk parts of a decoded message again (fun scans).
+    pub fn walker(&mut self) -> &mut Walker {
+        &mut self.walker
+    }
+
+    /// Decode one frame's data (empty: tick). Offsets in errors are relative to `frame`.
+    pub fn decode<'a>(&'a mut self, frame: &'a [u8]) -> Result<Decoded<'a>> {
+        self.done = None;
+        if frame.is_empty() {
+            return Ok(Decoded::Tick);
+        }
+        let first = frame[0];
+        if first == tag::PASS_THROUGH {
+            let body = &frame[1..];
+            self.walker.set_cache_refs(None);
+            let m = decode_body(&mut self.walker, body, 0, true, None, Framing::PassThrough, Refs::None)
+                .map_err(|e| e.shifted(1))?;
+            return Ok(Decoded::Message(m));
+        }
+        if first != tag::VERSION {
+            return Err(Error::dist(0, DistErrorKind::BadFrameStart(first)));
+        }
+        match u8_at(frame, 1)? {
+            tag::DIST_HEADER => {
+                let body = &frame[2..];
+                let hdr_end = self.cache.apply(body, 0, &mut self.table).map_err(|e| e.shifted(2))?;
+                self.walker.set_cache_refs(Some(self.table.nrefs));
+                let refs = Refs::Live { cache: &self.cache, table: &self.table };
+                let m = decode_body(&mut self.walker, body, hdr_end, false, Some(0..hdr_end), Framing::DistHeader, refs)
+                    .map_err(|e| e.shifted(2))?;
+                Ok(Decoded::Message(m))
+            }
+            tag::DIST_FRAG_HEADER => self.first_fragment(frame),
+            tag::DIST_FRAG_CONT => self.continuation(frame),
+            other => Err(Error::dist(1, DistErrorKind::BadFrameStart(other))),
+        }
+    }
+
+    fn first_fragment<'a>(&'a mut self, frame: &'a [u8]) -> Result<Decoded<'a>> {
+        let seq = u64_at(frame, 2)?;
+        let frag_id = u64_at(frame, 10)?;
+        if frag_id == 0 {
+            return Err(Error::dist(10, DistErrorKind::ZeroFragmentId));
+        }
+        if self.seqs.iter().any(|s| s.id == seq) {
+            return Err(Error::dist(2, DistErrorKind::DuplicateSequence { seq }));
+        }
+        let body = &frame[18..];
+        let hdr_end = self.cache.apply(body, 0, &mut self.table).map_err(|e| e.shifted(18))?;
+        if frag_id == 1 {
+            // The whole message in one fragment: decode in place, no buffering.
+            self.walker.set_cache_refs(Some(self.table.nrefs));
+            let refs = Refs::Live { cache: &self.cache, table: &self.table };
+            let m = decode_body(
+                &mut self.walker,
+                body,
+                hdr_end,
+                false,
+                Some(0..hdr_end),
+                Framing::Fragmented { seq, fragments: 1 },
+                refs,
+            )
+            .map_err(|e| e.shifted(18))?;
+            return Ok(Decoded::Message(m));
+        }
+        if self.seqs.len() >= self.frag_limits.max_sequences {
+            return Err(Error::dist(2, DistErrorKind::TooManySequences { cap: self.frag_limits.max_sequences }));
+        }
+        self.reserve(body.len())?;
+        let mut texts = Vec::with_capacity(self.table.nrefs as usize);
+        for i in 0..self.table.nrefs {
+            let t = self.cache.resolve(&self.table, i as u8).unwrap_or("");
+            texts.push(Box::from(t));
+        }
+        self.seqs.push(Seq {
+            id: seq,
+            next: frag_id - 1,
+            total: frag_id,
+            buf: body.to_vec(),
+            table: self.table.clone(),
+            texts,
+        });
+        Ok(Decoded::Fragment { seq, frag_id })
+    }
+
+    fn reserve(&mut self, n: usize) -> Result<()> {
+        if self.buffered + n > self.frag_limits.max_bytes {
+            return Err(Error::dist(0, DistErrorKind::FragmentBytesExceeded { cap: self.frag_limits.max_bytes }));
+        }
+        self.buffered += n;
+        Ok(())
+    }
+
+    fn continuation<'a>(&'a mut self, frame: &'a [u8]) -> Result<Decoded<'a>> {
+        let seq = u64_at(frame, 2)?;
+        let frag_id = u64_at(frame, 10)?;
+        let Some(i) = self.seqs.iter().position(|s| s.id == seq) else {
+            return Err(Error::dist(2, DistErrorKind::UnknownSequence { seq }));
+        };
+        let expected = self.seqs[i].next;
+        if frag_id != expected {
+            return Err(Error::dist(10, DistErrorKind::FragmentOutOfOrder { seq, expected, got: frag_id }));
+        }
+        let data = &frame[18..];
+        self.reserve(data.len())?;
+        let s = &mut self.seqs[i];
+        s.buf.extend_from_slice(data);
+        s.next -= 1;
+        if frag_id != 1 {
+            return Ok(Decoded::Fragment { seq, frag_id });
+        }
+        let done = self.seqs.swap_remove(i);
+        self.buffered -= done.buf.len();
+        let done = self.done.insert(done);
+        let hdr_end = header_len(&done.buf)?;
+        self.walker.set_cache_refs(Some(done.table.nrefs));
+        let refs = Refs::Snapshot { table: &done.table, texts: &done.texts };
+        let m = decode_body(
+            &mut self.walker,
+            &done.buf,
+            hdr_end,
+            false,
+            Some(0..hdr_end),
+            Framing::Fragmented { seq, fragments: done.total },
+            refs,
+        )?;
+        Ok(Decoded::Message(m))
+    }
+}
+
+/// Length of an atom-cache header (without applying it), for a buffer starting at its count.
+pub fn header_len(buf: &[u8]) -> Result<usize> {
+    let n = u8_at(buf, 0)? as usize;
+    if n == 0 {
+        return Ok(1);
+    }
+    let flag_len = n / 2 + 1;
+    let flags = buf.get(1..1 + flag_len).ok_or(Error::new(1, ErrorKind::Truncated { need: flag_len }))?;
+    let nib = |i: usize| (flags[i / 2] >> ((i & 1) * 4)) & 0x0f;
+    let long = nib(n) & 1 != 0;
+    let mut p = 1 + flag_len;
+    for i in 0..n {
+        p += 1;
+        if nib(i) & 0x08 != 0 {
+            let len = if long {
+                let l = crate::term::u16_at(buf, p)? as usize;
+                p += 2;
+                l
+            } else {
+                let l = u8_at(buf, p)? as usize;
+                p += 1;
+                l
+            };
+            p += len;
+        }
+    }
+    if p > buf.len() {
+        return Err(Error::new(buf.len(), ErrorKind::Truncated { need: p - buf.len() }));
+    }
+    Ok(p)
+}
+
+/// Decode control (and payload extent) starting at `at` in `body`.
+fn decode_body<'a>(
+    w: &mut Walker,
+    body: &'a [u8],
+    at: usize,
+    versioned: bool,
+    header: Option<Range<usize>>,
+    framing: Framing,
+    refs: Refs<'a>,
+) -> Result<Message<'a>> {
+    let expect_version = |p: usize| -> Result<usize> {
+        if !versioned {
+            return Ok(p);
+        }
+        match u8_at(body, p)? {
+            tag::VERSION => Ok(p + 1),
+            other => Err(Error::new(p, ErrorKind::BadVersion(other))),
+        }
+    };
+    let c_at = expect_version(at)?;
+    let (control, c_end) = control::decode(w, body, c_at)?;
+    let op = control.op();
+    let payload = if c_end == body.len() {
+        None
+    } else {
+        let p_at = expect_version(c_end)?;
+        let p_end = w.walk(body, p_at, &mut crate::term::Skip)?;
+        if p_end != body.len() {
+            return Err(Error::new(p_end, ErrorKind::Trailing { extra: body.len() - p_end }));
+        }
+        Some(p_at..p_end)
+    };
+    match (control::Control::has_payload(op), &payload) {
+        (Some(true), None) | (Some(false), Some(_)) => {
+            return Err(Error::dist(c_at, DistErrorKind::PayloadMismatch { op }));
+        }
+        _ => {}
+    }
+    Ok(Message { bytes: body, header, control_range: c_at..c_end, payload, control, framing, refs })
+}
