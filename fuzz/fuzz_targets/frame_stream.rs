@@ -1,0 +1,37 @@
+//! Any bytes as a post-handshake stream: split into frames, decode each (atom cache,
+//! fragments, control), collect funs. Errors are fine; panics and runaway memory are not.
+#![no_main]
+use distgate_codec::frame::{split, Split};
+use distgate_codec::message::{Decoded, Decoder, FragLimits};
+use distgate_codec::term::Limits;
+use distgate_codec::fun;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut d = Decoder::new(
+        Limits { max_depth: 10_000, max_inflated: 1 << 20 },
+        FragLimits { max_bytes: 1 << 20, max_sequences: 16 },
+    );
+    let mut pos = 0;
+    let mut funs = Vec::new();
+    let mut w = distgate_codec::Walker::default();
+    while pos < data.len() {
+        match split(&data[pos..], 1 << 20) {
+            Ok(Split::Need(_)) | Err(_) => break,
+            Ok(s @ Split::Tick) => pos += s.consumed(),
+            Ok(s @ Split::Frame { len }) => {
+                let frame = &data[pos + 4..pos + 4 + len];
+                pos += s.consumed();
+                match d.decode(frame) {
+                    Ok(Decoded::Message(m)) => {
+                        funs.clear();
+                        let _ = fun::message_funs(&mut w, &m, &mut funs);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        assert!(d.buffered() <= 1 << 20);
+    }
+});
