@@ -97,7 +97,7 @@ rich(B) when is_atom(B) ->
     FunSpawned = spawn(B, fun() -> ?MODULE:idle_loop() end),
 
     %% 5. monitor / demonitor a remote process, with a message round trip in
-    %% between; then a monitor that fires (MONITOR_P_EXIT).
+    %% between; then a monitor that fires (PAYLOAD_MONITOR_P_EXIT).
     MRef = erlang:monitor(process, Echo),
     Echo ! {echo, self(), hello},
     receive {echo_reply, hello} -> ok after Timeout -> erlang:error(echo_timeout) end,

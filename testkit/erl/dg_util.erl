@@ -4,7 +4,7 @@
 %% arbitrary bytes, and no quoting can go wrong.
 -module(dg_util).
 
--export([eval_string/1, term_from_expr_file/3, b2t_w_file/2]).
+-export([eval_string/1, term_from_expr_file/3, b2t_w_file/3]).
 
 %% Parse and evaluate an expression sequence; the final '.' is optional.
 eval_string(Text) ->
@@ -25,21 +25,26 @@ term_from_expr_file(ExprFile, OptsFile, OutFile) ->
     ok = file:write_file(OutFile, term_to_binary(Term, Opts)).
 
 %% InFile: a sequence of Len:32 Bytes. For each, OutFile gets
-%% Status:8 Len:32 Text, Status 0 with the ~w of binary_to_term(Bytes), or
+%% Status:8 Len:32 Text, Status 0 with the text of binary_to_term(Bytes)
+%% (Style w: dg_gen:w/1, i.e. ~w; Style canonical: dg_gen:w_canonical/1), or
 %% Status 1 with an error description. Trailing bytes after a complete term
 %% count as an error (binary_to_term/1 itself would silently ignore them).
-b2t_w_file(InFile, OutFile) ->
+b2t_w_file(InFile, OutFile, Style) ->
     {ok, Bin} = file:read_file(InFile),
-    ok = file:write_file(OutFile, [decode_one(B) || B <- split(Bin)]).
+    Print = case Style of
+                w -> fun dg_gen:w/1;
+                canonical -> fun dg_gen:w_canonical/1
+            end,
+    ok = file:write_file(OutFile, [decode_one(B, Print) || B <- split(Bin)]).
 
 split(<<>>) -> [];
 split(<<Len:32, B:Len/binary, Rest/binary>>) -> [B | split(Rest)].
 
-decode_one(B) ->
+decode_one(B, Print) ->
     {Status, Text} =
         try binary_to_term(B, [used]) of
             {T, Used} when Used =:= byte_size(B) ->
-                {0, dg_gen:w(T)};
+                {0, Print(T)};
             {_, Used} ->
                 {1, unicode:characters_to_binary(
                       io_lib:format("trailing bytes: term ends at byte ~w of ~w",
