@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod etf;
+use distgate::etf;
 
 #[derive(Parser)]
 #[command(name = "distgate", version, about = "A proxy for Erlang distribution traffic", long_about = None)]

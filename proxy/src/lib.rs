@@ -1,0 +1,5 @@
+//! distgate: a proxy for Erlang distribution traffic.
+//!
+//! The binary (`main.rs`) is a thin command line over these modules.
+
+pub mod etf;
