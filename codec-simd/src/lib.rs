@@ -13,6 +13,7 @@
 //! - [`scan`]: memchr/SWAR fast paths with their scalar twins.
 
 pub mod atom_cache;
+pub mod beam;
 pub mod control;
 pub mod error;
 pub mod frame;
