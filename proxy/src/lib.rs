@@ -3,3 +3,9 @@
 //! The binary (`main.rs`) is a thin command line over these modules.
 
 pub mod etf;
+pub mod driver;
+pub mod epmd;
+pub mod handshake;
+pub mod link;
+pub mod runtime;
+pub mod stats;

@@ -19,6 +19,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the proxy (the default command). Without a configuration file it runs the embedded
+    /// default: an EPMD responder on 127.0.0.1:4370, so `ERL_EPMD_PORT=4370 erl -sname a`
+    /// reaches every node registered with the standard epmd on 127.0.0.1:4369 through
+    /// distgate, using ~/.erlang.cookie on both legs.
+    Run {
+        /// Data-plane driver: auto, io_uring or mio.
+        #[arg(long, default_value = "auto")]
+        driver: String,
+        /// Data-plane threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Inspect External Term Format data.
     Etf {
         #[command(subcommand)]
@@ -58,10 +70,39 @@ fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DISTGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn run(driver: &str, threads: Option<usize>) -> Result<(), String> {
+    init_logging();
+    let mut spec = distgate::runtime::Spec::embedded_default().map_err(|e| format!("embedded default: {e}"))?;
+    spec.driver = match driver {
+        "auto" => distgate::driver::DriverKind::Auto,
+        "io_uring" | "uring" => distgate::driver::DriverKind::Uring,
+        "mio" | "poll" | "epoll" => distgate::driver::DriverKind::Poll,
+        other => return Err(format!("unknown driver {other:?} (auto, io_uring, mio)")),
+    };
+    if let Some(t) = threads {
+        spec.threads = t.max(1);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let rt = distgate::runtime::Runtime::start(spec).map_err(|e| e.to_string())?;
+    tracing::info!(driver = rt.driver().name(), "distgate running; ERL_EPMD_PORT=4370 points a node at it");
+    rt.wait_for_signal(stop);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        None => etf::print_frames(etf::SAMPLE, "bundled sample", 240, &mut std::io::stdout().lock()),
+        None => run("auto", None),
+        Some(Cmd::Run { driver, threads }) => run(&driver, threads),
         Some(Cmd::Etf { cmd: EtfCmd::Print { file, frames, sample, width } }) => {
             let (bytes, name) = if sample {
                 (etf::SAMPLE.to_vec(), "bundled sample".to_string())

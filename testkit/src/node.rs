@@ -45,6 +45,10 @@ pub struct NodeOptions {
     pub extra_args: Vec<String>,
     /// Extra environment variables for the node.
     pub env: Vec<(String, String)>,
+    /// Use OTP's own EPMD client against this port (`ERL_EPMD_PORT`) instead of `dg_epmd`:
+    /// the node registers there and asks it for peers, as an unmodified node would. The
+    /// listen port is then picked up front (`inet_dist_listen_min/max`).
+    pub epmd_port: Option<u16>,
     /// Limit for boot until the readiness announcement.
     pub start_timeout: Duration,
     /// Default limit for [`Node::eval`] / [`Node::try_eval`].
@@ -60,6 +64,7 @@ impl Default for NodeOptions {
             peers: Vec::new(),
             extra_args: Vec::new(),
             env: Vec::new(),
+            epmd_port: None,
             start_timeout: Duration::from_secs(60),
             eval_timeout: Duration::from_secs(60),
         }
@@ -143,8 +148,16 @@ impl Node {
         let mut cmd = Command::new(erl::erl_path());
         cmd.args(["-name", &name, "-setcookie", &opts.cookie, "-noshell"])
             // Without this, erlexec would spawn an epmd daemon for -name.
-            .args(["-start_epmd", "false", "-epmd_module", "dg_epmd"])
-            .arg("-pa")
+            .args(["-start_epmd", "false"]);
+        if let Some(ep) = opts.epmd_port {
+            let port = if opts.listen_port != 0 { opts.listen_port } else { free_port() };
+            let p = port.to_string();
+            cmd.env("ERL_EPMD_PORT", ep.to_string())
+                .args(["-kernel", "inet_dist_listen_min", &p, "inet_dist_listen_max", &p]);
+        } else {
+            cmd.args(["-epmd_module", "dg_epmd"]);
+        }
+        cmd.arg("-pa")
             .arg(erl::beam_dir())
             .args(["-kernel", "inet_dist_use_interface", "{127,0,0,1}"])
             .args(&opts.extra_args)
@@ -471,4 +484,12 @@ mod tests {
         assert!(parse_marker("plain output").is_none());
         assert_eq!(parse_ready("a@h 4000 77"), Some(("a@h".into(), 4000, 77)));
     }
+}
+
+/// A port that was free a moment ago (bind to 0, read it back, release it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("testkit: no free port: {e}"))
 }

@@ -1,0 +1,514 @@
+//! The mio (epoll) driver: one thread per core, edge-triggered, no locks on the forwarding path.
+//!
+//! Per leg: a read buffer (grown up to one maximum frame, never past it) and a write queue.
+//! Frames that pass unchanged are written straight from the read buffer to the other socket;
+//! only what the kernel does not take at once is copied into the other leg's queue. When that
+//! queue holds more than the per-link budget, the driver stops reading the leg that feeds it
+//! (backpressure) and resumes once the queue drains below half.
+
+use super::{Cmd, CoreHandle};
+use crate::link::{Chunk, Event, Leg, Link, LinkLimits, LinkParams, Output};
+use crate::runtime::Route;
+use crate::stats::Stats;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const WAKER: Token = Token(usize::MAX);
+/// Smallest free space to read into; buffers start at this size.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long a stopping core lets links flush their queues.
+const DRAIN: Duration = Duration::from_secs(5);
+
+struct LegIo {
+    sock: Option<TcpStream>,
+    connected: bool,
+    /// Read buffer, always initialised to its full length (zeroed once when it grows, not on
+    /// every read); `filled` bytes at its front are data.
+    rbuf: Vec<u8>,
+    filled: usize,
+    wq: Vec<u8>,
+    wq_off: usize,
+    /// Not read because the other leg's queue is full.
+    paused: bool,
+}
+
+impl LegIo {
+    fn new(sock: Option<TcpStream>, connected: bool) -> Self {
+        LegIo { sock, connected, rbuf: Vec::new(), filled: 0, wq: Vec::new(), wq_off: 0, paused: false }
+    }
+    fn queued(&self) -> usize {
+        self.wq.len() - self.wq_off
+    }
+}
+
+struct Conn {
+    link: Link,
+    legs: [LegIo; 2],
+    route: Arc<Route>,
+    /// Set when the link asked to close after flushing.
+    closing: bool,
+}
+
+enum Slot {
+    Listener(TcpListener, Arc<Route>),
+    Conn(Box<Conn>),
+    Free,
+}
+
+struct Core {
+    id: usize,
+    poll: Poll,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    limits: LinkLimits,
+    link_buffer: usize,
+    stats: Arc<Stats>,
+    out: Output,
+    next_link: u64,
+    stopping: Option<Instant>,
+}
+
+fn li(leg: Leg) -> usize {
+    match leg {
+        Leg::Down => 0,
+        Leg::Up => 1,
+    }
+}
+
+/// Tokens: slot index × 4 + kind (0 listener, 1 down leg, 2 up leg).
+fn token(slot: usize, kind: usize) -> Token {
+    Token(slot * 4 + kind)
+}
+
+pub fn spawn(id: usize, limits: LinkLimits, link_buffer: usize, stats: Arc<Stats>) -> io::Result<(CoreHandle, JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = channel();
+    let core = Core {
+        id,
+        poll,
+        slots: Vec::new(),
+        free: Vec::new(),
+        limits,
+        link_buffer,
+        stats,
+        out: Output::default(),
+        next_link: (id as u64) << 48,
+        stopping: None,
+    };
+    let j = std::thread::Builder::new().name(format!("core-{id}")).spawn(move || core.run(rx))?;
+    Ok((CoreHandle::new(tx, waker), j))
+}
+
+impl Core {
+    fn alloc(&mut self, s: Slot) -> usize {
+        if let Some(i) = self.free.pop() {
+            self.slots[i] = s;
+            i
+        } else {
+            self.slots.push(s);
+            self.slots.len() - 1
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Cmd>) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = Instant::now();
+        loop {
+            let timeout = if self.stopping.is_some() { Duration::from_millis(20) } else { Duration::from_millis(250) };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(core = self.id, error = %e, "poll failed; core stops");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == WAKER {
+                    continue;
+                }
+                let (slot, kind) = (t.0 / 4, t.0 % 4);
+                match kind {
+                    0 => self.accept(slot),
+                    1 | 2 => {
+                        let leg = if kind == 1 { Leg::Down } else { Leg::Up };
+                        if ev.is_writable() {
+                            self.writable(slot, leg);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.readable(slot, leg);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(Cmd::Listen(l, route)) => self.add_listener(l, route),
+                    Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => self.begin_stop(),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            let now = Instant::now();
+            if now.duration_since(last_tick) >= Duration::from_millis(250) {
+                last_tick = now;
+                self.timers(now);
+            }
+            if let Some(since) = self.stopping {
+                let busy = self.slots.iter().any(|s| matches!(s, Slot::Conn(c) if c.legs.iter().any(|l| l.queued() > 0)));
+                if !busy || now.duration_since(since) > DRAIN {
+                    for i in 0..self.slots.len() {
+                        if matches!(self.slots[i], Slot::Conn(_)) {
+                            self.drop_conn(i, "shutdown", "distgate is stopping");
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(Instant::now());
+        // Stop accepting: listeners go first, links drain.
+        for i in 0..self.slots.len() {
+            if let Slot::Listener(l, _) = &mut self.slots[i] {
+                let _ = self.poll.registry().deregister(l);
+                self.slots[i] = Slot::Free;
+                self.free.push(i);
+            }
+        }
+    }
+
+    fn add_listener(&mut self, l: std::net::TcpListener, route: Arc<Route>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let mut l = TcpListener::from_std(l);
+        let slot = self.alloc(Slot::Free);
+        if let Err(e) = self.poll.registry().register(&mut l, token(slot, 0), Interest::READABLE) {
+            tracing::error!(core = self.id, error = %e, "cannot register a proxy port");
+            self.free.push(slot);
+            return;
+        }
+        self.slots[slot] = Slot::Listener(l, route);
+    }
+
+    fn accept(&mut self, slot: usize) {
+        loop {
+            let Slot::Listener(l, route) = &self.slots[slot] else { return };
+            let route = route.clone();
+            let (mut sock, peer) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(core = self.id, error = %e, "accept failed");
+                    return;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            self.next_link += 1;
+            let params = LinkParams {
+                id: self.next_link,
+                target: route.alive.clone(),
+                down_cookie: route.down_cookie.clone(),
+                up_cookie: route.up_cookie.clone(),
+                limits: self.limits,
+            };
+            let c = self.alloc(Slot::Free);
+            if let Err(e) = self.poll.registry().register(&mut sock, token(c, 1), Interest::READABLE | Interest::WRITABLE) {
+                tracing::warn!(error = %e, "cannot register a connection");
+                self.free.push(c);
+                continue;
+            }
+            Stats::add(&self.stats.links_accepted, 1);
+            Stats::add(&self.stats.links_open, 1);
+            tracing::debug!(core = self.id, link = params.id, %peer, node = %route.alive, "link accepted");
+            let link = Link::new(params, Instant::now());
+            self.slots[c] = Slot::Conn(Box::new(Conn {
+                link,
+                legs: [LegIo::new(Some(sock), true), LegIo::new(None, false)],
+                route,
+                closing: false,
+            }));
+        }
+    }
+
+    fn readable(&mut self, slot: usize, leg: Leg) {
+        let budget = self.link_buffer;
+        let max_buf = self.limits.max_frame + 4;
+        let now = Instant::now();
+        let i = li(leg);
+        loop {
+            let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
+            if c.legs[1 - i].queued() > budget {
+                if !c.legs[i].paused {
+                    c.legs[i].paused = true;
+                    Stats::add(&self.stats.backpressure_pauses, 1);
+                }
+                return;
+            }
+            let io = &mut c.legs[i];
+            if !io.connected {
+                return;
+            }
+            let Some(sock) = io.sock.as_mut() else { return };
+            // Make room: at least READ_CHUNK free, growing only while a frame needs it.
+            if io.rbuf.len() - io.filled < READ_CHUNK {
+                let want = (io.filled + READ_CHUNK).min(max_buf.max(READ_CHUNK));
+                if want <= io.filled {
+                    return; // full at the maximum: the link refuses such a frame itself
+                }
+                if want > io.rbuf.len() {
+                    io.rbuf.resize(want, 0);
+                }
+            }
+            let filled = io.filled;
+            let r = sock.read(&mut io.rbuf[filled..]);
+            self.out.clear();
+            match r {
+                Ok(0) => {
+                    c.link.on_closed(leg, "connection closed by peer", &mut self.out);
+                    self.apply(slot, leg);
+                    return;
+                }
+                Ok(n) => {
+                    io.filled += n;
+                    let used = c.link.on_bytes(leg, &c.legs[i].rbuf[..c.legs[i].filled], now, &mut self.out);
+                    Stats::add(&self.stats.frames[i], self.out.frames[i]);
+                    self.apply(slot, leg);
+                    let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
+                    let io = &mut c.legs[i];
+                    let used = used.min(io.filled);
+                    io.rbuf.copy_within(used..io.filled, 0);
+                    io.filled -= used;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    c.link.on_closed(leg, &e.to_string(), &mut self.out);
+                    self.apply(slot, leg);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn writable(&mut self, slot: usize, leg: Leg) {
+        let now = Instant::now();
+        let i = li(leg);
+        let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
+        let io = &mut c.legs[i];
+        if leg == Leg::Up && !io.connected {
+            let Some(sock) = io.sock.as_ref() else { return };
+            self.out.clear();
+            match sock.take_error() {
+                Ok(None) if sock.peer_addr().is_ok() => {
+                    io.connected = true;
+                    c.link.on_up_connected(now, &mut self.out);
+                }
+                Ok(Some(e)) | Err(e) => c.link.on_up_connect_failed(&e.to_string(), &mut self.out),
+                Ok(None) => return, // not connected yet
+            }
+            self.apply(slot, Leg::Up);
+            // The target may already have spoken.
+            self.readable(slot, Leg::Up);
+            return;
+        }
+        if let Err(e) = flush(io) {
+            self.out.clear();
+            c.link.on_closed(leg, &e.to_string(), &mut self.out);
+            self.apply(slot, leg);
+            return;
+        }
+        if c.closing && c.legs.iter().all(|l| l.queued() == 0) {
+            self.drop_conn(slot, "", "");
+            return;
+        }
+        // Resume the leg this one's queue was throttling.
+        let feeder = 1 - i;
+        if c.legs[i].queued() <= self.link_buffer / 2 && c.legs[feeder].paused {
+            c.legs[feeder].paused = false;
+            self.readable(slot, leg.other());
+        }
+    }
+
+    /// Carry out `self.out`: writes (borrowing from `src`'s read buffer) and events.
+    fn apply(&mut self, slot: usize, src: Leg) {
+        let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
+        let mut failed: Option<(Leg, String)> = None;
+        for (dst, chunk) in self.out.writes.drain(..) {
+            let (a, b) = c.legs.split_at_mut(1);
+            let (s, d) = if li(dst) == 0 { (&b[0], &mut a[0]) } else { (&a[0], &mut b[0]) };
+            let bytes: &[u8] = match &chunk {
+                Chunk::Input(r) => match s.rbuf[..s.filled].get(r.clone()) {
+                    Some(b) => b,
+                    None => continue,
+                },
+                Chunk::Owned(v) => v,
+            };
+            let _ = src;
+            Stats::add(&self.stats.bytes[li(dst.other())], bytes.len() as u64);
+            if let Err(e) = write_or_queue(d, bytes) {
+                failed = Some((dst, e.to_string()));
+            }
+        }
+        let events: Vec<Event> = self.out.events.drain(..).collect();
+        if let Some((leg, e)) = failed {
+            c.link.on_closed(leg, &e, &mut self.out);
+        }
+        let mut events = events;
+        events.extend(self.out.events.drain(..));
+        for ev in events {
+            match ev {
+                Event::DialUp => {
+                    let target = *c.route.target.lock().unwrap_or_else(|p| p.into_inner());
+                    match TcpStream::connect(target) {
+                        Ok(mut s) => {
+                            let _ = s.set_nodelay(true);
+                            if let Err(e) = self.poll.registry().register(&mut s, token(slot, 2), Interest::READABLE | Interest::WRITABLE) {
+                                self.out.clear();
+                                c.link.on_up_connect_failed(&e.to_string(), &mut self.out);
+                            } else {
+                                c.legs[1] = LegIo::new(Some(s), false);
+                            }
+                        }
+                        Err(e) => {
+                            let mut o = Output::default();
+                            c.link.on_up_connect_failed(&format!("{target}: {e}"), &mut o);
+                            self.out = o;
+                            return self.apply(slot, Leg::Up);
+                        }
+                    }
+                }
+                Event::Established { down_name, up_name, flags } => {
+                    Stats::add(&self.stats.links_established, 1);
+                    tracing::info!(core = self.id, link = c.link.id(), down = %down_name, up = %up_name, flags = format!("{flags:#x}"), "link up");
+                }
+                Event::Close { reason, flush: want_flush } => {
+                    self.stats.count(&format!("close:{}", reason.label));
+                    let quiet = matches!(reason.label, "peer_closed" | "shutdown");
+                    if quiet {
+                        tracing::info!(core = self.id, link = c.link.id(), node = %c.route.alive, reason = %reason, "link closed");
+                    } else {
+                        tracing::warn!(core = self.id, link = c.link.id(), node = %c.route.alive, reason = %reason, "link closed");
+                    }
+                    for l in c.legs.iter_mut() {
+                        let _ = flush(l);
+                    }
+                    if want_flush && c.legs.iter().any(|l| l.queued() > 0 && l.sock.is_some()) {
+                        c.closing = true;
+                    } else {
+                        self.drop_conn(slot, "", "");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, slot: usize, label: &str, detail: &str) {
+        let s = std::mem::replace(&mut self.slots[slot], Slot::Free);
+        if let Slot::Conn(mut c) = s {
+            if !label.is_empty() {
+                self.stats.count(&format!("close:{label}"));
+                tracing::info!(core = self.id, link = c.link.id(), reason = %detail, "link closed");
+            }
+            for l in c.legs.iter_mut() {
+                if let Some(mut s) = l.sock.take() {
+                    let _ = flush_sock(&mut s, &l.wq[l.wq_off..]);
+                    let _ = self.poll.registry().deregister(&mut s);
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            }
+            Stats::add(&self.stats.links_closed, 1);
+            self.stats.links_open.fetch_sub(1, Ordering::Relaxed);
+            self.free.push(slot);
+        } else {
+            self.slots[slot] = s;
+        }
+    }
+
+    fn timers(&mut self, now: Instant) {
+        for slot in 0..self.slots.len() {
+            let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { continue };
+            if c.link.next_deadline().is_some_and(|d| d <= now) {
+                self.out.clear();
+                c.link.on_timer(now, &mut self.out);
+                self.apply(slot, Leg::Down);
+            }
+        }
+    }
+}
+
+/// Write what the kernel takes now; queue the rest.
+fn write_or_queue(d: &mut LegIo, bytes: &[u8]) -> io::Result<()> {
+    let mut off = 0;
+    if d.queued() == 0 && d.connected {
+        if let Some(s) = d.sock.as_mut() {
+            while off < bytes.len() {
+                match s.write(&bytes[off..]) {
+                    Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer closed")),
+                    Ok(n) => off += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    if off < bytes.len() {
+        if d.wq_off > 0 && d.wq_off == d.wq.len() {
+            d.wq.clear();
+            d.wq_off = 0;
+        }
+        d.wq.extend_from_slice(&bytes[off..]);
+    }
+    Ok(())
+}
+
+/// Write queued bytes until the kernel says stop.
+fn flush(io: &mut LegIo) -> io::Result<()> {
+    if !io.connected {
+        return Ok(());
+    }
+    let Some(s) = io.sock.as_mut() else { return Ok(()) };
+    while io.wq_off < io.wq.len() {
+        match s.write(&io.wq[io.wq_off..]) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer closed")),
+            Ok(n) => io.wq_off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if io.wq_off == io.wq.len() {
+        io.wq.clear();
+        io.wq_off = 0;
+        // Give back memory a burst made us take.
+        if io.wq.capacity() > 4 * READ_CHUNK {
+            io.wq.shrink_to(READ_CHUNK);
+        }
+    }
+    Ok(())
+}
+
+fn flush_sock(s: &mut TcpStream, mut b: &[u8]) -> io::Result<()> {
+    while !b.is_empty() {
+        match s.write(b) {
+            Ok(0) => break,
+            Ok(n) => b = &b[n..],
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}

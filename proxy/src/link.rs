@@ -1,0 +1,635 @@
+//! One proxied distribution connection as a sans-IO state machine.
+//!
+//! A link has two legs: **down**, the connection a dialling node opened to distgate, and
+//! **up**, the connection distgate opens to the node that was dialled. The link is fed the bytes
+//! each leg delivered (`on_bytes`) and answers with what to write to each leg — borrowed ranges
+//! of the input when a frame passes unchanged, owned bytes for handshake messages — plus events
+//! (dial the target, link up, close with a reason). It holds no sockets and reads no clock: time
+//! is passed in, so it is tested with byte vectors and fuzzed.
+//!
+//! Handshake sequencing (distgate plays the target towards down and the dialler towards up):
+//!
+//! ```text
+//!  down (node A)                 distgate                      up (node B)
+//!  send_name N(flagsA,crA,A) ──▶           ── dial ──▶
+//!                                          send_name N(flagsA∩S, crA, A) ──▶
+//!                               ◀── status ─┤◀── sok / nok / not_allowed / alive / named
+//!                                          ◀── challenge N(flagsB, chB, crB, B)
+//!  ◀── challenge N(F, chD, crB, B)     F = flagsA∩S∩flagsB, so both legs negotiate F
+//!  challenge_reply r(chA, dig) ──▶ check dig = md5(cookieDown, chD)
+//!                                          r(chU, md5(cookieUp, chB)) ──▶
+//!                                          ◀── a(dig)   check dig = md5(cookieUp, chU)
+//!  ◀── a(md5(cookieDown, chA))
+//!  frames ⇄ codec ⇄ frames
+//! ```
+//! Down learns B's real name and creation, so pids stay valid; a wrong cookie on either side
+//! fails that side's digest and no link comes up.
+
+use crate::handshake::{self, flag, Challenge, SendName};
+use distgate_codec::frame::{split, Split};
+use distgate_codec::message::{Decoder, FragLimits};
+use distgate_codec::term::Limits;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// The connection the dialling node opened to distgate.
+    Down,
+    /// The connection distgate opened to the dialled node.
+    Up,
+}
+
+impl Leg {
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::Down => Leg::Up,
+            Leg::Up => Leg::Down,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Leg::Down => "down",
+            Leg::Up => "up",
+        }
+    }
+}
+
+/// A cookie: compared and hashed, never printed.
+#[derive(Clone)]
+pub struct Cookie(Arc<[u8]>);
+
+impl Cookie {
+    pub fn new(bytes: &[u8]) -> Self {
+        Cookie(bytes.into())
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Bounds for one link, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLimits {
+    pub max_frame: usize,
+    pub handshake_timeout: Duration,
+    /// A leg silent for this long is dead (nodes tick at a quarter of net_ticktime).
+    pub tick_timeout: Duration,
+    pub term: Limits,
+    pub fragments: FragLimits,
+}
+
+impl Default for LinkLimits {
+    fn default() -> Self {
+        LinkLimits {
+            max_frame: 128 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            tick_timeout: Duration::from_secs(75),
+            term: Limits::default(),
+            fragments: FragLimits::default(),
+        }
+    }
+}
+
+/// What a link is for: who may dial whom, with which cookies.
+#[derive(Debug, Clone)]
+pub struct LinkParams {
+    pub id: u64,
+    /// The node down asked EPMD for (its alive name, without `@host`); up must present a
+    /// name with exactly this alive part.
+    pub target: String,
+    pub down_cookie: Cookie,
+    pub up_cookie: Cookie,
+    pub limits: LinkLimits,
+}
+
+/// Why a link closed. Labels are stable metric labels; `detail` is for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub label: &'static str,
+    pub leg: Option<Leg>,
+    pub detail: String,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.leg {
+            Some(l) => write!(f, "{} ({} leg): {}", self.label, l.name(), self.detail),
+            None => write!(f, "{}: {}", self.label, self.detail),
+        }
+    }
+}
+
+/// Something the driver must do or know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Connect the up leg now.
+    DialUp,
+    /// Both handshakes completed.
+    Established { down_name: String, up_name: String, flags: u64 },
+    /// Close both legs (after flushing what was queued, when `flush` is set).
+    Close { reason: CloseReason, flush: bool },
+}
+
+/// A piece to write to a leg: a range of the input slice just handed in, or owned bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    Input(Range<usize>),
+    Owned(Vec<u8>),
+}
+
+/// The link's answer to one call. Writes are in order per leg.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub writes: Vec<(Leg, Chunk)>,
+    pub events: Vec<Event>,
+    /// Frames forwarded per direction in this call (for metrics).
+    pub frames: [u64; 2],
+}
+
+impl Output {
+    pub fn clear(&mut self) {
+        self.writes.clear();
+        self.events.clear();
+        self.frames = [0; 2];
+    }
+    fn owned(&mut self, leg: Leg, bytes: Vec<u8>) {
+        self.writes.push((leg, Chunk::Owned(bytes)));
+    }
+}
+
+enum State {
+    AwaitSendName,
+    AwaitUpConnect { sn: SendName },
+    AwaitUpStatus { sn: SendName },
+    /// up said `alive`: down must answer `strue` / `sfalse`.
+    AwaitDownAliveAnswer { sn: SendName },
+    AwaitUpChallenge { sn: SendName },
+    AwaitDownReply { sn: SendName, up: Challenge, down_challenge: u32 },
+    AwaitDownComplement { sn: SendName, up: Challenge, down_challenge: u32 },
+    AwaitUpAck { sn: SendName, up: Challenge, down_their: u32, up_challenge: u32 },
+    Forwarding,
+    Closed,
+}
+
+/// One proxied connection. See the module docs.
+pub struct Link {
+    params: LinkParams,
+    state: State,
+    started: Instant,
+    last_rx: [Instant; 2],
+    /// One decoder per direction: index 0 decodes down→up, 1 up→down.
+    decoders: Option<Box<[Decoder; 2]>>,
+    negotiated: u64,
+    /// The close event was emitted (the state is taken out while a message is handled, so
+    /// the state alone cannot say).
+    close_sent: bool,
+}
+
+fn idx(leg: Leg) -> usize {
+    match leg {
+        Leg::Down => 0,
+        Leg::Up => 1,
+    }
+}
+
+impl Link {
+    pub fn new(params: LinkParams, now: Instant) -> Self {
+        Link { params, state: State::AwaitSendName, started: now, last_rx: [now; 2], decoders: None, negotiated: 0, close_sent: false }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.params.id
+    }
+
+    pub fn is_forwarding(&self) -> bool {
+        matches!(self.state, State::Forwarding)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.close_sent
+    }
+
+    /// Flags both legs negotiated (0 before the handshake completes).
+    pub fn flags(&self) -> u64 {
+        self.negotiated
+    }
+
+    fn close(&mut self, out: &mut Output, label: &'static str, leg: Option<Leg>, detail: impl Into<String>, flush: bool) {
+        self.state = State::Closed;
+        if !self.close_sent {
+            self.close_sent = true;
+            out.events.push(Event::Close { reason: CloseReason { label, leg, detail: detail.into() }, flush });
+        }
+    }
+
+    /// The up leg's TCP connection is established.
+    pub fn on_up_connected(&mut self, now: Instant, out: &mut Output) {
+        self.last_rx[idx(Leg::Up)] = now;
+        let State::AwaitUpConnect { sn } = std::mem::replace(&mut self.state, State::Closed) else {
+            self.close(out, "internal", Some(Leg::Up), "connected in the wrong state", false);
+            return;
+        };
+        // Offer up only what down offered and distgate understands.
+        let mut b = Vec::new();
+        let offered = SendName { flags: sn.flags & flag::SUPPORTED, creation: sn.creation, name: sn.name.clone() };
+        offered.encode(sn.creation.unwrap_or(0), &mut b);
+        out.owned(Leg::Up, b);
+        self.state = State::AwaitUpStatus { sn };
+    }
+
+    /// The up leg could not be connected.
+    pub fn on_up_connect_failed(&mut self, detail: &str, out: &mut Output) {
+        // Tell the dialler the target is not there, as a node would for a refused name.
+        let mut b = Vec::new();
+        handshake::encode_status(b"nok", &mut b);
+        out.owned(Leg::Down, b);
+        self.close(out, "upstream_unreachable", Some(Leg::Up), detail.to_string(), true);
+    }
+
+    /// A leg was closed by its peer (or failed).
+    pub fn on_closed(&mut self, leg: Leg, detail: &str, out: &mut Output) {
+        let label = if self.is_forwarding() { "peer_closed" } else { "handshake_peer_closed" };
+        self.close(out, label, Some(leg), detail.to_string(), false);
+    }
+
+    /// Time passed: handshake deadline and dead-peer detection.
+    pub fn on_timer(&mut self, now: Instant, out: &mut Output) {
+        match self.state {
+            State::Closed => {}
+            State::Forwarding => {
+                for leg in [Leg::Down, Leg::Up] {
+                    if now.duration_since(self.last_rx[idx(leg)]) > self.params.limits.tick_timeout {
+                        self.close(out, "tick_timeout", Some(leg), format!("no traffic (not even ticks) for {:?}", self.params.limits.tick_timeout), false);
+                        return;
+                    }
+                }
+            }
+            _ => {
+                if now.duration_since(self.started) > self.params.limits.handshake_timeout {
+                    let leg = match self.state {
+                        State::AwaitSendName | State::AwaitDownAliveAnswer { .. } | State::AwaitDownReply { .. } | State::AwaitDownComplement { .. } => Leg::Down,
+                        _ => Leg::Up,
+                    };
+                    self.close(out, "handshake_timeout", Some(leg), format!("handshake not complete after {:?}", self.params.limits.handshake_timeout), false);
+                }
+            }
+        }
+    }
+
+    /// The earliest instant `on_timer` could act.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::Forwarding => {
+                let oldest = self.last_rx[0].min(self.last_rx[1]);
+                Some(oldest + self.params.limits.tick_timeout)
+            }
+            _ => Some(self.started + self.params.limits.handshake_timeout),
+        }
+    }
+
+    /// Bytes arrived on `leg`; `buf` is everything received on it and not yet consumed.
+    /// Returns how many bytes of `buf` were consumed; the rest must be handed in again with
+    /// more data appended. Writes in `out` that borrow (`Chunk::Input`) refer to `buf`.
+    pub fn on_bytes(&mut self, leg: Leg, buf: &[u8], now: Instant, out: &mut Output) -> usize {
+        self.last_rx[idx(leg)] = now;
+        let mut pos = 0;
+        loop {
+            if matches!(self.state, State::Closed) {
+                return buf.len();
+            }
+            if matches!(self.state, State::Forwarding) {
+                return pos + self.forward(leg, &buf[pos..], pos, out);
+            }
+            let Some((msg, used)) = handshake::split(&buf[pos..]) else {
+                if buf.len() - pos > 4096 {
+                    self.close(out, "handshake_garbage", Some(leg), "oversized handshake message", false);
+                    return buf.len();
+                }
+                return pos;
+            };
+            pos += used;
+            if let Err(e) = self.handshake_msg(leg, msg, out) {
+                self.close(out, "handshake_error", Some(leg), e.to_string(), false);
+                return buf.len();
+            }
+        }
+    }
+
+    fn handshake_msg(&mut self, leg: Leg, msg: &[u8], out: &mut Output) -> Result<(), handshake::HandshakeError> {
+        let bad = |what: &str| Err(handshake::HandshakeError(what.to_string()));
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        match (state, leg) {
+            (State::AwaitSendName, Leg::Down) => {
+                let sn = SendName::parse(msg)?;
+                if sn.flags & flag::HANDSHAKE_23 == 0 {
+                    // Pre-OTP-23 dialler: no creation in the handshake, and OTP 25 targets refuse
+                    // it anyway. Answer as OTP 25 would.
+                    let mut b = Vec::new();
+                    handshake::encode_status(b"not_allowed", &mut b);
+                    out.owned(Leg::Down, b);
+                    self.close(out, "not_allowed", Some(Leg::Down), format!("{} lacks HANDSHAKE_23", sn.name), true);
+                    return Ok(());
+                }
+                self.state = State::AwaitUpConnect { sn };
+                out.events.push(Event::DialUp);
+                Ok(())
+            }
+            (State::AwaitUpStatus { sn }, Leg::Up) => {
+                if msg.first() != Some(&b's') {
+                    return bad("expected status ('s') from the target");
+                }
+                let text = &msg[1..];
+                // Relay the status verbatim: down must see what the real target said.
+                let mut b = Vec::new();
+                handshake::frame(&mut b, msg);
+                out.owned(Leg::Down, b);
+                match text {
+                    b"ok" | b"ok_simultaneous" => self.state = State::AwaitUpChallenge { sn },
+                    b"alive" => self.state = State::AwaitDownAliveAnswer { sn },
+                    t if t.starts_with(b"named:") => self.state = State::AwaitUpChallenge { sn },
+                    b"nok" | b"not_allowed" => {
+                        let why = String::from_utf8_lossy(text).into_owned();
+                        self.close(out, "refused_by_target", Some(Leg::Up), format!("target answered {why}"), true);
+                    }
+                    other => {
+                        let why = String::from_utf8_lossy(other).into_owned();
+                        self.close(out, "handshake_error", Some(Leg::Up), format!("unknown status {why:?}"), true);
+                    }
+                }
+                Ok(())
+            }
+            (State::AwaitDownAliveAnswer { sn }, Leg::Down) => {
+                let mut b = Vec::new();
+                handshake::frame(&mut b, msg);
+                out.owned(Leg::Up, b);
+                match msg {
+                    b"strue" => self.state = State::AwaitUpChallenge { sn },
+                    b"sfalse" => self.close(out, "alive_declined", Some(Leg::Down), "dialler declined (already connected)", true),
+                    _ => return bad("expected strue/sfalse"),
+                }
+                Ok(())
+            }
+            (State::AwaitUpChallenge { sn }, Leg::Up) => {
+                let up = Challenge::parse(msg)?;
+                let alive = up.name.split('@').next().unwrap_or("");
+                if alive != self.params.target {
+                    return Err(handshake::HandshakeError(format!(
+                        "target presented itself as {} but {} was dialled",
+                        up.name, self.params.target
+                    )));
+                }
+                let Some(down_challenge) = handshake::random_challenge() else {
+                    return bad("no entropy source for a challenge");
+                };
+                let negotiated = sn.flags & flag::SUPPORTED & up.flags;
+                let mut b = Vec::new();
+                Challenge { flags: negotiated, challenge: down_challenge, creation: up.creation, name: up.name.clone() }
+                    .encode(&mut b);
+                out.owned(Leg::Down, b);
+                self.negotiated = negotiated;
+                self.state = if sn.creation.is_none() {
+                    State::AwaitDownComplement { sn, up, down_challenge }
+                } else {
+                    State::AwaitDownReply { sn, up, down_challenge }
+                };
+                Ok(())
+            }
+            (State::AwaitDownComplement { mut sn, up, down_challenge }, Leg::Down) => {
+                let (_high, creation) = handshake::parse_complement(msg)?;
+                sn.creation = Some(creation);
+                self.state = State::AwaitDownReply { sn, up, down_challenge };
+                Ok(())
+            }
+            (State::AwaitDownReply { sn, up, down_challenge }, Leg::Down) => {
+                let (their, dig) = handshake::parse_reply(msg)?;
+                let want = handshake::digest(self.params.down_cookie.bytes(), down_challenge);
+                if !handshake::digest_eq(&dig, &want) {
+                    self.close(out, "bad_cookie", Some(Leg::Down), format!("{} answered the challenge with the wrong cookie", sn.name), false);
+                    return Ok(());
+                }
+                let Some(up_challenge) = handshake::random_challenge() else {
+                    return bad("no entropy source for a challenge");
+                };
+                let mut b = Vec::new();
+                let d = handshake::digest(self.params.up_cookie.bytes(), up.challenge);
+                handshake::encode_reply(up_challenge, &d, &mut b);
+                out.owned(Leg::Up, b);
+                self.state = State::AwaitUpAck { sn, up, down_their: their, up_challenge };
+                Ok(())
+            }
+            (State::AwaitUpAck { sn, up, down_their, up_challenge }, Leg::Up) => {
+                let dig = handshake::parse_ack(msg)?;
+                let want = handshake::digest(self.params.up_cookie.bytes(), up_challenge);
+                if !handshake::digest_eq(&dig, &want) {
+                    self.close(out, "bad_cookie", Some(Leg::Up), format!("{} acknowledged with the wrong cookie", up.name), false);
+                    return Ok(());
+                }
+                let mut b = Vec::new();
+                handshake::encode_ack(&handshake::digest(self.params.down_cookie.bytes(), down_their), &mut b);
+                out.owned(Leg::Down, b);
+                let l = self.params.limits;
+                self.decoders = Some(Box::new([Decoder::new(l.term, l.fragments), Decoder::new(l.term, l.fragments)]));
+                self.state = State::Forwarding;
+                out.events.push(Event::Established { down_name: sn.name, up_name: up.name, flags: self.negotiated });
+                Ok(())
+            }
+            (s, l) => {
+                let expected = match s {
+                    State::AwaitSendName => "send_name from down",
+                    State::AwaitUpConnect { .. } => "nothing before the target is connected",
+                    State::AwaitUpStatus { .. } => "the target's status",
+                    State::AwaitDownAliveAnswer { .. } => "down's answer to alive",
+                    State::AwaitUpChallenge { .. } => "the target's challenge",
+                    State::AwaitDownReply { .. } | State::AwaitDownComplement { .. } => "down's challenge reply",
+                    State::AwaitUpAck { .. } => "the target's challenge ack",
+                    State::Forwarding | State::Closed => "no handshake message",
+                };
+                Err(handshake::HandshakeError(format!("unexpected message from {} leg while waiting for {expected}", l.name())))
+            }
+        }
+    }
+
+    /// Forward every complete frame of `buf` (at offset `base` of the caller's slice) to the
+    /// other leg, each parsed by the codec on the way. Returns bytes consumed.
+    fn forward(&mut self, leg: Leg, buf: &[u8], base: usize, out: &mut Output) -> usize {
+        let mut pos = 0;
+        let dst = leg.other();
+        let mut run_start = None::<usize>;
+        let max = self.params.limits.max_frame;
+        while pos < buf.len() {
+            match split(&buf[pos..], max) {
+                Ok(Split::Need(_)) => break,
+                Ok(Split::Tick) => {
+                    run_start.get_or_insert(pos);
+                    pos += 4;
+                    out.frames[idx(leg)] += 1;
+                }
+                Ok(Split::Frame { len }) => {
+                    let frame = &buf[pos + 4..pos + 4 + len];
+                    let decoders = self.decoders.as_mut().expect("decoders exist while forwarding");
+                    if let Err(e) = decoders[idx(leg)].decode(frame) {
+                        // Flush what was already accepted, then close: nothing allowed is lost.
+                        if let Some(s) = run_start.take() {
+                            out.writes.push((dst, Chunk::Input(base + s..base + pos)));
+                        }
+                        self.close(out, "bad_frame", Some(leg), format!("frame at stream offset +{pos}: {e}"), true);
+                        return buf.len();
+                    }
+                    run_start.get_or_insert(pos);
+                    pos += 4 + len;
+                    out.frames[idx(leg)] += 1;
+                }
+                Err(e) => {
+                    if let Some(s) = run_start.take() {
+                        out.writes.push((dst, Chunk::Input(base + s..base + pos)));
+                    }
+                    self.close(out, "frame_too_large", Some(leg), e.to_string(), true);
+                    return buf.len();
+                }
+            }
+        }
+        // Consecutive frames go out as one contiguous range: one write, no copy.
+        if let Some(s) = run_start {
+            out.writes.push((dst, Chunk::Input(base + s..base + pos)));
+        }
+        pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> LinkParams {
+        LinkParams {
+            id: 1,
+            target: "b".into(),
+            down_cookie: Cookie::new(b"down"),
+            up_cookie: Cookie::new(b"up"),
+            limits: LinkLimits::default(),
+        }
+    }
+
+    fn owned(out: &Output, leg: Leg) -> Vec<u8> {
+        out.writes
+            .iter()
+            .filter(|(l, _)| *l == leg)
+            .flat_map(|(_, c)| match c {
+                Chunk::Owned(b) => b.clone(),
+                Chunk::Input(_) => panic!("no input ranges during the handshake"),
+            })
+            .collect()
+    }
+
+    const FLAGS: u64 = 0x0000000d07df7fbc;
+
+    /// Drive a full handshake with fake peers; returns the link and down's/up's view.
+    fn handshake(down_cookie: &[u8], up_cookie: &[u8]) -> (Link, Output, Vec<Event>) {
+        let now = Instant::now();
+        let mut l = Link::new(params(), now);
+        let mut out = Output::default();
+        let mut b = Vec::new();
+        SendName { flags: FLAGS, creation: Some(11), name: "a@h".into() }.encode(11, &mut b);
+        assert_eq!(l.on_bytes(Leg::Down, &b, now, &mut out), b.len());
+        assert_eq!(out.events, vec![Event::DialUp]);
+        out.clear();
+        l.on_up_connected(now, &mut out);
+        let sent = owned(&out, Leg::Up);
+        let sn = SendName::parse(handshake::split(&sent).unwrap().0).unwrap();
+        assert_eq!((sn.name.as_str(), sn.creation), ("a@h", Some(11)));
+        out.clear();
+        // Up: status ok + challenge, in one read.
+        let mut b = Vec::new();
+        handshake::encode_status(b"ok", &mut b);
+        Challenge { flags: FLAGS | flag::PUBLISHED, challenge: 777, creation: 99, name: "b@h".into() }.encode(&mut b);
+        assert_eq!(l.on_bytes(Leg::Up, &b, now, &mut out), b.len());
+        let to_down = owned(&out, Leg::Down);
+        let (st, n) = handshake::split(&to_down).unwrap();
+        assert_eq!(st, b"sok");
+        let ch = Challenge::parse(handshake::split(&to_down[n..]).unwrap().0).unwrap();
+        assert_eq!((ch.name.as_str(), ch.creation, ch.flags), ("b@h", 99, FLAGS & flag::SUPPORTED));
+        out.clear();
+        // Down replies with its cookie.
+        let mut b = Vec::new();
+        handshake::encode_reply(555, &handshake::digest(down_cookie, ch.challenge), &mut b);
+        l.on_bytes(Leg::Down, &b, now, &mut out);
+        if l.is_closed() {
+            let ev = out.events.clone();
+            return (l, out, ev);
+        }
+        let to_up = owned(&out, Leg::Up);
+        let (their, dig) = handshake::parse_reply(handshake::split(&to_up).unwrap().0).unwrap();
+        assert!(handshake::digest_eq(&dig, &handshake::digest(b"up", 777)));
+        out.clear();
+        let mut b = Vec::new();
+        handshake::encode_ack(&handshake::digest(up_cookie, their), &mut b);
+        // A frame right behind the ack, in the same read.
+        b.extend_from_slice(&[0, 0, 0, 0]);
+        let used = l.on_bytes(Leg::Up, &b, now, &mut out);
+        assert_eq!(used, b.len());
+        let ev = out.events.clone();
+        (l, out, ev)
+    }
+
+    #[test]
+    fn both_legs_complete_with_their_own_cookies() {
+        let (l, out, ev) = handshake(b"down", b"up");
+        assert!(l.is_forwarding(), "{ev:?}");
+        let to_down: Vec<_> = out.writes.iter().filter(|(leg, _)| *leg == Leg::Down).collect();
+        // The ack for down, then the tick forwarded as a range of the input.
+        assert!(matches!(&to_down[0].1, Chunk::Owned(a) if a[2] == b'a' && handshake::parse_ack(&a[2..]).unwrap() == handshake::digest(b"down", 555)));
+        assert!(matches!(&to_down[1].1, Chunk::Input(r) if r.len() == 4));
+        assert!(matches!(&ev[0], Event::Established { down_name, up_name, .. } if down_name == "a@h" && up_name == "b@h"));
+    }
+
+    #[test]
+    fn wrong_cookie_on_either_side_refuses_the_link() {
+        let (l, _, ev) = handshake(b"s3cr3t-c00kie", b"up");
+        assert!(l.is_closed());
+        assert!(matches!(&ev[0], Event::Close { reason, .. } if reason.label == "bad_cookie" && reason.leg == Some(Leg::Down)));
+        let (l, _, ev) = handshake(b"down", b"s3cr3t-c00kie");
+        assert!(l.is_closed());
+        assert!(matches!(&ev[0], Event::Close { reason, .. } if reason.label == "bad_cookie" && reason.leg == Some(Leg::Up)));
+        // The cookie itself never appears in a reason.
+        for e in ev {
+            assert!(!format!("{e:?}").contains("s3cr3t"));
+        }
+    }
+
+    #[test]
+    fn garbage_and_timeouts_close_with_reasons() {
+        let now = Instant::now();
+        let mut l = Link::new(params(), now);
+        let mut out = Output::default();
+        l.on_bytes(Leg::Down, &[0, 3, b'x', b'y', b'z'], now, &mut out);
+        assert!(matches!(&out.events[0], Event::Close { reason, .. } if reason.label == "handshake_error"));
+        let mut l = Link::new(params(), now);
+        let mut out = Output::default();
+        l.on_timer(now + Duration::from_secs(11), &mut out);
+        assert!(matches!(&out.events[0], Event::Close { reason, .. } if reason.label == "handshake_timeout"));
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_close_only_after_flushing_good_ones() {
+        let (mut l, _, _) = handshake(b"down", b"up");
+        let now = Instant::now();
+        let mut out = Output::default();
+        // A tick, then a frame that is not a distribution message.
+        let mut b = vec![0, 0, 0, 0];
+        b.extend_from_slice(&[0, 0, 0, 2, 99, 99]);
+        l.on_bytes(Leg::Down, &b, now, &mut out);
+        assert_eq!(out.writes, vec![(Leg::Up, Chunk::Input(0..4))]);
+        assert!(matches!(&out.events[0], Event::Close { reason, flush: true } if reason.label == "bad_frame"));
+    }
+}

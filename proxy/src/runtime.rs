@@ -1,0 +1,427 @@
+//! The running proxy: cluster sides, their EPMD responders, the dedicated proxy ports, and the
+//! per-core data plane.
+//!
+//! Control plane (this module): a thread per EPMD connection answers ALIVE2 / PORT_PLEASE2 /
+//! NAMES for one side. When a node asks for a name that belongs to another side it may route
+//! to, the responder opens (once) a listening port dedicated to that remote node, hands the
+//! listener to one data-plane core, and answers with that port. Every PORT_PLEASE2 re-resolves
+//! the target, so a restarted node's new port is used by the next connection.
+//!
+//! Data plane ([`crate::driver`]): a thread per core owns its listeners and both sockets of
+//! every link it accepted.
+
+use crate::driver::{self, CoreHandle, DriverKind};
+use crate::epmd::{self, NodeInfo, Request};
+use crate::link::{Cookie, LinkLimits};
+use crate::stats::Stats;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// One cluster side as the runtime sees it.
+#[derive(Debug, Clone)]
+pub struct SideSpec {
+    pub name: String,
+    pub cookie: Cookie,
+    /// distgate's EPMD responder for this side's nodes.
+    pub epmd_listen: Option<SocketAddr>,
+    /// Where this side's nodes are already registered (a real epmd or another distgate).
+    pub upstream_epmd: Option<SocketAddr>,
+    /// Address the dedicated proxy ports for this side's diallers listen on.
+    pub proxy_ip: IpAddr,
+}
+
+/// Everything the runtime needs; built from configuration (or the embedded default).
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub sides: Vec<SideSpec>,
+    /// `(from, to)`: nodes of side `from` may dial nodes of side `to`.
+    pub routes: Vec<(usize, usize)>,
+    pub limits: LinkLimits,
+    /// Bytes queued towards one leg before distgate stops reading the other.
+    pub link_buffer: usize,
+    pub threads: usize,
+    pub driver: DriverKind,
+    pub epmd_timeout: Duration,
+}
+
+/// A dedicated proxy port: diallers of side `from` reach node `alive` of side `to` here.
+#[derive(Debug)]
+pub struct Route {
+    pub from: usize,
+    pub to: usize,
+    pub alive: String,
+    pub port: u16,
+    /// Where the target listens; refreshed at every PORT_PLEASE2 for it.
+    pub target: Mutex<SocketAddr>,
+    pub down_cookie: Cookie,
+    pub up_cookie: Cookie,
+}
+
+#[derive(Debug, Clone)]
+struct Registered {
+    info: NodeInfo,
+    ip: IpAddr,
+}
+
+struct Side {
+    spec: SideSpec,
+    table: Mutex<HashMap<String, Registered>>,
+    responder: Option<SocketAddr>,
+}
+
+pub(crate) struct Shared {
+    sides: Vec<Side>,
+    routes_allowed: Vec<(usize, usize)>,
+    routes: Mutex<HashMap<(usize, usize, String), Arc<Route>>>,
+    cores: Vec<CoreHandle>,
+    next_core: AtomicUsize,
+    next_creation: AtomicU64,
+    stopping: AtomicBool,
+    epmd_timeout: Duration,
+    pub stats: Arc<Stats>,
+}
+
+/// A running distgate. Dropping it stops it (see [`Runtime::shutdown`]).
+pub struct Runtime {
+    shared: Arc<Shared>,
+    responder_threads: Vec<thread::JoinHandle<()>>,
+    core_threads: Vec<thread::JoinHandle<()>>,
+    driver: DriverKind,
+}
+
+impl Runtime {
+    pub fn start(spec: Spec) -> io::Result<Runtime> {
+        let stats = Arc::new(Stats::default());
+        let (driver, cores, core_threads) = driver::start(spec.driver, spec.threads.max(1), spec.limits, spec.link_buffer, stats.clone())?;
+        let mut listeners = Vec::new();
+        let mut sides = Vec::new();
+        for s in &spec.sides {
+            let (responder, listener) = match s.epmd_listen {
+                Some(addr) => {
+                    let l = TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("EPMD responder for {} on {addr}: {e}", s.name)))?;
+                    (Some(l.local_addr()?), Some(l))
+                }
+                None => (None, None),
+            };
+            listeners.push(listener);
+            sides.push(Side { spec: s.clone(), table: Mutex::new(HashMap::new()), responder });
+        }
+        let seed = {
+            let mut b = [0u8; 4];
+            let _ = getrandom::fill(&mut b);
+            u32::from_be_bytes(b) as u64
+        };
+        let shared = Arc::new(Shared {
+            sides,
+            routes_allowed: spec.routes.clone(),
+            routes: Mutex::new(HashMap::new()),
+            cores,
+            next_core: AtomicUsize::new(0),
+            next_creation: AtomicU64::new(seed),
+            stopping: AtomicBool::new(false),
+            epmd_timeout: spec.epmd_timeout,
+            stats,
+        });
+        let mut responder_threads = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let Some(l) = l else { continue };
+            let sh = shared.clone();
+            tracing::info!(side = %sh.sides[i].spec.name, addr = %l.local_addr()?, "EPMD responder listening");
+            responder_threads.push(thread::Builder::new().name(format!("epmd-{}", sh.sides[i].spec.name)).spawn(move || accept_loop(sh, i, l))?);
+        }
+        Ok(Runtime { shared, responder_threads, core_threads, driver })
+    }
+
+    /// The bound address of a side's responder (useful when configured with port 0).
+    pub fn responder_addr(&self, side: &str) -> Option<SocketAddr> {
+        self.shared.sides.iter().find(|s| s.spec.name == side).and_then(|s| s.responder)
+    }
+
+    pub fn driver(&self) -> DriverKind {
+        self.driver
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// Stop accepting, let links drain what is queued, close them, and wait for the threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for s in &self.shared.sides {
+            // Wake the blocking accept so it sees the flag.
+            if let Some(a) = s.responder {
+                let _ = TcpStream::connect_timeout(&wake_addr(a), Duration::from_millis(200));
+            }
+        }
+        for c in &self.shared.cores {
+            c.shutdown();
+        }
+        for t in self.core_threads.drain(..) {
+            let _ = t.join();
+        }
+        for t in self.responder_threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Block until the runtime stops (after [`Runtime::shutdown`] from another thread via a
+    /// signal, see `main`).
+    pub fn wait_for_signal(self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::SeqCst) {
+            thread::park_timeout(Duration::from_millis(200));
+        }
+        tracing::info!("stopping: no new connections, draining links");
+        self.shutdown();
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wake_addr(a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        SocketAddr::new(if a.is_ipv4() { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]) }, a.port())
+    } else {
+        a
+    }
+}
+
+fn accept_loop(sh: Arc<Shared>, side: usize, l: TcpListener) {
+    for conn in l.incoming() {
+        if sh.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(s) = conn else { continue };
+        let sh = sh.clone();
+        let _ = thread::Builder::new().name("epmd-conn".into()).spawn(move || {
+            if let Err(e) = serve(&sh, side, s) {
+                tracing::debug!(side = %sh.sides[side].spec.name, error = %e, "EPMD connection ended");
+            }
+        });
+    }
+}
+
+fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
+    s.set_read_timeout(Some(sh.epmd_timeout))?;
+    s.set_nodelay(true)?;
+    let peer = s.peer_addr()?;
+    let body = epmd::read_request(&mut s)?;
+    let req = match Request::parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            sh.stats.count("epmd_bad_request");
+            tracing::warn!(side = %sh.sides[side].spec.name, %peer, error = %e, "EPMD: bad request");
+            return Ok(());
+        }
+    };
+    let me = &sh.sides[side];
+    match req {
+        Request::Alive2(info) => {
+            let name = info.name.clone();
+            let creation = {
+                let mut t = me.table.lock().unwrap_or_else(|p| p.into_inner());
+                if t.contains_key(&name) {
+                    None
+                } else {
+                    t.insert(name.clone(), Registered { info: info.clone(), ip: peer.ip() });
+                    // Creations are 32-bit and never 0..3 (OTP reserves those).
+                    let c = (sh.next_creation.fetch_add(1, Ordering::Relaxed) as u32).max(4);
+                    Some(c)
+                }
+            };
+            s.write_all(&epmd::alive2_response(creation.is_some(), creation.unwrap_or(0), info.highest))?;
+            let Some(creation) = creation else {
+                tracing::warn!(side = %me.spec.name, node = %name, "EPMD: name already registered");
+                return Ok(());
+            };
+            tracing::info!(side = %me.spec.name, node = %name, port = info.port, creation, "node registered");
+            // The registration lives as long as this connection.
+            s.set_read_timeout(None)?;
+            let mut sink = [0u8; 64];
+            while !sh.stopping.load(Ordering::SeqCst) {
+                match s.read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            me.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            tracing::info!(side = %me.spec.name, node = %name, "node unregistered");
+        }
+        Request::PortPlease2(name) => {
+            let answer = resolve(sh, side, &name);
+            if answer.is_none() {
+                tracing::debug!(side = %me.spec.name, node = %name, "EPMD: unknown name");
+            }
+            s.write_all(&epmd::port2_response(answer.as_ref()))?;
+        }
+        Request::Names => {
+            let mut names: Vec<(String, u16)> = me
+                .table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(n, r)| (n.clone(), r.info.port))
+                .collect();
+            names.extend(
+                sh.routes.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|r| r.from == side).map(|r| (r.alive.clone(), r.port)),
+            );
+            names.sort();
+            let port = me.responder.map_or(4369, |a| a.port());
+            s.write_all(&epmd::names_response(port, &names))?;
+        }
+    }
+    let _ = s.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+/// Answer PORT_PLEASE2 `name` for a node of side `from`.
+fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
+    let me = &sh.sides[from];
+    if let Some(r) = me.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+        return Some(r.info.clone());
+    }
+    if let Some(up) = me.spec.upstream_epmd {
+        if let Ok(Some(info)) = epmd::port_please(up, name, sh.epmd_timeout) {
+            return Some(info);
+        }
+    }
+    for &(f, to) in &sh.routes_allowed {
+        if f != from || to == from {
+            continue;
+        }
+        let Some((info, target)) = find_in_side(sh, to, name) else { continue };
+        match route_for(sh, from, to, name, target) {
+            Ok(port) => {
+                return Some(NodeInfo { port, ..info });
+            }
+            Err(e) => {
+                sh.stats.count("route_open_failed");
+                tracing::warn!(node = %name, error = %e, "cannot open a proxy port");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+fn find_in_side(sh: &Shared, side: usize, name: &str) -> Option<(NodeInfo, SocketAddr)> {
+    let s = &sh.sides[side];
+    if let Some(r) = s.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+        return Some((r.info.clone(), SocketAddr::new(r.ip, r.info.port)));
+    }
+    let up = s.spec.upstream_epmd?;
+    match epmd::port_please(up, name, sh.epmd_timeout) {
+        Ok(Some(info)) => {
+            let addr = SocketAddr::new(up.ip(), info.port);
+            Some((info, addr))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(side = %s.spec.name, upstream = %up, error = %e, "upstream EPMD unreachable");
+            None
+        }
+    }
+}
+
+/// The dedicated port for (from → to, name), opened on first use; the target is refreshed.
+fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr) -> io::Result<u16> {
+    let mut routes = sh.routes.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (from, to, name.to_string());
+    if let Some(r) = routes.get(&key) {
+        *r.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
+        return Ok(r.port);
+    }
+    let l = TcpListener::bind(SocketAddr::new(sh.sides[from].spec.proxy_ip, 0))?;
+    let port = l.local_addr()?.port();
+    let route = Arc::new(Route {
+        from,
+        to,
+        alive: name.to_string(),
+        port,
+        target: Mutex::new(target),
+        down_cookie: sh.sides[from].spec.cookie.clone(),
+        up_cookie: sh.sides[to].spec.cookie.clone(),
+    });
+    let core = sh.next_core.fetch_add(1, Ordering::Relaxed) % sh.cores.len();
+    sh.cores[core].listen(l, route.clone())?;
+    tracing::info!(from = %sh.sides[from].spec.name, to = %sh.sides[to].spec.name, node = %name, port, %target, core, "proxy port opened");
+    routes.insert(key, route);
+    Ok(port)
+}
+
+/// The cookie in `~/.erlang.cookie`, created as erl itself would (20 random capital letters,
+/// owner-read-only) when it does not exist yet.
+pub fn home_cookie() -> io::Result<Cookie> {
+    let home = std::env::var_os("HOME").ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "HOME is not set"))?;
+    let path = std::path::Path::new(&home).join(".erlang.cookie");
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let text = String::from_utf8_lossy(&b);
+            let t = text.trim();
+            if t.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is empty", path.display())));
+            }
+            Ok(Cookie::new(t.as_bytes()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut r = [0u8; 20];
+            getrandom::fill(&mut r).map_err(|e| io::Error::other(e.to_string()))?;
+            let c: Vec<u8> = r.iter().map(|b| b'A' + b % 26).collect();
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o400).open(&path)?;
+            f.write_all(&c)?;
+            tracing::info!(path = %path.display(), "created a new Erlang cookie");
+            Ok(Cookie::new(&c))
+        }
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    }
+}
+
+impl Spec {
+    /// The embedded default: nodes pointed at distgate's responder on 127.0.0.1:4370
+    /// (`ERL_EPMD_PORT=4370`) reach every node registered with the standard epmd on
+    /// 127.0.0.1:4369 through distgate, with the cookie of `~/.erlang.cookie` on both legs.
+    pub fn embedded_default() -> io::Result<Spec> {
+        let cookie = home_cookie()?;
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        Ok(Spec {
+            sides: vec![
+                SideSpec {
+                    name: "edge".into(),
+                    cookie: cookie.clone(),
+                    epmd_listen: Some(SocketAddr::new(lo, 4370)),
+                    upstream_epmd: None,
+                    proxy_ip: lo,
+                },
+                SideSpec {
+                    name: "local".into(),
+                    cookie,
+                    epmd_listen: None,
+                    upstream_epmd: Some(SocketAddr::new(lo, 4369)),
+                    proxy_ip: lo,
+                },
+            ],
+            routes: vec![(0, 1), (1, 0)],
+            limits: LinkLimits::default(),
+            link_buffer: 4 << 20,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            driver: DriverKind::Auto,
+            epmd_timeout: Duration::from_secs(5),
+        })
+    }
+}

@@ -1,0 +1,43 @@
+//! Counters shared by the data plane and the control plane.
+//!
+//! Plain atomics bumped on the forwarding path (relaxed: they are statistics, not
+//! synchronisation), plus a small labelled map for rare events (close reasons, refusals). The
+//! metrics endpoint reads them; tests read them to check what happened.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Stats {
+    pub links_accepted: AtomicU64,
+    pub links_established: AtomicU64,
+    pub links_closed: AtomicU64,
+    pub links_open: AtomicU64,
+    /// Bytes and frames forwarded, index 0: down→up, 1: up→down.
+    pub bytes: [AtomicU64; 2],
+    pub frames: [AtomicU64; 2],
+    /// Times a leg stopped being read because the other leg's queue was full.
+    pub backpressure_pauses: AtomicU64,
+    labelled: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    /// Count a rare event by label (e.g. `close:bad_cookie`).
+    pub fn count(&self, label: &str) {
+        let mut m = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(label.to_string()).or_default() += 1;
+    }
+
+    pub fn get(&self, label: &str) -> u64 {
+        self.labelled.lock().unwrap_or_else(|p| p.into_inner()).get(label).copied().unwrap_or(0)
+    }
+
+    pub fn labelled(&self) -> BTreeMap<String, u64> {
+        self.labelled.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
