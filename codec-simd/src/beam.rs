@@ -138,7 +138,7 @@ impl fmt::Display for BeamError {
             Truncated { need } => write!(f, "file ends early ({need} more bytes needed)"),
             FormSize { declared, available } => write!(
                 f,
-                "FOR1 declares a form of {declared} bytes but {available} follow the header"
+                "file ends early: FOR1 declares a form of {declared} bytes, {available} follow its header"
             ),
             ChunkPastEnd { size, available } => write!(
                 f,
@@ -206,7 +206,7 @@ pub fn gunzip(file: &[u8], cap: usize, out: &mut Vec<u8>) -> Result<()> {
     out.clear();
     let need = |at: usize, n: usize| -> Result<()> {
         if file.len() < at + n {
-            Err(BeamError::new(None, file.len(), BeamErrorKind::Truncated { need: (at + n - file.len()) as u64 }))
+            Err(BeamError::gzip(file.len(), "stream ends early"))
         } else {
             Ok(())
         }
@@ -297,7 +297,7 @@ fn inflate_raw(body: &[u8], base: usize, cap: usize, first: usize, out: &mut Vec
             }
             TINFLStatus::FailedCannotMakeProgress | TINFLStatus::NeedsMoreInput => {
                 out.clear();
-                return Err(BeamError::new(None, base + in_pos, BeamErrorKind::Truncated { need: 1 }));
+                return Err(BeamError::gzip(base + in_pos, "deflate stream ends early"));
             }
             _ => {
                 out.clear();
@@ -376,8 +376,19 @@ pub fn chunks(image: &[u8]) -> Result<Chunks<'_>> {
     }
     let declared = be32(image, 4);
     let available = image.len() - 8;
-    if (declared as usize) < 4 || declared as usize > available {
-        return Err(BeamError::new(None, 4, BeamErrorKind::FormSize { declared, available }));
+    let kind = BeamErrorKind::FormSize { declared, available };
+    if (declared as usize) < 4 {
+        return Err(BeamError::new(None, 4, kind));
+    }
+    if declared as usize > available {
+        // A truncated file: name the chunk the file ends in, when the cut is inside one.
+        let cut = Chunks { image, pos: HEAD, end: image.len(), failed: false }
+            .find_map(|c| c.err())
+            .filter(|e| e.chunk.is_some());
+        return Err(match cut {
+            Some(e) => BeamError::new(e.chunk, e.offset, kind),
+            None => BeamError::new(None, 4, kind),
+        });
     }
     Ok(Chunks { image, pos: HEAD, end: 8 + declared as usize, failed: false })
 }

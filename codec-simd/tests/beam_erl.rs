@@ -324,20 +324,24 @@ fn every_truncation_of_a_real_beam_names_the_cut_chunk() {
     let spans = spans(&img);
     assert!(spans.len() >= 8, "{spans:?}");
     for n in 0..img.len() {
-        // As cut: FOR1 now declares more than is there.
+        // As cut: FOR1 now declares more than is there, and the error names the chunk the file
+        // ends in (when it ends inside one's data).
         let e = Beam::parse(&img[..n]).unwrap_err();
-        assert!(
-            matches!(e.kind, BeamErrorKind::FormSize { .. } | BeamErrorKind::Truncated { .. }),
-            "cut at {n}: {e}"
-        );
         if n < 12 {
+            assert!(matches!(e.kind, BeamErrorKind::Truncated { .. }), "cut at {n}: {e}");
             continue;
+        }
+        assert!(matches!(e.kind, BeamErrorKind::FormSize { .. }), "cut at {n}: {e}");
+        let &(id, start, _) = spans.iter().find(|s| n >= s.1 && n < s.2).expect("cut inside the form");
+        if n >= start + 8 {
+            assert_eq!((e.chunk, e.offset), (Some(id), start), "cut at {n}: {e}");
+        } else {
+            assert_eq!(e.chunk, None, "cut at {n}: {e}");
         }
         // With FOR1 fixed to the cut, the chunk parser must name the chunk the cut fell in.
         let mut cut = img[..n].to_vec();
         cut[4..8].copy_from_slice(&((n - 8) as u32).to_be_bytes());
         let r = Beam::parse(&cut);
-        let &(id, start, _) = spans.iter().find(|s| n >= s.1 && n < s.2).expect("cut inside the form");
         match r {
             // Cut exactly between chunks: a complete (smaller) module, or a required chunk missing.
             _ if n == start => match r {
