@@ -41,7 +41,9 @@ impl Cookie {
         let end = bytes.iter().position(|b| !(b' '..=b'~').contains(b)).unwrap_or(bytes.len());
         let (cookie, rest) = bytes.split_at(end);
         if !rest.iter().all(|b| matches!(b, b'\n' | b'\r' | b' ')) {
-            return Err("the cookie file has a character Erlang refuses (only printable ASCII, then line breaks)".into());
+            return Err(
+                "the cookie file has a character Erlang refuses (only printable ASCII, then line breaks)".into()
+            );
         }
         // Only printable ASCII so far, so this is valid UTF-8.
         Cookie::new(String::from_utf8_lossy(cookie).into_owned())
@@ -117,8 +119,8 @@ impl CookieSource {
             },
             CookieSource::File(path) => {
                 let full = expand_home(path)?;
-                let bytes = std::fs::read(&full)
-                    .map_err(|e| format!("cannot read cookie file '{}': {e}", full.display()))?;
+                let bytes =
+                    std::fs::read(&full).map_err(|e| format!("cannot read cookie file '{}': {e}", full.display()))?;
                 Cookie::from_file_contents(&bytes).map_err(|e| format!("cookie file '{}': {e}", full.display()))
             }
         }
@@ -207,7 +209,10 @@ mod tests {
 
         // A variable nobody else sets; tests in this binary run in parallel.
         let var = "DISTGATE_CONFIG_TEST_COOKIE_UNSET_7f3a";
-        assert_eq!(CookieSource::Env(var.into()).resolve().unwrap_err(), format!("environment variable {var} is not set"));
+        assert_eq!(
+            CookieSource::Env(var.into()).resolve().unwrap_err(),
+            format!("environment variable {var} is not set")
+        );
     }
 
     #[test]

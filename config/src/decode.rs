@@ -83,20 +83,13 @@ impl Cx {
                         .collect();
                     (!homes.is_empty()).then(|| format!("'{}' belongs in {}", u.key, homes.join(" or ")))
                 })
-                .or_else(|| {
-                    (!u.candidates.is_empty()).then(|| format!("valid keys: {}", u.candidates.join(", ")))
-                });
+                .or_else(|| (!u.candidates.is_empty()).then(|| format!("valid keys: {}", u.candidates.join(", "))));
             let message = if u.header.is_empty() {
                 format!("unknown top-level key '{}'", u.key)
             } else {
                 format!("unknown key '{}' in {}", u.key, u.header)
             };
-            self.diags.push(Diag {
-                offset: u.offset,
-                key: u.path,
-                message,
-                help,
-            });
+            self.diags.push(Diag { offset: u.offset, key: u.path, message, help });
         }
         // Stable: two errors at one spot keep the order they were found in.
         self.diags.sort_by_key(|d| d.offset);

@@ -154,10 +154,7 @@ mod tests {
             message: "unknown key 'treads' in [runtime]".into(),
             help: Some("did you mean 'threads'?".into()),
         };
-        assert_eq!(
-            e.to_string(),
-            "error: unknown key 'treads' in [runtime] at x.toml:12:1 — did you mean 'threads'?"
-        );
+        assert_eq!(e.to_string(), "error: unknown key 'treads' in [runtime] at x.toml:12:1 — did you mean 'threads'?");
         let whole = Error { line: 0, column: 0, key: String::new(), help: None, message: "cannot read it".into(), ..e };
         assert_eq!(whole.to_string(), "error: cannot read it (x.toml)");
     }

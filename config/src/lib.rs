@@ -57,7 +57,9 @@ pub const MAX_FILE_BYTES: u64 = 4 << 20;
 pub fn load(path: impl AsRef<Path>) -> Result<Config, Errors> {
     let path = path.as_ref();
     let name = path.display().to_string();
-    let whole = |message: String| Errors(vec![Error { file: name.clone(), line: 0, column: 0, key: String::new(), message, help: None }]);
+    let whole = |message: String| {
+        Errors(vec![Error { file: name.clone(), line: 0, column: 0, key: String::new(), message, help: None }])
+    };
     let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot read {name}: {e}")))?;
     if meta.len() > MAX_FILE_BYTES {
         return Err(whole(format!("{name} is {} bytes; a configuration is at most {MAX_FILE_BYTES}", meta.len())));
@@ -67,7 +69,14 @@ pub fn load(path: impl AsRef<Path>) -> Result<Config, Errors> {
         let ix = e.utf8_error().valid_up_to();
         let src = String::from_utf8_lossy(&e.as_bytes()[..ix]).into_owned();
         let (line, column) = LineIndex::new(&src).position(&src, ix);
-        Errors(vec![Error { file: name.clone(), line, column, key: String::new(), message: "the file is not UTF-8".into(), help: None }])
+        Errors(vec![Error {
+            file: name.clone(),
+            line,
+            column,
+            key: String::new(),
+            message: "the file is not UTF-8".into(),
+            help: None,
+        }])
     })?;
     parse(&text, &name)
 }
@@ -367,7 +376,10 @@ level = "warn,distgate::link=debug"
         let e = errs("[[cluster]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
         assert!(e.contains("missing cookie source in [[cluster]] at t.toml:1:1"), "{e}");
         let e = errs("[[cluster]]\nname = \"a\"\ncookie_env = \"A\"\ncookie_file = \"/c\"\nlisten = \"127.0.0.1:1\"\n");
-        assert!(e.contains("cluster[0].cookie_env: a second cookie source (already cookie_file) at t.toml:3:14"), "{e}");
+        assert!(
+            e.contains("cluster[0].cookie_env: a second cookie source (already cookie_file) at t.toml:3:14"),
+            "{e}"
+        );
         let e = errs("[[cluster]]\nname = \"a\"\ncookie_env = \"1A\"\nlisten = \"127.0.0.1:1\"\n");
         assert!(e.contains("not an environment variable name"), "{e}");
     }
@@ -403,7 +415,10 @@ level = "warn,distgate::link=debug"
         let two = format!("{MIN}[[cluster]]\nname = \"a\"\ncookie_env = \"C\"\nlisten = \"127.0.0.1:4370\"\n");
         let e = errs(&two);
         assert!(e.contains("cluster[1].name: duplicate cluster name 'a' (also cluster[0]) at t.toml:6:8"), "{e}");
-        assert!(e.contains("cluster[1].listen: address 127.0.0.1:4370 is already used by cluster[0].listen at t.toml:8:10"), "{e}");
+        assert!(
+            e.contains("cluster[1].listen: address 127.0.0.1:4370 is already used by cluster[0].listen at t.toml:8:10"),
+            "{e}"
+        );
         let e = errs(&format!("{MIN}[[route]]\nfrom = \"a\"\nto = \"b\"\npolicy = \"strict\"\n[policy.strikt]\n"));
         assert!(e.contains("route[0].to: no cluster named 'b' at t.toml:7:6 — clusters: 'a'"), "{e}");
         assert!(e.contains("route[0].policy: no policy named 'strict' at t.toml:8:10 — did you mean 'strikt'?"), "{e}");
@@ -411,6 +426,15 @@ level = "warn,distgate::link=debug"
         assert!(e.contains("route[1]: a second route from 'a' to 'a' (also route[0]) at t.toml:8:1"), "{e}");
         let e = errs(&format!("{MIN}node_ports = \"4000-5000\"\n"));
         assert!(e.contains("range 4000-5000 contains 127.0.0.1:4370, used by cluster[0].listen"), "{e}");
+        let e = errs(&format!("{MIN}[metrics]\nlisten = \"0.0.0.0:4370\"\n"));
+        assert!(
+            e.contains("metrics.listen: address 0.0.0.0:4370 collides with 127.0.0.1:4370 (cluster[0].listen)"),
+            "{e}"
+        );
+        ok(&format!("{MIN}[metrics]\nlisten = \"127.0.0.2:4370\"\n"));
+        ok(&format!("{MIN}[metrics]\nlisten = \"[::1]:4370\"\n"));
+        let e = errs(&format!("{MIN}[metrics]\nlisten = \"[::]:4370\"\n"));
+        assert!(e.contains("collides with 127.0.0.1:4370"), "{e}");
         let e = errs(&format!("{MIN}[metrics]\nlisten = \"127.0.0.1:4370\"\n"));
         assert!(e.contains("metrics.listen: address 127.0.0.1:4370 is already used by cluster[0].listen"), "{e}");
     }

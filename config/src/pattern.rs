@@ -104,12 +104,13 @@ impl FromValue for Glob {
 /// Whether `s` can be written as a bare Erlang atom.
 fn is_bare_atom(s: &str) -> bool {
     let mut cs = s.chars();
-    matches!(cs.next(), Some(c) if c.is_ascii_lowercase()) && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@')
+    matches!(cs.next(), Some(c) if c.is_ascii_lowercase())
+        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@')
 }
 
 fn write_atom(f: &mut fmt::Formatter<'_>, s: &str, glob: bool) -> fmt::Result {
-    let bare = is_bare_atom(s)
-        || (glob && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '@' | '*' | '.')));
+    let bare =
+        is_bare_atom(s) || (glob && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '@' | '*' | '.')));
     if bare {
         f.write_str(s)
     } else {
@@ -265,7 +266,9 @@ impl NodePattern {
         if let Some(c) = name.chars().find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '*'))) {
             return Err(format!("character {c:?} in the name part of '{s}'"));
         }
-        if let Some(c) = host.chars().find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '*' | ':'))) {
+        if let Some(c) =
+            host.chars().find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '*' | ':')))
+        {
             return Err(format!("character {c:?} in the host part of '{s}'"));
         }
         Glob::new(s, false).map(NodePattern)

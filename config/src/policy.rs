@@ -300,15 +300,26 @@ fn decode_modules(cx: &mut Cx, t: Table<'_>) -> Vec<ModuleRule> {
         let empty = rt.span_of("unknown_fun").is_none() && rt.span_of("unknown_export").is_none();
         rt.finish(cx);
         if empty && map.is_empty() {
-            cx.error(v.span().start, &path, format!("{path}: sets nothing"), Some("give unknown_fun and/or unknown_export".into()));
+            cx.error(
+                v.span().start,
+                &path,
+                format!("{path}: sets nothing"),
+                Some("give unknown_fun and/or unknown_export".into()),
+            );
         }
         // First match wins, so a later exact name that an earlier pattern already matches
         // would never apply: almost certainly the entries are in the wrong order.
-        if let Some((earlier, _)) = rules.iter().find(|(r, _)| pattern.is_literal() && r.pattern.matches(pattern.as_str())) {
+        if let Some((earlier, _)) =
+            rules.iter().find(|(r, _)| pattern.is_literal() && r.pattern.matches(pattern.as_str()))
+        {
             cx.error(
                 key_span.start,
                 &path,
-                format!("{path}: never applies: the earlier pattern '{}' already matches '{}'", earlier.pattern.as_str(), pattern.as_str()),
+                format!(
+                    "{path}: never applies: the earlier pattern '{}' already matches '{}'",
+                    earlier.pattern.as_str(),
+                    pattern.as_str()
+                ),
                 Some("the first matching pattern wins; put the more specific one first".into()),
             );
         }
@@ -325,7 +336,12 @@ fn decode_fun_map(cx: &mut Cx, t: Table<'_>) -> Vec<FunMapping> {
         let fun = match Mfa::parse(&key) {
             Ok(f) => Some(f),
             Err(m) => {
-                cx.error(key_span.start, &path, format!("{path}: invalid fun: {m}"), Some("write the lambda as module:'lambda name', e.g. \"m:'-f/1-fun-0-'\"".into()));
+                cx.error(
+                    key_span.start,
+                    &path,
+                    format!("{path}: invalid fun: {m}"),
+                    Some("write the lambda as module:'lambda name', e.g. \"m:'-f/1-fun-0-'\"".into()),
+                );
                 None
             }
         };
@@ -382,7 +398,10 @@ mod tests {
                 assert_eq!(ControlOp::from_code(c), Some(op));
             }
         }
-        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [(1..=8).collect::<Vec<u8>>(), (12..=13).collect(), vec![16], (18..=37).collect()].concat());
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            [(1..=8).collect::<Vec<u8>>(), (12..=13).collect(), vec![16], (18..=37).collect()].concat()
+        );
         assert_eq!(ControlOp::from_code(9), None);
     }
 

@@ -176,7 +176,12 @@ impl FromValue for Threads {
                     Some(n) if n.get() <= MAX_THREADS => Some(Threads::Fixed(n)),
                     _ => {
                         let help = (n == 0).then(|| "write \"auto\" for one thread per core".to_string());
-                        cx.error(v.span().start, path, format!("{path}: must be between 1 and {MAX_THREADS}, found {n}"), help);
+                        cx.error(
+                            v.span().start,
+                            path,
+                            format!("{path}: must be between 1 and {MAX_THREADS}, found {n}"),
+                            help,
+                        );
                         None
                     }
                 }
@@ -375,7 +380,8 @@ fn duration_in(t: &mut Table<'_>, cx: &mut Cx, key: &'static str, min: Duration,
 /// Decode the top-level table. Returns `None` only if a required piece is missing, in which
 /// case an error has been recorded.
 pub(crate) fn decode_root(cx: &mut Cx, mut root: Table<'_>) -> Option<Config> {
-    let clusters: Vec<Option<Cluster>> = root.tables(cx, "cluster").into_iter().map(|t| decode_cluster(cx, t)).collect();
+    let clusters: Vec<Option<Cluster>> =
+        root.tables(cx, "cluster").into_iter().map(|t| decode_cluster(cx, t)).collect();
     let routes: Vec<Option<Route>> = root.tables(cx, "route").into_iter().map(|t| decode_route(cx, t)).collect();
     let policies = match root.table(cx, "policy") {
         Some(t) => crate::policy::decode_policies(cx, t),
@@ -444,7 +450,10 @@ fn decode_cookie(cx: &mut Cx, t: &mut Table<'_>) -> Option<CookieSource> {
     let present: Vec<&'static str> = COOKIE_KEYS.into_iter().filter(|k| t.span_of(k).is_some()).collect();
     let file = t.get::<PathValue>(cx, "cookie_file").map(|p| CookieSource::File(p.0));
     let env = t.get_checked::<String>(cx, "cookie_env", |v| {
-        if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !v.starts_with(|c: char| c.is_ascii_digit()) {
+        if !v.is_empty()
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !v.starts_with(|c: char| c.is_ascii_digit())
+        {
             Ok(())
         } else {
             Err(format!("'{v}' is not an environment variable name"))
@@ -484,7 +493,12 @@ fn decode_cookie(cx: &mut Cx, t: &mut Table<'_>) -> Option<CookieSource> {
             for k in rest {
                 let path = t.key_path(k);
                 let at = t.span_of(k).map_or(t.span.start, |s| s.start);
-                cx.error(at, &path, format!("{path}: a second cookie source (already {first})"), Some("give exactly one of cookie_file, cookie_env, cookie".into()));
+                cx.error(
+                    at,
+                    &path,
+                    format!("{path}: a second cookie source (already {first})"),
+                    Some("give exactly one of cookie_file, cookie_env, cookie".into()),
+                );
             }
             None
         }
@@ -509,7 +523,8 @@ fn decode_route(cx: &mut Cx, mut t: Table<'_>) -> Option<Route> {
 fn decode_registry(cx: &mut Cx, mut t: Table<'_>) -> Registry {
     let d = Registry::default();
     let cache_file = t.get::<PathValue>(cx, "cache_file").map(|p| p.0);
-    let refresh_interval = duration_in(&mut t, cx, "refresh_interval", Duration::from_secs(1), Duration::from_secs(7 * 86_400));
+    let refresh_interval =
+        duration_in(&mut t, cx, "refresh_interval", Duration::from_secs(1), Duration::from_secs(7 * 86_400));
     let node_name = t.get_checked::<String>(cx, "node_name", |s| {
         match s.chars().find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')) {
             _ if s.is_empty() => Err("must not be empty".into()),
@@ -548,8 +563,14 @@ fn decode_limits(cx: &mut Cx, mut t: Table<'_>) -> Limits {
         fragments_in_flight: count_in(&mut t, cx, "fragments_in_flight", 1, 65_536).unwrap_or(d.fragments_in_flight),
         fragment_bytes: size_in(&mut t, cx, "fragment_bytes", 64 * KIB, 1 << 40).unwrap_or(d.fragment_bytes),
         link_buffer_bytes: size_in(&mut t, cx, "link_buffer_bytes", 64 * KIB, 1 << 40).unwrap_or(d.link_buffer_bytes),
-        handshake_timeout: duration_in(&mut t, cx, "handshake_timeout", Duration::from_millis(100), Duration::from_secs(600))
-            .unwrap_or(d.handshake_timeout),
+        handshake_timeout: duration_in(
+            &mut t,
+            cx,
+            "handshake_timeout",
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )
+        .unwrap_or(d.handshake_timeout),
         max_term_depth: count_in(&mut t, cx, "max_term_depth", 16, 10_000_000).unwrap_or(d.max_term_depth),
         max_inflated_bytes: size_in(&mut t, cx, "max_inflated_bytes", KIB, 1 << 40).unwrap_or(d.max_inflated_bytes),
         idle_timeout: t

@@ -84,7 +84,10 @@ pub fn parse_size(s: &str) -> Result<u64, (String, Option<String>)> {
     let (num, unit) = t.split_at(split);
     let unit = unit.trim_start();
     if num.is_empty() {
-        return Err((format!("invalid size '{s}'"), Some("write bytes as an integer, or e.g. \"64KiB\", \"8MiB\", \"1GiB\"".into())));
+        return Err((
+            format!("invalid size '{s}'"),
+            Some("write bytes as an integer, or e.g. \"64KiB\", \"8MiB\", \"1GiB\"".into()),
+        ));
     }
     let n: u64 = num.parse().map_err(|_| (format!("size '{s}' is too large"), None))?;
     let shift = match unit.to_ascii_lowercase().as_str() {
@@ -198,7 +201,10 @@ impl FromValue for HostPort {
     fn from_value(cx: &mut Cx, path: &str, v: &Value<'_>) -> Option<Self> {
         parse_str(cx, path, v, "an address such as \"127.0.0.1:4369\"", |s| {
             s.parse().map_err(|m| {
-                (format!("invalid address '{s}': {m}"), Some("expected HOST:PORT, e.g. \"127.0.0.1:4369\" or \"epmd.example:4369\"".into()))
+                (
+                    format!("invalid address '{s}': {m}"),
+                    Some("expected HOST:PORT, e.g. \"127.0.0.1:4369\" or \"epmd.example:4369\"".into()),
+                )
             })
         })
     }

@@ -2,6 +2,7 @@
 //! resolved, addresses not claimed twice.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::decode::{suggest, Cx};
 use crate::schema::Config;
@@ -26,21 +27,31 @@ fn clusters(cx: &mut Cx, config: &Config) {
         if let Some(first) = seen.insert(&c.name, i) {
             seen.insert(&c.name, first);
             let path = format!("cluster[{i}].name");
-            cx.error_at_key(&path, 0, format!("{path}: duplicate cluster name '{}' (also cluster[{first}])", c.name), None);
+            cx.error_at_key(
+                &path,
+                0,
+                format!("{path}: duplicate cluster name '{}' (also cluster[{first}])", c.name),
+                None,
+            );
         }
     }
 }
 
 fn addresses(cx: &mut Cx, config: &Config) {
     // Everything distgate binds, with the key that asks for it.
-    let mut binds: Vec<(std::net::SocketAddr, String)> =
+    let mut binds: Vec<(SocketAddr, String)> =
         config.clusters.iter().enumerate().map(|(i, c)| (c.listen, format!("cluster[{i}].listen"))).collect();
     if config.metrics.enabled {
         binds.push((config.metrics.listen, "metrics.listen".into()));
     }
     for (j, (addr, path)) in binds.iter().enumerate() {
-        if let Some((_, first)) = binds[..j].iter().find(|(a, _)| a == addr) {
-            cx.error_at_key(path, 0, format!("{path}: address {addr} is already used by {first}"), None);
+        if let Some((other, first)) = binds[..j].iter().find(|(a, _)| same_socket(*a, *addr)) {
+            let what = if other == addr {
+                format!("address {addr} is already used by {first}")
+            } else {
+                format!("address {addr} collides with {other} ({first})")
+            };
+            cx.error_at_key(path, 0, format!("{path}: {what}"), None);
         }
     }
     // Per-node port ranges are opened on the cluster's listen IP: they must not collide with
@@ -49,18 +60,35 @@ fn addresses(cx: &mut Cx, config: &Config) {
         let Some(range) = c.node_ports else { continue };
         let path = format!("cluster[{i}].node_ports");
         for (addr, other) in &binds {
-            if addr.ip() == c.listen.ip() && range.contains(addr.port()) {
+            if same_ip(addr.ip(), c.listen.ip()) && range.contains(addr.port()) {
                 cx.error_at_key(&path, 0, format!("{path}: range {range} contains {addr}, used by {other}"), None);
             }
         }
         for (j, d) in config.clusters[..i].iter().enumerate() {
             if let Some(other) = d.node_ports {
-                if d.listen.ip() == c.listen.ip() && other.overlaps(&range) {
-                    cx.error_at_key(&path, 0, format!("{path}: range {range} overlaps cluster[{j}].node_ports ({other})"), None);
+                if same_ip(d.listen.ip(), c.listen.ip()) && other.overlaps(&range) {
+                    cx.error_at_key(
+                        &path,
+                        0,
+                        format!("{path}: range {range} overlaps cluster[{j}].node_ports ({other})"),
+                        None,
+                    );
                 }
             }
         }
     }
+}
+
+/// Whether two listeners would fight over a port: the same IP, or a wildcard address that
+/// covers the other (0.0.0.0:P takes P on every IPv4 address; [::] is dual-stack by default
+/// on Linux, so it takes IPv4 too).
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    let covers = |w: IpAddr, x: IpAddr| w.is_unspecified() && (w.is_ipv6() || x.is_ipv4());
+    a == b || covers(a, b) || covers(b, a)
+}
+
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && same_ip(a.ip(), b.ip())
 }
 
 fn routes(cx: &mut Cx, config: &Config) {
@@ -71,7 +99,12 @@ fn routes(cx: &mut Cx, config: &Config) {
         for (key, name) in [("from", &r.from), ("to", &r.to)] {
             if !clusters.contains(&name.as_str()) {
                 let path = format!("route[{i}].{key}");
-                cx.error_at_key(&path, 0, format!("{path}: no cluster named '{name}'"), unknown_name_help(name, &clusters, "clusters"));
+                cx.error_at_key(
+                    &path,
+                    0,
+                    format!("{path}: no cluster named '{name}'"),
+                    unknown_name_help(name, &clusters, "clusters"),
+                );
             }
         }
         if let Some(p) = &r.policy {
