@@ -31,6 +31,18 @@ enum Cmd {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Check a configuration file: print "FILE: ok", or every problem found, one per line with
+    /// its file:line:column, key and a hint (exit status 1). Without -c, checks the embedded
+    /// default. Reference: docs/config.md.
+    Check {
+        /// The configuration file.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Also read every cluster's cookie (cookie_file, cookie_env) as `run` would, so a
+        /// missing or unreadable secret fails the check too (systemd's ExecStartPre uses this).
+        #[arg(long)]
+        cookies: bool,
+    },
     /// Inspect External Term Format data.
     Etf {
         #[command(subcommand)]
@@ -98,9 +110,31 @@ fn run(driver: &str, threads: Option<usize>) -> Result<(), String> {
     Ok(())
 }
 
+/// `distgate check`: errors go to stderr, one per line; nothing but "FILE: ok" on success.
+fn check(file: Option<&PathBuf>, cookies: bool) -> ExitCode {
+    let (loaded, name) = match file {
+        Some(f) => (distgate_config::load(f), f.display().to_string()),
+        None => (Ok(distgate_config::Config::embedded_default()), distgate_config::EMBEDDED_DEFAULT_NAME.to_string()),
+    };
+    let checked = loaded.and_then(|c| if cookies { c.resolve_cookies().map(|_| ()) } else { Ok(()) });
+    match checked {
+        Ok(()) => {
+            println!("{name}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            let n = errors.len();
+            eprintln!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
+        Some(Cmd::Check { config, cookies }) => return check(config.as_ref(), cookies),
         None => run("auto", None),
         Some(Cmd::Run { driver, threads }) => run(&driver, threads),
         Some(Cmd::Etf { cmd: EtfCmd::Print { file, frames, sample, width } }) => {
