@@ -9,3 +9,4 @@ pub mod handshake;
 pub mod link;
 pub mod runtime;
 pub mod stats;
+pub mod registry;

@@ -48,6 +48,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EtfCmd,
     },
+    /// Module registry: .beam MD5s, lambda tables, exports.
+    Registry {
+        #[command(subcommand)]
+        cmd: distgate::registry::cli::RegistryCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,6 +142,7 @@ fn main() -> ExitCode {
         Some(Cmd::Check { config, cookies }) => return check(config.as_ref(), cookies),
         None => run("auto", None),
         Some(Cmd::Run { driver, threads }) => run(&driver, threads),
+        Some(Cmd::Registry { cmd }) => return distgate::registry::cli::run(cmd),
         Some(Cmd::Etf { cmd: EtfCmd::Print { file, frames, sample, width } }) => {
             let (bytes, name) = if sample {
                 (etf::SAMPLE.to_vec(), "bundled sample".to_string())
