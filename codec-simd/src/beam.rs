@@ -891,9 +891,7 @@ mod tests {
             body.extend_from_slice(*id);
             body.extend_from_slice(&(data.len() as u32).to_be_bytes());
             body.extend_from_slice(data);
-            while body.len() % 4 != 0 {
-                body.push(0);
-            }
+            body.resize(body.len().div_ceil(4) * 4, 0);
         }
         let mut out = b"FOR1".to_vec();
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -1002,9 +1000,12 @@ mod tests {
         assert_eq!(b.atom_encoding(), AtomEncoding::Utf8Compact);
         assert_eq!(b.atom(2), Some("fifteen_chars__"));
         assert_eq!(b.atom(3), Some(long.as_str()));
-        assert_eq!(compact_len(&[0b000_11_000, 0x01, 0x00]), Ok((256, 3)));
-        assert_eq!(compact_len(&[0b111_11_000]), Err(BeamErrorKind::BadAtomLength));
-        assert_eq!(compact_len(&[0b000_11_001, 0x80, 0x00]), Err(BeamErrorKind::BadAtomLength));
+        // nnn=000, bits 4 and 3 set, tag u: two value bytes follow.
+        assert_eq!(compact_len(&[0x18, 0x01, 0x00]), Ok((256, 3)));
+        // nnn=111: an extended size prefix, never an atom length.
+        assert_eq!(compact_len(&[0xf8]), Err(BeamErrorKind::BadAtomLength));
+        // Tag i (signed) with the top bit set: a negative length.
+        assert_eq!(compact_len(&[0x19, 0x80, 0x00]), Err(BeamErrorKind::BadAtomLength));
         assert_eq!(compact_len(&[0x08]), Err(BeamErrorKind::Truncated { need: 1 }));
     }
 

@@ -305,8 +305,11 @@ fn compressed_beams_have_the_same_md5() {
 
 // ----- truncated, corrupt and hostile files --------------------------------------------------
 
-/// Chunk spans of a well-formed image: (id, header offset, end including padding).
-fn spans(img: &[u8]) -> Vec<([u8; 4], usize, usize)> {
+/// A chunk's id, header offset, and end including padding.
+type Span = ([u8; 4], usize, usize);
+
+/// Chunk spans of a well-formed image.
+fn spans(img: &[u8]) -> Vec<Span> {
     beam::chunks(img)
         .unwrap()
         .map(|c| {
@@ -478,7 +481,7 @@ fn hostile_files_fail_cleanly_and_cost_little_memory() {
 
 /// Overwrite a 32-bit word at a chunk-structural position (FOR1 size, a chunk size, a table
 /// count) or a random position with a value from a hostile set.
-fn mutate(img: &[u8], spans: &[([u8; 4], usize, usize)], pick: usize, at: usize, value: u32) -> Vec<u8> {
+fn mutate(img: &[u8], spans: &[Span], pick: usize, at: usize, value: u32) -> Vec<u8> {
     let mut v = img.to_vec();
     let pos = match pick % 4 {
         0 => 4,
@@ -502,7 +505,7 @@ proptest! {
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
     ) {
         use std::sync::OnceLock;
-        static IMG: OnceLock<(Vec<u8>, Vec<([u8; 4], usize, usize)>)> = OnceLock::new();
+        static IMG: OnceLock<(Vec<u8>, Vec<Span>)> = OnceLock::new();
         let (img, spans) = IMG.get_or_init(|| {
             let img = std::fs::read(otp_beam("proplists")).unwrap();
             let s = spans(&img);
