@@ -24,9 +24,12 @@ enum Cmd {
     /// reaches every node registered with the standard epmd on 127.0.0.1:4369 through
     /// distgate, using ~/.erlang.cookie on both legs.
     Run {
-        /// Data-plane driver: auto, io_uring or mio.
-        #[arg(long, default_value = "auto")]
-        driver: String,
+        /// Configuration file (reference: docs/config.md). Without it: the embedded default.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Data-plane driver, overriding [runtime] driver: auto, io_uring or mio.
+        #[arg(long)]
+        driver: Option<String>,
         /// Data-plane threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
@@ -93,15 +96,21 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-fn run(driver: &str, threads: Option<usize>) -> Result<(), String> {
+fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> Result<(), String> {
     init_logging();
-    let mut spec = distgate::runtime::Spec::embedded_default().map_err(|e| format!("embedded default: {e}"))?;
-    spec.driver = match driver {
-        "auto" => distgate::driver::DriverKind::Auto,
-        "io_uring" | "uring" => distgate::driver::DriverKind::Uring,
-        "mio" | "poll" | "epoll" => distgate::driver::DriverKind::Poll,
-        other => return Err(format!("unknown driver {other:?} (auto, io_uring, mio)")),
+    let (cfg, name) = match file {
+        Some(f) => (distgate_config::load(f).map_err(|e| e.to_string())?, f.display().to_string()),
+        None => (distgate_config::Config::embedded_default(), distgate_config::EMBEDDED_DEFAULT_NAME.to_string()),
     };
+    let mut spec = distgate::runtime::Spec::from_config(&cfg).map_err(|e| format!("{name}: {e}"))?;
+    if let Some(d) = driver {
+        spec.driver = match d {
+            "auto" => distgate::driver::DriverKind::Auto,
+            "io_uring" | "uring" => distgate::driver::DriverKind::Uring,
+            "mio" | "poll" | "epoll" => distgate::driver::DriverKind::Poll,
+            other => return Err(format!("unknown driver {other:?} (auto, io_uring, mio)")),
+        };
+    }
     if let Some(t) = threads {
         spec.threads = t.max(1);
     }
@@ -109,8 +118,11 @@ fn run(driver: &str, threads: Option<usize>) -> Result<(), String> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
-    let rt = distgate::runtime::Runtime::start(spec).map_err(|e| e.to_string())?;
-    tracing::info!(driver = rt.driver().name(), "distgate running; ERL_EPMD_PORT=4370 points a node at it");
+    let rt = distgate::runtime::Runtime::start(spec).map_err(|e| format!("{name}: {e}"))?;
+    for c in &cfg.clusters {
+        tracing::info!(cluster = %c.name, epmd = %c.listen, "point this cluster's nodes here: ERL_EPMD_PORT={}", c.listen.port());
+    }
+    tracing::info!(config = %name, driver = rt.driver().name(), "distgate running");
     rt.wait_for_signal(stop);
     Ok(())
 }
@@ -140,8 +152,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Cmd::Check { config, cookies }) => return check(config.as_ref(), cookies),
-        None => run("auto", None),
-        Some(Cmd::Run { driver, threads }) => run(&driver, threads),
+        None => run(None, None, None),
+        Some(Cmd::Run { config, driver, threads }) => run(config.as_ref(), driver.as_deref(), threads),
         Some(Cmd::Registry { cmd }) => return distgate::registry::cli::run(cmd),
         Some(Cmd::Etf { cmd: EtfCmd::Print { file, frames, sample, width } }) => {
             let (bytes, name) = if sample {

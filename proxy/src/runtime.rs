@@ -250,6 +250,7 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
                 return Ok(());
             };
             tracing::info!(side = %me.spec.name, node = %name, port = info.port, creation, "node registered");
+            let mirrors = mirror(sh, side, &info, SocketAddr::new(peer.ip(), info.port));
             // The registration lives as long as this connection.
             s.set_read_timeout(None)?;
             let mut sink = [0u8; 64];
@@ -259,6 +260,7 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
                     Ok(_) => {}
                 }
             }
+            drop(mirrors);
             me.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
             tracing::info!(side = %me.spec.name, node = %name, "node unregistered");
         }
@@ -290,25 +292,24 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
 }
 
 /// Answer PORT_PLEASE2 `name` for a node of side `from`.
+///
+/// Order: a node registered with this very responder is answered directly (same side, no
+/// proxying). Then every side `from` may route to — itself included when a route `from → from`
+/// exists, which is how the embedded default proxies a cluster to its own upstream epmd — is
+/// searched, and a hit is answered with the dedicated proxy port. Last, a node only known to
+/// this side's upstream (and no self-route) is answered with its own port.
 fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
     let me = &sh.sides[from];
     if let Some(r) = me.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
         return Some(r.info.clone());
     }
-    if let Some(up) = me.spec.upstream_epmd {
-        if let Ok(Some(info)) = epmd::port_please(up, name, sh.epmd_timeout) {
-            return Some(info);
-        }
-    }
     for &(f, to) in &sh.routes_allowed {
-        if f != from || to == from {
+        if f != from {
             continue;
         }
-        let Some((info, target)) = find_in_side(sh, to, name) else { continue };
+        let Some((info, target)) = find_in_side(sh, to, name, to == from) else { continue };
         match route_for(sh, from, to, name, target) {
-            Ok(port) => {
-                return Some(NodeInfo { port, ..info });
-            }
+            Ok(port) => return Some(NodeInfo { port, ..info }),
             Err(e) => {
                 sh.stats.count("route_open_failed");
                 tracing::warn!(node = %name, error = %e, "cannot open a proxy port");
@@ -316,13 +317,22 @@ fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
             }
         }
     }
+    if let Some(up) = me.spec.upstream_epmd {
+        if let Ok(Some(info)) = epmd::port_please(up, name, sh.epmd_timeout) {
+            return Some(info);
+        }
+    }
     None
 }
 
-fn find_in_side(sh: &Shared, side: usize, name: &str) -> Option<(NodeInfo, SocketAddr)> {
+/// Where node `name` of `side` listens: its registration with the side's responder (unless
+/// `upstream_only`), or the side's upstream EPMD.
+fn find_in_side(sh: &Shared, side: usize, name: &str, upstream_only: bool) -> Option<(NodeInfo, SocketAddr)> {
     let s = &sh.sides[side];
-    if let Some(r) = s.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
-        return Some((r.info.clone(), SocketAddr::new(r.ip, r.info.port)));
+    if !upstream_only {
+        if let Some(r) = s.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Some((r.info.clone(), SocketAddr::new(r.ip, r.info.port)));
+        }
     }
     let up = s.spec.upstream_epmd?;
     match epmd::port_please(up, name, sh.epmd_timeout) {
@@ -336,6 +346,35 @@ fn find_in_side(sh: &Shared, side: usize, name: &str) -> Option<(NodeInfo, Socke
             None
         }
     }
+}
+
+/// Mirror a node that registered with side `side`'s responder into the upstream EPMD of every
+/// side that may route to it, under the dedicated proxy port, so nodes there can dial first.
+/// The returned streams keep the mirrored registrations alive; dropping them ends them.
+fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for &(from, to) in &sh.routes_allowed {
+        if to != side {
+            continue;
+        }
+        let Some(up) = sh.sides[from].spec.upstream_epmd else { continue };
+        let port = match route_for(sh, from, to, &info.name, target) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(node = %info.name, error = %e, "cannot open a proxy port for a mirror");
+                continue;
+            }
+        };
+        let mirrored = NodeInfo { port, ..info.clone() };
+        match epmd::alive2(up, &mirrored, sh.epmd_timeout) {
+            Ok((s, _)) => {
+                tracing::info!(node = %info.name, upstream = %up, port, "registration mirrored upstream");
+                held.push(s);
+            }
+            Err(e) => tracing::info!(node = %info.name, upstream = %up, error = %e, "not mirrored upstream"),
+        }
+    }
+    held
 }
 
 /// The dedicated port for (from → to, name), opened on first use; the target is refreshed.
@@ -393,34 +432,68 @@ pub fn home_cookie() -> io::Result<Cookie> {
 }
 
 impl Spec {
-    /// The embedded default: nodes pointed at distgate's responder on 127.0.0.1:4370
-    /// (`ERL_EPMD_PORT=4370`) reach every node registered with the standard epmd on
-    /// 127.0.0.1:4369 through distgate, with the cookie of `~/.erlang.cookie` on both legs.
-    pub fn embedded_default() -> io::Result<Spec> {
-        let cookie = home_cookie()?;
-        let lo = IpAddr::from([127, 0, 0, 1]);
+    /// The runtime's view of a validated configuration. Cookies are read here (files,
+    /// environment); a missing `~/.erlang.cookie` is created as erl would create it.
+    pub fn from_config(cfg: &distgate_config::Config) -> Result<Spec, String> {
+        use distgate_config::{CookieSource, Driver};
+        for c in &cfg.clusters {
+            if let CookieSource::File(p) = &c.cookie {
+                if p.to_string_lossy().ends_with(".erlang.cookie") && !p.exists() {
+                    home_cookie().map_err(|e| format!("cluster {}: {e}", c.name))?;
+                }
+            }
+        }
+        let cookies = cfg.resolve_cookies().map_err(|e| e.to_string())?;
+        let mut sides = Vec::new();
+        for c in &cfg.clusters {
+            let cookie = cookies.get(&c.name).ok_or_else(|| format!("cluster {}: no cookie", c.name))?;
+            let upstream_epmd = match c.upstream_epmd.first() {
+                None => None,
+                Some(hp) => {
+                    use std::net::ToSocketAddrs;
+                    let addr = (hp.host.as_str(), hp.port)
+                        .to_socket_addrs()
+                        .map_err(|e| format!("cluster {}: upstream_epmd {hp}: {e}", c.name))?
+                        .next()
+                        .ok_or_else(|| format!("cluster {}: upstream_epmd {hp} has no address", c.name))?;
+                    Some(addr)
+                }
+            };
+            sides.push(SideSpec {
+                name: c.name.clone(),
+                cookie: Cookie::new(cookie.expose().as_bytes()),
+                epmd_listen: Some(c.listen),
+                upstream_epmd,
+                proxy_ip: c.listen.ip(),
+            });
+        }
+        let mut routes = Vec::new();
+        for (i, a) in cfg.clusters.iter().enumerate() {
+            for (j, b) in cfg.clusters.iter().enumerate() {
+                if cfg.connected(&a.name, &b.name) {
+                    routes.push((i, j));
+                }
+            }
+        }
+        let l = &cfg.limits;
+        let limits = LinkLimits {
+            max_frame: l.max_frame_bytes,
+            handshake_timeout: l.handshake_timeout,
+            tick_timeout: l.idle_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600)),
+            term: distgate_codec::term::Limits { max_depth: l.max_term_depth, max_inflated: l.max_inflated_bytes },
+            fragments: distgate_codec::message::FragLimits { max_bytes: l.fragment_bytes, max_sequences: l.fragments_in_flight },
+        };
         Ok(Spec {
-            sides: vec![
-                SideSpec {
-                    name: "edge".into(),
-                    cookie: cookie.clone(),
-                    epmd_listen: Some(SocketAddr::new(lo, 4370)),
-                    upstream_epmd: None,
-                    proxy_ip: lo,
-                },
-                SideSpec {
-                    name: "local".into(),
-                    cookie,
-                    epmd_listen: None,
-                    upstream_epmd: Some(SocketAddr::new(lo, 4369)),
-                    proxy_ip: lo,
-                },
-            ],
-            routes: vec![(0, 1), (1, 0)],
-            limits: LinkLimits::default(),
-            link_buffer: 4 << 20,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            driver: DriverKind::Auto,
+            sides,
+            routes,
+            limits,
+            link_buffer: l.link_buffer_bytes,
+            threads: cfg.runtime.threads.count().get(),
+            driver: match cfg.runtime.driver {
+                Driver::Auto => DriverKind::Auto,
+                Driver::IoUring => DriverKind::Uring,
+                Driver::Mio => DriverKind::Poll,
+            },
             epmd_timeout: Duration::from_secs(5),
         })
     }

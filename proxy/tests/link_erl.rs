@@ -1,0 +1,185 @@
+//! Real OTP nodes in two clusters with different cookies, talking through distgate.
+//!
+//! Each test starts its own distgate (in-process, responders on ephemeral ports) and its own
+//! nodes, which use OTP's own EPMD client pointed at distgate's responder (`ERL_EPMD_PORT`), so
+//! nothing in the nodes knows about distgate. Tests run in parallel.
+
+use distgate::driver::DriverKind;
+use distgate::link::{Cookie, LinkLimits};
+use distgate::runtime::{Runtime, SideSpec, Spec};
+use distgate_testkit::{Node, NodeOptions};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+const COOKIE_A: &str = "cookie_of_cluster_a";
+const COOKIE_B: &str = "cookie_of_cluster_b";
+
+fn lo() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+fn side(name: &str, cookie: &str, upstream: Option<SocketAddr>) -> SideSpec {
+    SideSpec {
+        name: name.into(),
+        cookie: Cookie::new(cookie.as_bytes()),
+        epmd_listen: if upstream.is_none() { Some(SocketAddr::new(lo(), 0)) } else { None },
+        upstream_epmd: upstream,
+        proxy_ip: lo(),
+    }
+}
+
+fn spec(driver: DriverKind, sides: Vec<SideSpec>) -> Spec {
+    Spec {
+        sides,
+        routes: vec![(0, 1), (1, 0)],
+        limits: LinkLimits { handshake_timeout: Duration::from_secs(5), ..LinkLimits::default() },
+        link_buffer: 4 << 20,
+        threads: 2,
+        driver,
+        epmd_timeout: Duration::from_secs(5),
+    }
+}
+
+/// distgate with clusters A and B, each registering with its own responder.
+fn two_clusters(driver: DriverKind) -> Runtime {
+    Runtime::start(spec(driver, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, None)])).expect("distgate starts")
+}
+
+fn node(prefix: &str, rt: &Runtime, side: &str, cookie: &str) -> Node {
+    let epmd = rt.responder_addr(side).expect("responder").port();
+    Node::start_with(prefix, NodeOptions { cookie: cookie.into(), epmd_port: Some(epmd), ..NodeOptions::default() })
+}
+
+fn drivers() -> Vec<DriverKind> {
+    vec![DriverKind::Poll, DriverKind::Auto]
+}
+
+#[test]
+fn ping_rpc_erpc_spawn_global_pg_both_ways() {
+    for d in drivers() {
+        let rt = two_clusters(d);
+        let a = node("pa", &rt, "a", COOKIE_A);
+        let b = node("pb", &rt, "b", COOKIE_B);
+        a.eval(&format!("B = {}.", b.atom()));
+        b.eval(&format!("A = {}.", a.atom()));
+        assert_eq!(a.eval("net_adm:ping(B)."), "pong", "{d:?}");
+        // rpc and erpc both ways; the node names are the real ones.
+        assert_eq!(a.eval("rpc:call(B, erlang, node, [])."), b.atom());
+        assert_eq!(b.eval("erpc:call(A, erlang, node, [])."), a.atom());
+        assert_eq!(b.eval("rpc:call(A, lists, reverse, [[1,2,3]])."), "[3,2,1]");
+        // spawn on the remote node, with a fun made here (an erl_eval closure).
+        assert_eq!(
+            a.eval("Me = self(), P = spawn(B, fun() -> Me ! {self(), node()} end), receive {P, N} -> N after 5000 -> timeout end."),
+            b.atom()
+        );
+        // global: a name registered on B is seen on A.
+        b.eval("yes = global:register_name(dg_global_b, spawn(fun() -> receive stop -> ok end end)).");
+        assert_eq!(a.eval("global:sync(), node(global:whereis_name(dg_global_b))."), b.atom());
+        // pg: a member joined on A is seen on B.
+        a.eval("pg:start_link(), Member = spawn(fun() -> receive stop -> ok end end), ok = pg:join(dg_group, Member).");
+        b.eval("pg:start_link().");
+        assert_eq!(
+            b.eval("F = fun Wait(0) -> timeout; Wait(N) -> case pg:get_members(dg_group) of [P] -> node(P); _ -> timer:sleep(50), Wait(N - 1) end end, F(100)."),
+            a.atom()
+        );
+        // The link is one real connection per direction pair: both see each other.
+        assert_eq!(a.eval("nodes()."), format!("[{}]", b.atom()));
+        assert!(rt.stats().links_established.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    }
+}
+
+#[test]
+fn monitors_links_exit_reasons_funs_big_binaries_and_order() {
+    let rt = two_clusters(DriverKind::Poll);
+    let a = node("ma", &rt, "a", COOKIE_A);
+    let b = node("mb", &rt, "b", COOKIE_B);
+    a.eval(&format!("B = {}.", b.atom()));
+    // A monitor's DOWN reason crosses back intact.
+    assert_eq!(
+        a.eval("P = spawn(B, fun() -> receive go -> exit({custom_reason, [1,2,3]}) end end), R = erlang:monitor(process, P), P ! go, receive {'DOWN', R, process, P, Why} -> Why after 5000 -> timeout end."),
+        "{custom_reason,[1,2,3]}"
+    );
+    // A link's exit signal too.
+    assert_eq!(
+        a.eval("process_flag(trap_exit, true), L = spawn_link(B, fun() -> receive go -> exit(linked_reason) end end), L ! go, receive {'EXIT', L, Why2} -> Why2 after 5000 -> timeout end."),
+        "linked_reason"
+    );
+    // A 10 MB binary (fragmented by OTP into 64 KiB pieces) arrives whole.
+    assert_eq!(
+        a.eval("Bin = crypto:strong_rand_bytes(10000000), erpc:call(B, erlang, md5, [Bin]) =:= erlang:md5(Bin)."),
+        "true"
+    );
+    // 100,000 messages, in order, none lost.
+    b.eval("register(dg_seq, spawn(fun() -> Loop = fun L(N) -> receive {n, N} -> L(N + 1); {done, From} -> From ! {count, N} end end, Loop(0) end)).");
+    assert_eq!(
+        a.eval("[{dg_seq, B} ! {n, I} || I <- lists:seq(0, 99999)], {dg_seq, B} ! {done, self()}, receive {count, C} -> C after 60000 -> timeout end."),
+        "100000"
+    );
+    // A fun sent in a message and called remotely.
+    b.eval("register(dg_caller, spawn(fun() -> receive {F, Arg, From} -> From ! {result, F(Arg)} end end)).");
+    assert_eq!(a.eval("{dg_caller, B} ! {fun(X) -> X * 7 end, 6, self()}, receive {result, R6} -> R6 after 5000 -> timeout end."), "42");
+}
+
+#[test]
+fn wrong_cookie_on_either_side_is_refused_and_counted() {
+    let rt = two_clusters(DriverKind::Poll);
+    // a's cookie is wrong for cluster A's side: distgate's digest check on the down leg fails.
+    let a = node("ca", &rt, "a", "not_the_cookie_of_a");
+    let b = node("cb", &rt, "b", COOKIE_B);
+    assert_eq!(a.eval(&format!("net_adm:ping({}).", b.atom())), "pang");
+    assert_eq!(b.eval("nodes()."), "[]", "B never saw a link");
+    let stats = rt.stats();
+    assert!(stats.get("close:bad_cookie") >= 1, "{:?}", stats.labelled());
+    // b's cookie is wrong for B: the up leg's digest check fails.
+    let rt2 = two_clusters(DriverKind::Poll);
+    let a2 = node("ca2", &rt2, "a", COOKIE_A);
+    let b2 = node("cb2", &rt2, "b", "not_the_cookie_of_b");
+    assert_eq!(a2.eval(&format!("net_adm:ping({}).", b2.atom())), "pang");
+    assert_eq!(a2.eval("nodes()."), "[]");
+    assert!(rt2.stats().get("close:bad_cookie") + rt2.stats().get("close:handshake_peer_closed") >= 1, "{:?}", rt2.stats().labelled());
+}
+
+#[test]
+fn stopping_distgate_brings_nodedown_and_a_new_one_reconnects() {
+    // B's nodes are registered with a real epmd (the standard one, on its own port), so they
+    // stay findable while distgate is down.
+    let epmd_port = free_port();
+    let mut epmd = std::process::Command::new("epmd")
+        .args(["-port", &epmd_port.to_string()])
+        .spawn()
+        .expect("epmd (from erlang-base) starts");
+    let b = Node::start_with("kb", NodeOptions { cookie: COOKIE_B.into(), epmd_port: Some(epmd_port), ..NodeOptions::default() });
+    let up = Some(SocketAddr::new(lo(), epmd_port));
+    let rt = Runtime::start(spec(DriverKind::Poll, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, up)])).unwrap();
+    let resp = rt.responder_addr("a").unwrap();
+    let a = Node::start_with("ka", NodeOptions { cookie: COOKIE_A.into(), epmd_port: Some(resp.port()), ..NodeOptions::default() });
+    a.eval(&format!("B = {}.", b.atom()));
+    assert_eq!(a.eval("net_adm:ping(B)."), "pong");
+    // Each eval runs in a fresh process, so a long-lived one collects the node events.
+    let watcher = "Mon = spawn(fun() -> ok = net_kernel:monitor_nodes(true), \
+                   L = fun Loop(Ev) -> receive {get, From} -> From ! {events, Ev}, Loop(Ev); E -> Loop([E | Ev]) end end, L([]) end).";
+    let saw_down = |peer: &str| {
+        format!(
+            "W = fun Wait(0) -> still_up; Wait(N) -> Mon ! {{get, self()}}, \
+             receive {{events, Ev}} -> case lists:member({{nodedown, {peer}}}, Ev) of true -> down; \
+             false -> receive after 100 -> Wait(N - 1) end end end end, W(100)."
+        )
+    };
+    a.eval(watcher);
+    b.eval(watcher);
+    drop(rt);
+    assert_eq!(a.eval(&saw_down(&b.atom())), "down");
+    assert_eq!(b.eval(&saw_down(&a.atom())), "down");
+    // A new distgate on the same responder address: the next send reconnects.
+    let mut s = spec(DriverKind::Poll, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, up)]);
+    s.sides[0].epmd_listen = Some(resp);
+    let rt2 = Runtime::start(s).unwrap();
+    assert_eq!(a.eval("rpc:call(B, erlang, node, [])."), b.atom());
+    drop(rt2);
+    let _ = epmd.kill();
+    let _ = epmd.wait();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
