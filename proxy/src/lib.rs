@@ -10,3 +10,4 @@ pub mod link;
 pub mod runtime;
 pub mod stats;
 pub mod registry;
+pub mod metrics;

@@ -90,18 +90,22 @@ fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-fn init_logging() {
+fn init_logging(log: Option<&distgate_config::Log>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DISTGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // DISTGATE_LOG overrides the configured level (handy for one-off debugging).
+    let level = log.map_or("info", |l| l.level.as_str());
+    let filter = EnvFilter::try_from_env("DISTGATE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let json = log.is_some_and(|l| l.format == distgate_config::LogFormat::Json);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { b.json().try_init() } else { b.try_init() };
 }
 
 fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> Result<(), String> {
-    init_logging();
     let (cfg, name) = match file {
         Some(f) => (distgate_config::load(f).map_err(|e| e.to_string())?, f.display().to_string()),
         None => (distgate_config::Config::embedded_default(), distgate_config::EMBEDDED_DEFAULT_NAME.to_string()),
     };
+    init_logging(Some(&cfg.log));
     let mut spec = distgate::runtime::Spec::from_config(&cfg).map_err(|e| format!("{name}: {e}"))?;
     if let Some(d) = driver {
         spec.driver = match d {
@@ -118,12 +122,49 @@ fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> 
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
+    let hup = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()).map_err(|e| format!("signal handler: {e}"))?;
     let rt = distgate::runtime::Runtime::start(spec).map_err(|e| format!("{name}: {e}"))?;
+    if cfg.metrics.enabled {
+        let addr = distgate::metrics::serve(cfg.metrics.listen, rt.stats(), rt.driver().name(), None)
+            .map_err(|e| format!("metrics on {}: {e}", cfg.metrics.listen))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     for c in &cfg.clusters {
         tracing::info!(cluster = %c.name, epmd = %c.listen, "point this cluster's nodes here: ERL_EPMD_PORT={}", c.listen.port());
     }
     tracing::info!(config = %name, driver = rt.driver().name(), "distgate running");
-    rt.wait_for_signal(stop);
+    let mut current = cfg;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::park_timeout(std::time::Duration::from_millis(200));
+        if hup.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let Some(f) = file else {
+                tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
+                continue;
+            };
+            // An invalid file keeps the running configuration; the errors say why.
+            match distgate_config::load(f).map_err(|e| e.to_string()).and_then(|new| {
+                let spec = distgate::runtime::Spec::from_config(&new)?;
+                Ok((new, spec))
+            }) {
+                Ok((new, spec)) => {
+                    for what in current.restart_required(&new) {
+                        tracing::warn!(change = %what, "SIGHUP: this change needs a restart; kept the running value");
+                    }
+                    rt.reload(&spec);
+                    tracing::info!(config = %name, "SIGHUP: configuration reloaded");
+                    current = new;
+                }
+                Err(e) => {
+                    // One log line, every error in it: a multi-line field would split the record.
+                    let errors = e.lines().collect::<Vec<_>>().join(" | ");
+                    tracing::error!(config = %name, %errors, "SIGHUP: invalid configuration; keeping the running one")
+                }
+            }
+        }
+    }
+    tracing::info!("stopping: no new connections, draining links");
+    rt.shutdown();
     Ok(())
 }
 

@@ -76,7 +76,8 @@ struct Side {
 
 pub(crate) struct Shared {
     sides: Vec<Side>,
-    routes_allowed: Vec<(usize, usize)>,
+    /// Which sides may dial which; swapped whole on reload.
+    routes_allowed: arc_swap::ArcSwap<Vec<(usize, usize)>>,
     routes: Mutex<HashMap<(usize, usize, String), Arc<Route>>>,
     cores: Vec<CoreHandle>,
     next_core: AtomicUsize,
@@ -118,7 +119,7 @@ impl Runtime {
         };
         let shared = Arc::new(Shared {
             sides,
-            routes_allowed: spec.routes.clone(),
+            routes_allowed: arc_swap::ArcSwap::from_pointee(spec.routes.clone()),
             routes: Mutex::new(HashMap::new()),
             cores,
             next_core: AtomicUsize::new(0),
@@ -144,6 +145,19 @@ impl Runtime {
 
     pub fn driver(&self) -> DriverKind {
         self.driver
+    }
+
+    /// Apply what a reloaded configuration may change while links run: which sides may dial
+    /// which. Established links are untouched; new EPMD lookups see the new routes. Sides,
+    /// listeners, threads and driver need a restart (`Config::restart_required` names them).
+    pub fn reload(&self, spec: &Spec) {
+        if spec.sides.len() != self.shared.sides.len()
+            || spec.sides.iter().zip(&self.shared.sides).any(|(a, b)| a.name != b.spec.name)
+        {
+            tracing::warn!("reload: clusters changed; routes not applied (restart needed)");
+            return;
+        }
+        self.shared.routes_allowed.store(Arc::new(spec.routes.clone()));
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -303,7 +317,7 @@ fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
     if let Some(r) = me.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
         return Some(r.info.clone());
     }
-    for &(f, to) in &sh.routes_allowed {
+    for &(f, to) in sh.routes_allowed.load().iter() {
         if f != from {
             continue;
         }
@@ -353,7 +367,7 @@ fn find_in_side(sh: &Shared, side: usize, name: &str, upstream_only: bool) -> Op
 /// The returned streams keep the mirrored registrations alive; dropping them ends them.
 fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<TcpStream> {
     let mut held = Vec::new();
-    for &(from, to) in &sh.routes_allowed {
+    for &(from, to) in sh.routes_allowed.load().iter() {
         if to != side {
             continue;
         }

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-#[derive(Default)]
 pub struct Stats {
     pub links_accepted: AtomicU64,
     pub links_established: AtomicU64,
@@ -20,6 +19,30 @@ pub struct Stats {
     /// Times a leg stopped being read because the other leg's queue was full.
     pub backpressure_pauses: AtomicU64,
     labelled: Mutex<BTreeMap<String, u64>>,
+    /// Seconds from a read's completion until its frames were handed to the other socket.
+    pub frame_time: prometheus::Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let opts = prometheus::HistogramOpts::new(
+            "distgate_frame_seconds",
+            "Time frames spend inside distgate: from the read that completed them to their write",
+        )
+        .buckets(vec![1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 2e-2, 1e-1]);
+        Stats {
+            links_accepted: Default::default(),
+            links_established: Default::default(),
+            links_closed: Default::default(),
+            links_open: Default::default(),
+            bytes: Default::default(),
+            frames: Default::default(),
+            backpressure_pauses: Default::default(),
+            labelled: Default::default(),
+            // The options are constants: building the histogram cannot fail.
+            frame_time: prometheus::Histogram::with_opts(opts).unwrap_or_else(|e| unreachable!("{e}")),
+        }
+    }
 }
 
 impl Stats {

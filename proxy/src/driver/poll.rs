@@ -246,7 +246,6 @@ impl Core {
     fn readable(&mut self, slot: usize, leg: Leg) {
         let budget = self.link_buffer;
         let max_buf = self.limits.max_frame + 4;
-        let now = Instant::now();
         let i = li(leg);
         loop {
             let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
@@ -282,10 +281,15 @@ impl Core {
                     return;
                 }
                 Ok(n) => {
+                    let t0 = Instant::now();
                     io.filled += n;
-                    let used = c.link.on_bytes(leg, &c.legs[i].rbuf[..c.legs[i].filled], now, &mut self.out);
-                    Stats::add(&self.stats.frames[i], self.out.frames[i]);
+                    let used = c.link.on_bytes(leg, &c.legs[i].rbuf[..c.legs[i].filled], t0, &mut self.out);
+                    let frames = self.out.frames[i];
+                    Stats::add(&self.stats.frames[i], frames);
                     self.apply(slot, leg);
+                    if frames > 0 {
+                        self.stats.frame_time.observe(t0.elapsed().as_secs_f64());
+                    }
                     let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
                     let io = &mut c.legs[i];
                     let used = used.min(io.filled);
