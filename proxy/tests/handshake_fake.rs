@@ -1,0 +1,166 @@
+//! Handshake corner cases with fake peers written here (real nodes rarely produce them on
+//! demand): the target's `nok` (simultaneous connect lost) and `not_allowed` reach the dialler
+//! verbatim and no link comes up; `alive` lets the dialler answer, and its answer reaches the
+//! target; a target presenting another name is refused.
+
+use distgate::driver::DriverKind;
+use distgate::epmd::{self, NodeInfo};
+use distgate::handshake::{self, Challenge, SendName};
+use distgate::link::{Cookie, LinkLimits};
+use distgate::runtime::{Runtime, SideSpec, Spec};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+const CA: &[u8] = b"fake_cookie_a";
+const CB: &[u8] = b"fake_cookie_b";
+const FLAGS: u64 = 0x0000000d07df7fbc;
+
+fn lo() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+fn start() -> Runtime {
+    let side = |name: &str, c: &[u8]| SideSpec {
+        name: name.into(),
+        cookie: Cookie::new(c),
+        epmd_listen: Some(SocketAddr::new(lo(), 0)),
+        upstream_epmd: None,
+        proxy_ip: lo(),
+    };
+    Runtime::start(Spec {
+        sides: vec![side("a", CA), side("b", CB)],
+        routes: vec![(0, 1), (1, 0)],
+        limits: LinkLimits { handshake_timeout: Duration::from_secs(3), ..LinkLimits::default() },
+        link_buffer: 1 << 20,
+        threads: 1,
+        driver: DriverKind::Poll,
+        epmd_timeout: Duration::from_secs(5),
+    })
+    .unwrap()
+}
+
+/// Reads 2-byte-length handshake messages.
+struct Msgs {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+impl Msgs {
+    fn new(s: TcpStream) -> Self {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Msgs { s, buf: Vec::new() }
+    }
+    /// The next message, or `None` when the peer closed.
+    fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some((m, n)) = handshake::split(&self.buf) {
+                let m = m.to_vec();
+                self.buf.drain(..n);
+                return Some(m);
+            }
+            let mut b = [0u8; 1024];
+            match self.s.read(&mut b) {
+                Ok(0) | Err(_) => return None,
+                Ok(k) => self.buf.extend_from_slice(&b[..k]),
+            }
+        }
+    }
+    fn send(&mut self, body: &[u8]) {
+        let mut out = Vec::new();
+        handshake::frame(&mut out, body);
+        self.s.write_all(&out).unwrap();
+    }
+}
+
+/// A fake target node `alive` of cluster B: registered with B's responder, listening.
+fn fake_target(rt: &Runtime, alive: &str) -> (TcpListener, TcpStream) {
+    let l = TcpListener::bind((lo(), 0)).unwrap();
+    let info = NodeInfo { port: l.local_addr().unwrap().port(), node_type: 77, protocol: 0, highest: 6, lowest: 6, name: alive.into(), extra: vec![] };
+    let (reg, _creation) = epmd::alive2(rt.responder_addr("b").unwrap(), &info, Duration::from_secs(5)).unwrap();
+    (l, reg)
+}
+
+/// A fake dialler of cluster A: asks A's responder for `alive` and sends its send_name.
+fn dial(rt: &Runtime, alive: &str) -> Msgs {
+    let port = epmd::port_please(rt.responder_addr("a").unwrap(), alive, Duration::from_secs(5)).unwrap().unwrap().port;
+    let mut m = Msgs::new(TcpStream::connect((lo(), port)).unwrap());
+    let mut out = Vec::new();
+    SendName { flags: FLAGS, creation: Some(77), name: "dialler@127.0.0.1".into() }.encode(77, &mut out);
+    m.s.write_all(&out).unwrap();
+    m
+}
+
+fn accept(l: &TcpListener) -> Msgs {
+    let (s, _) = l.accept().unwrap();
+    let mut m = Msgs::new(s);
+    let sn = SendName::parse(&m.next().unwrap()).unwrap();
+    assert_eq!((sn.name.as_str(), sn.creation), ("dialler@127.0.0.1", Some(77)), "the dialler's own identity is relayed");
+    assert_eq!(sn.flags, FLAGS & handshake::flag::SUPPORTED);
+    m
+}
+
+#[test]
+fn refusals_from_the_target_reach_the_dialler_verbatim() {
+    let rt = start();
+    for status in [&b"nok"[..], b"not_allowed"] {
+        let alive = format!("t{}", status.len());
+        let (l, _reg) = fake_target(&rt, &alive);
+        let mut d = dial(&rt, &alive);
+        let mut t = accept(&l);
+        let mut s = vec![b's'];
+        s.extend_from_slice(status);
+        t.send(&s);
+        assert_eq!(d.next().unwrap(), s);
+        assert_eq!(d.next(), None, "closed after the refusal");
+        assert_eq!(t.next(), None);
+    }
+    assert_eq!(rt.stats().links_established.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(rt.stats().get("close:refused_by_target") >= 2);
+}
+
+#[test]
+fn alive_is_answered_by_the_dialler_and_the_link_completes() {
+    let rt = start();
+    let (l, _reg) = fake_target(&rt, "talive");
+    let mut d = dial(&rt, "talive");
+    let mut t = accept(&l);
+    t.send(b"salive");
+    assert_eq!(d.next().unwrap(), b"salive");
+    d.send(b"strue");
+    assert_eq!(t.next().unwrap(), b"strue", "the dialler's answer reaches the target");
+    // The rest of a normal handshake, with the real cookies of each side.
+    let mut ch = Vec::new();
+    Challenge { flags: FLAGS | 1, challenge: 4242, creation: 9, name: "talive@127.0.0.1".into() }.encode(&mut ch);
+    t.s.write_all(&ch).unwrap();
+    let c = Challenge::parse(&d.next().unwrap()).unwrap();
+    assert_eq!((c.name.as_str(), c.creation), ("talive@127.0.0.1", 9), "the target's real name and creation");
+    let mut r = Vec::new();
+    handshake::encode_reply(31337, &handshake::digest(CA, c.challenge), &mut r);
+    d.s.write_all(&r).unwrap();
+    let (their, dig) = handshake::parse_reply(&t.next().unwrap()).unwrap();
+    assert_eq!(dig, handshake::digest(CB, 4242), "distgate answers B's challenge with B's cookie");
+    let mut a = Vec::new();
+    handshake::encode_ack(&handshake::digest(CB, their), &mut a);
+    t.s.write_all(&a).unwrap();
+    assert_eq!(handshake::parse_ack(&d.next().unwrap()).unwrap(), handshake::digest(CA, 31337));
+    // Frames now flow: a tick from each side arrives at the other.
+    d.s.write_all(&[0, 0, 0, 0]).unwrap();
+    let mut tick = [9u8; 4];
+    t.s.read_exact(&mut tick).unwrap();
+    assert_eq!(tick, [0; 4]);
+}
+
+#[test]
+fn a_target_presenting_another_name_is_refused() {
+    let rt = start();
+    let (l, _reg) = fake_target(&rt, "tname");
+    let mut d = dial(&rt, "tname");
+    let mut t = accept(&l);
+    t.send(b"sok");
+    let mut ch = Vec::new();
+    Challenge { flags: FLAGS, challenge: 1, creation: 9, name: "impostor@127.0.0.1".into() }.encode(&mut ch);
+    t.s.write_all(&ch).unwrap();
+    assert_eq!(d.next().unwrap(), b"sok");
+    assert_eq!(d.next(), None, "no challenge from an impostor reaches the dialler");
+    assert!(rt.stats().get("close:handshake_error") >= 1);
+}
