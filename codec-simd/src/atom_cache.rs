@@ -56,60 +56,91 @@ impl Default for AtomCache {
     }
 }
 
+/// One ref of a header, as [`parse_header`] reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderRef<'a> {
+    pub index: usize,
+    pub slot: u16,
+    /// The atom text when the ref defines a new cache entry.
+    pub new_text: Option<&'a [u8]>,
+    /// Offset of the ref's InternalSegmentIndex byte.
+    pub at: usize,
+}
+
+/// Parse the header whose `NumberOfAtomCacheRefs` byte is at `at`, calling `on_ref` for every
+/// ref in order. Returns `(end offset, long_atoms)`. Shared by [`AtomCache::apply`] and by
+/// callers that only need the header's extent.
+pub fn parse_header<'a>(
+    buf: &'a [u8],
+    at: usize,
+    mut on_ref: impl FnMut(HeaderRef<'a>) -> Result<()>,
+) -> Result<(usize, bool)> {
+    let n = u8_at(buf, at)? as usize;
+    if n == 0 {
+        return Ok((at + 1, false));
+    }
+    let flags_at = at + 1;
+    let flag_len = n / 2 + 1;
+    let flags = buf
+        .get(flags_at..flags_at + flag_len)
+        .ok_or_else(|| Error::new(flags_at, crate::ErrorKind::Truncated { need: flag_len }))?;
+    let nibble = |i: usize| (flags[i / 2] >> ((i & 1) * 4)) & 0x0f;
+    let long = nibble(n) & 1 != 0;
+    let mut p = flags_at + flag_len;
+    for index in 0..n {
+        let f = nibble(index);
+        let ref_at = p;
+        let slot = (f & 0x07) as u16 * 256 + u8_at(buf, p)? as u16;
+        p += 1;
+        let mut new_text = None;
+        if f & 0x08 != 0 {
+            let len = if long {
+                p += 2;
+                crate::term::u16_at(buf, p - 2)? as usize
+            } else {
+                p += 1;
+                u8_at(buf, p - 1)? as usize
+            };
+            let text = buf
+                .get(p..p + len)
+                .ok_or_else(|| Error::new(p, crate::ErrorKind::Truncated { need: len }))?;
+            new_text = Some(text);
+            p += len;
+        }
+        on_ref(HeaderRef { index, slot, new_text, at: ref_at })?;
+    }
+    Ok((p, long))
+}
+
 impl AtomCache {
     /// Parse the header whose `NumberOfAtomCacheRefs` byte is at `at`, apply its new entries to
     /// the cache, and fill `refs`. Returns the offset right after the header.
     pub fn apply(&mut self, buf: &[u8], at: usize, refs: &mut RefTable) -> Result<usize> {
-        let n = u8_at(buf, at)? as usize;
-        refs.nrefs = n as u16;
-        refs.long_atoms = false;
+        refs.nrefs = u8_at(buf, at)? as u16;
         refs.new_mask = [0; 4];
-        if n == 0 {
-            return Ok(at + 1);
-        }
-        let flags_at = at + 1;
-        let flag_len = n / 2 + 1;
-        let flags = buf
-            .get(flags_at..flags_at + flag_len)
-            .ok_or_else(|| Error::new(flags_at, crate::ErrorKind::Truncated { need: flag_len }))?;
-        let nibble = |i: usize| (flags[i / 2] >> ((i & 1) * 4)) & 0x0f;
-        let long = nibble(n) & 1 != 0;
-        refs.long_atoms = long;
-        let mut p = flags_at + flag_len;
-        for i in 0..n {
-            let f = nibble(i);
-            let seg = (f & 0x07) as u16;
-            let internal = u8_at(buf, p)? as u16;
-            let slot = seg * 256 + internal;
-            p += 1;
-            if f & 0x08 != 0 {
-                let len = if long {
-                    let l = crate::term::u16_at(buf, p)? as usize;
-                    p += 2;
-                    l
-                } else {
-                    let l = u8_at(buf, p)? as usize;
-                    p += 1;
-                    l
-                };
-                let text = buf
-                    .get(p..p + len)
-                    .ok_or_else(|| Error::new(p, crate::ErrorKind::Truncated { need: len }))?;
-                let s = core::str::from_utf8(text)
-                    .ok()
-                    .filter(|s| s.chars().count() <= 255)
-                    .ok_or(Error::dist(p, DistErrorKind::BadCacheAtom))?;
-                // One small allocation per new entry: entries are defined once per atom per
-                // connection, not per message.
-                self.slots[slot as usize] = Some(s.into());
-                refs.new_mask[i >> 6] |= 1u64 << (i & 63);
-                p += len;
-            } else if self.slots[slot as usize].is_none() {
-                return Err(Error::dist(p - 1, DistErrorKind::UndefinedCacheSlot { slot }));
+        let slots = &mut self.slots;
+        let (end, long) = parse_header(buf, at, |r| {
+            match r.new_text {
+                Some(text) => {
+                    let s = core::str::from_utf8(text)
+                        .ok()
+                        .filter(|s| s.chars().count() <= 255)
+                        .ok_or(Error::dist(r.at, DistErrorKind::BadCacheAtom))?;
+                    // One small allocation per new entry: entries are defined once per atom
+                    // per connection, not per message.
+                    slots[r.slot as usize] = Some(s.into());
+                    refs.new_mask[r.index >> 6] |= 1u64 << (r.index & 63);
+                }
+                None if slots[r.slot as usize].is_none() => {
+                    return Err(Error::dist(r.at, DistErrorKind::UndefinedCacheSlot { slot: r.slot }));
+                }
+                None => {}
             }
-            refs.slots[i] = slot;
-        }
-        Ok(p)
+            refs.slots[r.index] = r.slot;
+            Ok(())
+        })?;
+        refs.long_atoms = long;
+        Ok(end)
     }
 
     /// The text of ref `idx` of the message whose header filled `refs`.

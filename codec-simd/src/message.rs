@@ -290,34 +290,7 @@ impl Decoder {
 
 /// Length of an atom-cache header (without applying it), for a buffer starting at its count.
 pub fn header_len(buf: &[u8]) -> Result<usize> {
-    let n = u8_at(buf, 0)? as usize;
-    if n == 0 {
-        return Ok(1);
-    }
-    let flag_len = n / 2 + 1;
-    let flags = buf.get(1..1 + flag_len).ok_or(Error::new(1, ErrorKind::Truncated { need: flag_len }))?;
-    let nib = |i: usize| (flags[i / 2] >> ((i & 1) * 4)) & 0x0f;
-    let long = nib(n) & 1 != 0;
-    let mut p = 1 + flag_len;
-    for i in 0..n {
-        p += 1;
-        if nib(i) & 0x08 != 0 {
-            let len = if long {
-                let l = crate::term::u16_at(buf, p)? as usize;
-                p += 2;
-                l
-            } else {
-                let l = u8_at(buf, p)? as usize;
-                p += 1;
-                l
-            };
-            p += len;
-        }
-    }
-    if p > buf.len() {
-        return Err(Error::new(buf.len(), ErrorKind::Truncated { need: p - buf.len() }));
-    }
-    Ok(p)
+    crate::atom_cache::parse_header(buf, 0, |_| Ok(())).map(|(end, _)| end)
 }
 
 /// Decode control (and payload extent) starting at `at` in `body`.
