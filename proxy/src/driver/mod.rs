@@ -2,10 +2,13 @@
 //! link it accepted. The drivers move bytes; the [`crate::link::Link`] decides what they mean.
 //!
 //! - `poll`: mio (epoll), works everywhere.
-//! - `uring`: io_uring, where the kernel and seccomp allow it (to come; `auto` falls back to
-//!   `poll` and says so).
+//! - `uring`: io_uring, where the kernel and seccomp allow it. [`start`] probes it (a ring,
+//!   the opcodes, multishot accept); `auto` falls back to `poll` when the probe fails (EPERM
+//!   under Docker's default seccomp, ENOSYS, an old kernel) and logs why; an explicit
+//!   `io_uring` request fails instead. The decision itself is [`choose`], a pure function.
 
 pub mod poll;
+pub mod uring;
 
 use crate::link::LinkLimits;
 use crate::runtime::Route;
@@ -41,10 +44,30 @@ pub enum Cmd {
     Shutdown,
 }
 
+/// How a core is woken up to read its commands.
+enum Waker {
+    /// The mio driver: a waker registered with its `Poll`.
+    Mio(Arc<mio::Waker>),
+    /// The io_uring driver: an eventfd the core keeps a `READ` pending on.
+    EventFd(Arc<std::fs::File>),
+}
+
+impl Waker {
+    fn wake(&self) -> io::Result<()> {
+        match self {
+            Waker::Mio(w) => w.wake(),
+            Waker::EventFd(f) => {
+                use std::io::Write;
+                (&**f).write_all(&1u64.to_ne_bytes())
+            }
+        }
+    }
+}
+
 /// How the control plane talks to one core.
 pub struct CoreHandle {
     tx: Sender<Cmd>,
-    waker: Arc<mio::Waker>,
+    waker: Waker,
 }
 
 impl CoreHandle {
@@ -59,6 +82,31 @@ impl CoreHandle {
     }
 }
 
+/// The driver [`start`] runs, and why when it is not the one asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// `Poll` or `Uring`, never `Auto`.
+    pub kind: DriverKind,
+    /// io_uring features, when `kind` is `Uring`.
+    pub features: Option<uring::Features>,
+    /// Why io_uring is not used, when `Auto` fell back to mio.
+    pub fallback: Option<String>,
+}
+
+/// Decide the driver from the request and, unless mio was asked for, the io_uring probe's
+/// answer (`probe` is only called when needed). `Auto` falls back to mio on any probe failure;
+/// an explicit `Uring` request that cannot be met is an error naming the reason.
+pub fn choose(kind: DriverKind, probe: impl FnOnce() -> Result<uring::Features, String>) -> Result<Choice, String> {
+    match kind {
+        DriverKind::Poll => Ok(Choice { kind: DriverKind::Poll, features: None, fallback: None }),
+        DriverKind::Uring | DriverKind::Auto => match probe() {
+            Ok(f) => Ok(Choice { kind: DriverKind::Uring, features: Some(f), fallback: None }),
+            Err(why) if kind == DriverKind::Auto => Ok(Choice { kind: DriverKind::Poll, features: None, fallback: Some(why) }),
+            Err(why) => Err(format!("driver io_uring requested but io_uring is unavailable: {why}")),
+        },
+    }
+}
+
 /// Start `threads` cores with the chosen driver. Returns the driver actually in use.
 pub fn start(
     kind: DriverKind,
@@ -67,31 +115,93 @@ pub fn start(
     link_buffer: usize,
     stats: Arc<Stats>,
 ) -> io::Result<(DriverKind, Vec<CoreHandle>, Vec<JoinHandle<()>>)> {
-    let chosen = match kind {
-        DriverKind::Poll => DriverKind::Poll,
-        DriverKind::Uring | DriverKind::Auto => {
-            let why = "the io_uring driver is not built yet";
-            if kind == DriverKind::Uring {
-                tracing::warn!("driver io_uring requested but {why}; using mio");
-            } else {
-                tracing::info!("driver auto: {why}; using mio");
-            }
-            DriverKind::Poll
-        }
-    };
-    tracing::info!(driver = chosen.name(), threads, "data plane starting");
-    let mut handles = Vec::new();
+    let choice = choose(kind, uring::probe).map_err(|e| {
+        tracing::error!(error = %e, "no data plane");
+        io::Error::new(io::ErrorKind::Unsupported, e)
+    })?;
+    match (&choice.fallback, choice.features) {
+        (Some(why), _) => tracing::warn!(reason = %why, "driver auto: io_uring unavailable; using mio"),
+        (None, Some(f)) => tracing::info!(requested = kind.name(), send_zc = f.send_zc, "io_uring available"),
+        (None, None) => {}
+    }
+    tracing::info!(driver = choice.kind.name(), threads, "data plane starting");
+    let mut handles: Vec<CoreHandle> = Vec::new();
     let mut joins = Vec::new();
     for i in 0..threads {
-        let (h, j) = poll::spawn(i, limits, link_buffer, stats.clone())?;
-        handles.push(h);
-        joins.push(j);
+        let started = match choice.features {
+            Some(f) => uring::spawn(i, limits, link_buffer, stats.clone(), f),
+            None => poll::spawn(i, limits, link_buffer, stats.clone()),
+        };
+        match started {
+            Ok((h, j)) => {
+                handles.push(h);
+                joins.push(j);
+            }
+            Err(e) => {
+                // Do not leave the cores already started running.
+                for h in &handles {
+                    h.shutdown();
+                }
+                for j in joins {
+                    let _ = j.join();
+                }
+                return Err(e);
+            }
+        }
     }
-    Ok((chosen, handles, joins))
+    Ok((choice.kind, handles, joins))
 }
 
 impl CoreHandle {
     pub(crate) fn new(tx: Sender<Cmd>, waker: Arc<mio::Waker>) -> Self {
-        CoreHandle { tx, waker }
+        CoreHandle { tx, waker: Waker::Mio(waker) }
+    }
+    pub(crate) fn with_eventfd(tx: Sender<Cmd>, efd: Arc<std::fs::File>) -> Self {
+        CoreHandle { tx, waker: Waker::EventFd(efd) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(errno: i32) -> impl FnOnce() -> Result<uring::Features, String> {
+        move || Err(format!("io_uring_setup: {}", io::Error::from_raw_os_error(errno)))
+    }
+
+    #[test]
+    fn auto_falls_back_to_mio_when_io_uring_setup_is_refused() {
+        for errno in [libc::EPERM, libc::ENOSYS] {
+            let c = choose(DriverKind::Auto, refused(errno)).expect("auto always gets a driver");
+            assert_eq!(c.kind, DriverKind::Poll);
+            let why = c.fallback.expect("the reason is kept for the log");
+            assert!(why.contains("io_uring_setup"), "{why}");
+            assert!(why.contains(&io::Error::from_raw_os_error(errno).to_string()), "{why}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_io_uring_request_fails_with_the_reason() {
+        let e = choose(DriverKind::Uring, refused(libc::EPERM)).unwrap_err();
+        assert!(e.contains("io_uring requested") && e.contains("Operation not permitted"), "{e}");
+    }
+
+    #[test]
+    fn io_uring_is_used_when_it_works_and_mio_never_probes() {
+        let f = uring::Features { send_zc: true };
+        for kind in [DriverKind::Auto, DriverKind::Uring] {
+            assert_eq!(choose(kind, || Ok(f)), Ok(Choice { kind: DriverKind::Uring, features: Some(f), fallback: None }));
+        }
+        let c = choose(DriverKind::Poll, || panic!("mio must not probe io_uring")).unwrap();
+        assert_eq!(c.kind, DriverKind::Poll);
+    }
+
+    #[test]
+    fn this_machine_probes() {
+        // Not an assertion about the machine: the probe must answer, never panic or hang.
+        match uring::probe() {
+            Ok(f) => eprintln!("io_uring available: {f:?}"),
+            Err(e) => eprintln!("io_uring unavailable: {e}"),
+        }
     }
 }
