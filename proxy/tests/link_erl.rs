@@ -42,7 +42,9 @@ fn spec(driver: DriverKind, sides: Vec<SideSpec>) -> Spec {
 
 /// distgate with clusters A and B, each registering with its own responder.
 fn two_clusters(driver: DriverKind) -> Runtime {
-    Runtime::start(spec(driver, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, None)])).expect("distgate starts")
+    let rt = Runtime::start(spec(driver, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, None)])).expect("distgate starts");
+    assert_eq!(rt.driver(), driver, "the requested driver runs");
+    rt
 }
 
 fn node(prefix: &str, rt: &Runtime, side: &str, cookie: &str) -> Node {
@@ -50,8 +52,9 @@ fn node(prefix: &str, rt: &Runtime, side: &str, cookie: &str) -> Node {
     Node::start_with(prefix, NodeOptions { cookie: cookie.into(), epmd_port: Some(epmd), ..NodeOptions::default() })
 }
 
+/// Every test runs on both drivers, one after the other.
 fn drivers() -> Vec<DriverKind> {
-    vec![DriverKind::Poll, DriverKind::Auto]
+    vec![DriverKind::Poll, DriverKind::Uring]
 }
 
 #[test]
@@ -90,7 +93,13 @@ fn ping_rpc_erpc_spawn_global_pg_both_ways() {
 
 #[test]
 fn monitors_links_exit_reasons_funs_big_binaries_and_order() {
-    let rt = two_clusters(DriverKind::Poll);
+    for d in drivers() {
+        monitors_links_exit_reasons_funs_big_binaries_and_order_on(d);
+    }
+}
+
+fn monitors_links_exit_reasons_funs_big_binaries_and_order_on(d: DriverKind) {
+    let rt = two_clusters(d);
     let a = node("ma", &rt, "a", COOKIE_A);
     let b = node("mb", &rt, "b", COOKIE_B);
     a.eval(&format!("B = {}.", b.atom()));
@@ -122,7 +131,13 @@ fn monitors_links_exit_reasons_funs_big_binaries_and_order() {
 
 #[test]
 fn wrong_cookie_on_either_side_is_refused_and_counted() {
-    let rt = two_clusters(DriverKind::Poll);
+    for d in drivers() {
+        wrong_cookie_on_either_side_is_refused_and_counted_on(d);
+    }
+}
+
+fn wrong_cookie_on_either_side_is_refused_and_counted_on(d: DriverKind) {
+    let rt = two_clusters(d);
     // a's cookie is wrong for cluster A's side: distgate's digest check on the down leg fails.
     let a = node("ca", &rt, "a", "not_the_cookie_of_a");
     let b = node("cb", &rt, "b", COOKIE_B);
@@ -131,7 +146,7 @@ fn wrong_cookie_on_either_side_is_refused_and_counted() {
     let stats = rt.stats();
     assert!(stats.get("close:bad_cookie") >= 1, "{:?}", stats.labelled());
     // b's cookie is wrong for B: the up leg's digest check fails.
-    let rt2 = two_clusters(DriverKind::Poll);
+    let rt2 = two_clusters(d);
     let a2 = node("ca2", &rt2, "a", COOKIE_A);
     let b2 = node("cb2", &rt2, "b", "not_the_cookie_of_b");
     assert_eq!(a2.eval(&format!("net_adm:ping({}).", b2.atom())), "pang");
@@ -141,6 +156,12 @@ fn wrong_cookie_on_either_side_is_refused_and_counted() {
 
 #[test]
 fn stopping_distgate_brings_nodedown_and_a_new_one_reconnects() {
+    for d in drivers() {
+        stopping_distgate_brings_nodedown_and_a_new_one_reconnects_on(d);
+    }
+}
+
+fn stopping_distgate_brings_nodedown_and_a_new_one_reconnects_on(d: DriverKind) {
     // B's nodes are registered with a real epmd (the standard one, on its own port), so they
     // stay findable while distgate is down.
     let epmd_port = free_port();
@@ -150,7 +171,8 @@ fn stopping_distgate_brings_nodedown_and_a_new_one_reconnects() {
         .expect("epmd (from erlang-base) starts");
     let b = Node::start_with("kb", NodeOptions { cookie: COOKIE_B.into(), epmd_port: Some(epmd_port), ..NodeOptions::default() });
     let up = Some(SocketAddr::new(lo(), epmd_port));
-    let rt = Runtime::start(spec(DriverKind::Poll, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, up)])).unwrap();
+    let rt = Runtime::start(spec(d, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, up)])).unwrap();
+    assert_eq!(rt.driver(), d);
     let resp = rt.responder_addr("a").unwrap();
     let a = Node::start_with("ka", NodeOptions { cookie: COOKIE_A.into(), epmd_port: Some(resp.port()), ..NodeOptions::default() });
     a.eval(&format!("B = {}.", b.atom()));
@@ -171,7 +193,7 @@ fn stopping_distgate_brings_nodedown_and_a_new_one_reconnects() {
     assert_eq!(a.eval(&saw_down(&b.atom())), "down");
     assert_eq!(b.eval(&saw_down(&a.atom())), "down");
     // A new distgate on the same responder address: the next send reconnects.
-    let mut s = spec(DriverKind::Poll, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, up)]);
+    let mut s = spec(d, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, up)]);
     s.sides[0].epmd_listen = Some(resp);
     let rt2 = Runtime::start(s).unwrap();
     assert_eq!(a.eval("rpc:call(B, erlang, node, [])."), b.atom());
