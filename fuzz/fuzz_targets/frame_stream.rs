@@ -13,7 +13,6 @@ fuzz_target!(|data: &[u8]| {
         FragLimits { max_bytes: 1 << 20, max_sequences: 16 },
     );
     let mut pos = 0;
-    let mut funs = Vec::new();
     let mut w = distgate_codec::Walker::default();
     while pos < data.len() {
         match split(&data[pos..], 1 << 20) {
@@ -24,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
                 pos += s.consumed();
                 match d.decode(frame) {
                     Ok(Decoded::Message(m)) => {
-                        funs.clear();
+                        let mut funs = Vec::new();
                         let _ = fun::message_funs(&mut w, &m, &mut funs);
                     }
                     Ok(_) => {}
