@@ -1,0 +1,552 @@
+//! Samples → medians, ratios, percentiles, verdicts against the issue targets; JSON, markdown
+//! and SVG plots.
+
+use crate::etf::PayloadKind;
+use crate::load::{Measured, Scenario};
+use crate::rig::{Nodes, RigConfig};
+use crate::targets::Target;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// Latency percentiles of one histogram, in microseconds.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Pcts {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub count: u64,
+}
+
+impl Pcts {
+    pub fn of(h: &Histogram<u64>) -> Pcts {
+        let us = |v: u64| v as f64 / 1000.0;
+        Pcts {
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: h.mean() / 1000.0,
+            count: h.len(),
+        }
+    }
+}
+
+/// One run of one cell through one target.
+#[derive(Debug, Serialize)]
+pub struct Sample {
+    pub rep: usize,
+    pub nodes: Nodes,
+    pub scenario: Scenario,
+    pub payload: PayloadKind,
+    pub conns: usize,
+    pub target: Target,
+    pub msgs: u64,
+    pub payload_bytes: u64,
+    pub elapsed_s: f64,
+    pub msgs_per_s: f64,
+    /// Payload bytes (term_to_binary size × messages) per second, 10^6.
+    pub mb_per_s: f64,
+    pub sink_msgs: Option<u64>,
+    pub framing: String,
+    pub latency_us: Option<Pcts>,
+    pub errors: Vec<String>,
+    #[serde(skip)]
+    pub hist: Option<Histogram<u64>>,
+}
+
+impl Sample {
+    pub fn new(rep: usize, nodes: Nodes, scenario: Scenario, payload: PayloadKind, conns: usize, target: Target, m: Measured) -> Sample {
+        let secs = m.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 { m.msgs as f64 / secs } else { 0.0 };
+        let mut errors = m.errors;
+        if let Some(s) = m.sink_msgs {
+            if s != m.msgs && errors.is_empty() {
+                errors.push(format!("sink counted {s} of {} messages", m.msgs));
+            }
+        }
+        if m.msgs == 0 && errors.is_empty() {
+            errors.push("no message arrived".into());
+        }
+        Sample {
+            rep,
+            nodes,
+            scenario,
+            payload,
+            conns,
+            target,
+            msgs: m.msgs,
+            payload_bytes: m.payload_bytes,
+            elapsed_s: secs,
+            msgs_per_s: rate,
+            mb_per_s: rate * m.payload_bytes as f64 / 1e6,
+            sink_msgs: m.sink_msgs,
+            framing: m.framing,
+            latency_us: m.hist.as_ref().filter(|h| !h.is_empty()).map(Pcts::of),
+            errors,
+            hist: m.hist,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty() && self.msgs > 0
+    }
+}
+
+/// The medians of one (nodes, scenario, payload, conns, target) over its repetitions.
+#[derive(Debug, Serialize, Clone)]
+pub struct Row {
+    pub nodes: Nodes,
+    pub scenario: Scenario,
+    pub payload: PayloadKind,
+    pub conns: usize,
+    pub target: Target,
+    pub reps_ok: usize,
+    pub reps: usize,
+    pub payload_bytes: u64,
+    pub msgs_per_s: f64,
+    pub mb_per_s: f64,
+    /// Throughput ratio against direct / HAProxy (same cell).
+    pub x_direct: Option<f64>,
+    pub x_haproxy: Option<f64>,
+    /// Median of each percentile over the repetitions (µs).
+    pub latency_us: Option<Pcts>,
+    /// Latency added over direct at p50 / p99 (µs).
+    pub added_p50_us: Option<f64>,
+    pub added_p99_us: Option<f64>,
+    /// (quantile, µs) of all repetitions merged, for the percentile plot.
+    pub curve: Vec<(f64, f64)>,
+    pub framing: String,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct Verdict {
+    pub target: String,
+    pub nodes: Nodes,
+    pub what: String,
+    pub goal: String,
+    pub measured: String,
+    pub met: Option<bool>,
+    pub shortfall: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Meta {
+    pub date: String,
+    pub machine: String,
+    pub command: String,
+    pub seconds_per_cell: f64,
+    pub reps: usize,
+    pub max_msgs: Option<u64>,
+    pub rust_framing: String,
+    pub distgate_threads: usize,
+    pub wall_s: f64,
+    pub targets: Vec<String>,
+    pub unavailable: Vec<(String, String)>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub rows: Vec<Row>,
+    pub verdicts: Vec<Verdict>,
+    pub samples: Vec<Sample>,
+    #[serde(skip)]
+    pub markdown: String,
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `YYYY-MM-DD` (UTC) from the system clock.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let days = secs.div_euclid(86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{:04}-{:02}-{:02}", if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `N vCPU (model), M GiB RAM, Linux release` from /proc.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let n = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    let model = cpu.lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).trim().to_string())).unwrap_or_else(|| "?".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|r| r.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())))
+        .map(|kb| format!(", {:.0} GiB RAM", kb / 1048576.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| format!(", Linux {}", s.trim())).unwrap_or_default();
+    format!("{n} vCPU ({model}){mem}{kernel}")
+}
+
+type Key = (Nodes, Scenario, PayloadKind, usize);
+
+impl Report {
+    pub fn build(cfg: &RigConfig, samples: Vec<Sample>, notes: Vec<String>, unavailable: Vec<(String, String)>, targets: Vec<Target>, wall: Duration) -> Report {
+        let mut groups: BTreeMap<(Key, Target), Vec<&Sample>> = BTreeMap::new();
+        for s in &samples {
+            groups.entry(((s.nodes, s.scenario, s.payload, s.conns), s.target)).or_default().push(s);
+        }
+        let mut rows = Vec::new();
+        for ((key, target), ss) in &groups {
+            let ok: Vec<&&Sample> = ss.iter().filter(|s| s.ok()).collect();
+            let mut rates: Vec<f64> = ok.iter().map(|s| s.msgs_per_s).collect();
+            let mut mbs: Vec<f64> = ok.iter().map(|s| s.mb_per_s).collect();
+            let lat: Vec<Pcts> = ok.iter().filter_map(|s| s.latency_us).collect();
+            let latency_us = if lat.is_empty() {
+                None
+            } else {
+                let m = |f: fn(&Pcts) -> f64| median(&mut lat.iter().map(f).collect::<Vec<_>>());
+                Some(Pcts { p50: m(|p| p.p50), p90: m(|p| p.p90), p99: m(|p| p.p99), p999: m(|p| p.p999), max: m(|p| p.max), mean: m(|p| p.mean), count: lat.iter().map(|p| p.count).sum() })
+            };
+            let mut merged: Option<Histogram<u64>> = None;
+            for s in &ok {
+                if let Some(h) = &s.hist {
+                    match &mut merged {
+                        Some(m) => {
+                            let _ = m.add(h);
+                        }
+                        None => merged = Some(h.clone()),
+                    }
+                }
+            }
+            let curve = merged
+                .filter(|h| !h.is_empty())
+                .map(|h| {
+                    [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0].iter().map(|&q| (q, h.value_at_quantile(q) as f64 / 1000.0)).collect()
+                })
+                .unwrap_or_default();
+            let mut errors: Vec<String> = ss.iter().flat_map(|s| s.errors.iter().cloned()).collect();
+            errors.dedup();
+            rows.push(Row {
+                nodes: key.0,
+                scenario: key.1,
+                payload: key.2,
+                conns: key.3,
+                target: *target,
+                reps_ok: ok.len(),
+                reps: ss.len(),
+                payload_bytes: ss.iter().map(|s| s.payload_bytes).max().unwrap_or(0),
+                msgs_per_s: median(&mut rates),
+                mb_per_s: median(&mut mbs),
+                x_direct: None,
+                x_haproxy: None,
+                latency_us,
+                added_p50_us: None,
+                added_p99_us: None,
+                curve,
+                framing: ss.iter().map(|s| s.framing.clone()).find(|f| !f.is_empty()).unwrap_or_default(),
+                errors,
+            });
+        }
+        // Ratios within each cell.
+        let snapshot = rows.clone();
+        let find = |k: &Key, t: Target| snapshot.iter().find(|r| (r.nodes, r.scenario, r.payload, r.conns) == *k && r.target == t && r.reps_ok > 0);
+        for r in &mut rows {
+            let k = (r.nodes, r.scenario, r.payload, r.conns);
+            let ratio = |o: Option<&Row>| o.filter(|o| o.msgs_per_s > 0.0 && r.reps_ok > 0).map(|o| r.msgs_per_s / o.msgs_per_s);
+            r.x_direct = ratio(find(&k, Target::Direct));
+            r.x_haproxy = ratio(find(&k, Target::Haproxy));
+            if let (Some(me), Some(d)) = (r.latency_us, find(&k, Target::Direct).and_then(|d| d.latency_us)) {
+                r.added_p50_us = Some(me.p50 - d.p50);
+                r.added_p99_us = Some(me.p99 - d.p99);
+            }
+        }
+        let verdicts = verdicts(&rows);
+        let meta = Meta {
+            date: today(),
+            machine: machine(),
+            command: cfg.command.clone(),
+            seconds_per_cell: cfg.seconds,
+            reps: cfg.reps,
+            max_msgs: cfg.max_msgs,
+            rust_framing: if cfg.fragments {
+                "Rust node offers DIST_HDR_ATOM_CACHE|FRAGMENTS: messages go as `131 68` with an empty atom-cache header; 1 MiB goes as 17 fragments of 64 KiB".into()
+            } else {
+                "Rust node offers no DIST_HDR_ATOM_CACHE: pass-through framing `112 131 Ctl 131 Msg`; 1 MiB goes as one frame".into()
+            },
+            distgate_threads: cfg.distgate_threads,
+            wall_s: wall.as_secs_f64(),
+            targets: targets.iter().map(|t| t.name().to_string()).collect(),
+            unavailable,
+            notes,
+        };
+        let mut rep = Report { meta, rows, verdicts, samples, markdown: String::new() };
+        rep.markdown = markdown(&rep);
+        rep
+    }
+
+    pub fn row(&self, nodes: Nodes, scenario: Scenario, payload: PayloadKind, conns: usize, target: Target) -> Option<&Row> {
+        self.rows.iter().find(|r| r.nodes == nodes && r.scenario == scenario && r.payload == payload && r.conns == conns && r.target == target)
+    }
+}
+
+/// The issue 3 / issue 7 targets, for every distgate target and every node kind, one
+/// connection.
+fn verdicts(rows: &[Row]) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let get = |n: Nodes, s: Scenario, p: PayloadKind, t: Target| rows.iter().find(|r| r.nodes == n && r.scenario == s && r.payload == p && r.conns == 1 && r.target == t && r.reps_ok > 0);
+    let dts: Vec<Target> = {
+        let mut v: Vec<Target> = rows.iter().map(|r| r.target).filter(|t| t.is_distgate()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    for nodes in [Nodes::Erl, Nodes::Rust] {
+        for &t in &dts {
+            for p in [PayloadKind::Bin64k, PayloadKind::Bin1m] {
+                let (Some(me), Some(h)) = (get(nodes, Scenario::Flood, p, t), get(nodes, Scenario::Flood, p, Target::Haproxy)) else { continue };
+                let x = me.mb_per_s / h.mb_per_s;
+                out.push(Verdict {
+                    target: t.name().into(),
+                    nodes,
+                    what: format!("flood {} throughput", p.name()),
+                    goal: "≥ 1.5× HAProxy".into(),
+                    measured: format!("{:.0} MB/s vs HAProxy {:.0} MB/s = {:.2}×", me.mb_per_s, h.mb_per_s, x),
+                    met: Some(x >= 1.5),
+                    shortfall: if x >= 1.5 { String::new() } else { format!("{:.0}% below the goal ({:.2}× short of 1.5×)", (1.0 - x / 1.5) * 100.0, 1.5 - x) },
+                });
+            }
+            if let (Some(me), Some(d)) = (get(nodes, Scenario::Flood, PayloadKind::Small, t), get(nodes, Scenario::Flood, PayloadKind::Small, Target::Direct)) {
+                let x = me.msgs_per_s / d.msgs_per_s;
+                out.push(Verdict {
+                    target: t.name().into(),
+                    nodes,
+                    what: "flood 100 B msg/s".into(),
+                    goal: "≥ direct".into(),
+                    measured: format!("{:.0} msg/s vs direct {:.0} msg/s = {:.2}×", me.msgs_per_s, d.msgs_per_s, x),
+                    met: Some(x >= 1.0),
+                    shortfall: if x >= 1.0 { String::new() } else { format!("{:.0}% below direct", (1.0 - x) * 100.0) },
+                });
+            }
+            for p in [PayloadKind::Small, PayloadKind::Bin64k, PayloadKind::Bin1m] {
+                let (Some(me), Some(h)) = (get(nodes, Scenario::PingPong, p, t), get(nodes, Scenario::PingPong, p, Target::Haproxy)) else { continue };
+                let (Some(a50), Some(a99), Some(h50), Some(h99)) = (me.added_p50_us, me.added_p99_us, h.added_p50_us, h.added_p99_us) else { continue };
+                let met = a50 < h50 && a99 < h99;
+                let mut short = Vec::new();
+                if a50 >= h50 {
+                    short.push(format!("p50 adds {:.1} µs more than HAProxy", a50 - h50));
+                }
+                if a99 >= h99 {
+                    short.push(format!("p99 adds {:.1} µs more than HAProxy", a99 - h99));
+                }
+                out.push(Verdict {
+                    target: t.name().into(),
+                    nodes,
+                    what: format!("ping-pong {} added round-trip latency", p.name()),
+                    goal: "added p50 and p99 below HAProxy's".into(),
+                    measured: format!("adds p50 {a50:+.1} µs, p99 {a99:+.1} µs; HAProxy adds p50 {h50:+.1} µs, p99 {h99:+.1} µs"),
+                    met: Some(met),
+                    shortfall: short.join("; "),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn fmt_rate(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1} k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn fmt_x(v: Option<f64>) -> String {
+    v.map_or("–".into(), |x| format!("{x:.2}×"))
+}
+
+fn fmt_us(v: f64) -> String {
+    if v >= 10000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The markdown report (also the body of RESULTS.md's run section).
+pub fn markdown(r: &Report) -> String {
+    let m = &r.meta;
+    let mut o = String::new();
+    let _ = writeln!(o, "- date: {}", m.date);
+    let _ = writeln!(o, "- machine: {} (shared with other engineers' builds while it ran)", m.machine);
+    let _ = writeln!(o, "- command: `{}`", m.command);
+    let _ = writeln!(
+        o,
+        "- {} repetitions, interleaved (every target once per cell per repetition, rotating order); {}; medians over repetitions; wall time {:.0} s",
+        m.reps,
+        match m.max_msgs {
+            Some(n) => format!("{n} messages per connection per cell"),
+            None => format!("{:.1} s per cell", m.seconds_per_cell),
+        },
+        m.wall_s
+    );
+    let _ = writeln!(o, "- targets: {}", m.targets.join(", "));
+    for (t, why) in &m.unavailable {
+        let _ = writeln!(o, "- **not measured: {t}**: {why}");
+    }
+    let _ = writeln!(o, "- Rust node framing: {}", m.rust_framing);
+    for n in &m.notes {
+        let _ = writeln!(o, "- {n}");
+    }
+    let _ = writeln!(o, "- MB/s counts payload bytes (the payload's `term_to_binary` size × messages, 10^6 B); ping-pong msg/s are round trips; latency is the round trip measured by the sender (the sink echoes), in µs");
+    let _ = writeln!(o);
+
+    if !r.verdicts.is_empty() {
+        let _ = writeln!(o, "### Against the targets (one connection)\n");
+        let _ = writeln!(o, "| nodes | target | what | goal | measured | verdict |");
+        let _ = writeln!(o, "|---|---|---|---|---|---|");
+        for v in &r.verdicts {
+            let verdict = match v.met {
+                Some(true) => "met".to_string(),
+                Some(false) => format!("**short**: {}", v.shortfall),
+                None => "–".into(),
+            };
+            let _ = writeln!(o, "| {} | {} | {} | {} | {} | {} |", v.nodes.name(), v.target, v.what, v.goal, v.measured, verdict);
+        }
+        let _ = writeln!(o);
+    }
+
+    let mut keys: Vec<(Nodes, Scenario)> = r.rows.iter().map(|r| (r.nodes, r.scenario)).collect();
+    keys.sort();
+    keys.dedup();
+    for (nodes, sc) in keys {
+        let title = match nodes {
+            Nodes::Erl => "real OTP nodes (sender → sink)",
+            Nodes::Rust => "Rust load generator → Rust sink",
+        };
+        let _ = writeln!(o, "### {} — {}\n", sc.name(), title);
+        if sc == Scenario::PingPong {
+            let _ = writeln!(o, "| payload | conns | target | round trips/s | ×direct | ×haproxy | p50 | p90 | p99 | p99.9 | max | +p50 vs direct | +p99 vs direct | ok/reps |");
+            let _ = writeln!(o, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        } else {
+            let _ = writeln!(o, "| payload | conns | target | msg/s | MB/s | ×direct | ×haproxy | ok/reps |");
+            let _ = writeln!(o, "|---|---:|---|---:|---:|---:|---:|---:|");
+        }
+        let mut rows: Vec<&Row> = r.rows.iter().filter(|x| x.nodes == nodes && x.scenario == sc).collect();
+        rows.sort_by_key(|x| (x.payload, x.conns, x.target));
+        for x in rows {
+            let okr = format!("{}/{}", x.reps_ok, x.reps);
+            if sc == Scenario::PingPong {
+                let l = x.latency_us.unwrap_or_default();
+                let has = x.latency_us.is_some();
+                let f = |v: f64| if has { fmt_us(v) } else { "–".into() };
+                let add = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:+.1}"));
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    x.payload.name(),
+                    x.conns,
+                    x.target.name(),
+                    fmt_rate(x.msgs_per_s),
+                    fmt_x(x.x_direct),
+                    fmt_x(x.x_haproxy),
+                    f(l.p50),
+                    f(l.p90),
+                    f(l.p99),
+                    f(l.p999),
+                    f(l.max),
+                    add(x.added_p50_us),
+                    add(x.added_p99_us),
+                    okr
+                );
+            } else {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    x.payload.name(),
+                    x.conns,
+                    x.target.name(),
+                    fmt_rate(x.msgs_per_s),
+                    if x.mb_per_s.is_finite() { format!("{:.1}", x.mb_per_s) } else { "–".into() },
+                    fmt_x(x.x_direct),
+                    fmt_x(x.x_haproxy),
+                    okr
+                );
+            }
+        }
+        let _ = writeln!(o);
+    }
+    let errs: Vec<&Row> = r.rows.iter().filter(|x| !x.errors.is_empty()).collect();
+    if !errs.is_empty() {
+        let _ = writeln!(o, "### Errors\n");
+        for x in errs {
+            let _ = writeln!(o, "- {} {} {} x{} via {}: {}", x.nodes.name(), x.scenario.name(), x.payload.name(), x.conns, x.target.name(), x.errors.join("; "));
+        }
+        let _ = writeln!(o);
+    }
+    o
+}
+
+/// Write `results.json`, `report.md`, `latency.svg` and `throughput.svg` into `dir`.
+pub fn write_all(r: &mut Report, dir: &Path) -> Result<(), String> {
+    let w = |name: &str, body: &[u8]| std::fs::write(dir.join(name), body).map_err(|e| format!("{}: {e}", dir.join(name).display()));
+    w("results.json", serde_json::to_string_pretty(r).map_err(|e| e.to_string())?.as_bytes())?;
+    w("latency.svg", crate::svg::latency(r).as_bytes())?;
+    w("throughput.svg", crate::svg::throughput(r).as_bytes())?;
+    let md = format!("# distgate-bench run\n\n{}\nPlots: [latency.svg](latency.svg), [throughput.svg](throughput.svg); raw samples: results.json.\n", r.markdown);
+    w("report.md", md.as_bytes())?;
+    Ok(())
+}
+
+const BEGIN: &str = "<!-- distgate-bench:begin (written by distgate-bench --results-md; edit outside these markers) -->";
+const END: &str = "<!-- distgate-bench:end -->";
+
+/// Replace the rig's section of RESULTS.md (between its markers; appended when absent), and
+/// copy the plots next to it into `results/`. The file is re-read right before writing, so
+/// sections others added are kept.
+pub fn update_results_md(path: &Path, r: &Report, out: &Path) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let plots = dir.join("results");
+    std::fs::create_dir_all(&plots).map_err(|e| e.to_string())?;
+    for f in ["latency.svg", "throughput.svg", "results.json"] {
+        std::fs::copy(out.join(f), plots.join(f)).map_err(|e| format!("{f}: {e}"))?;
+    }
+    let section = format!(
+        "{BEGIN}\n## Latest rig run (distgate-bench)\n\n{}\n![latency percentiles](results/latency.svg)\n\n![throughput](results/throughput.svg)\n\nRaw samples and medians: [results/results.json](results/results.json).\n{END}\n",
+        r.markdown
+    );
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{}{}", &old[..b], section, old[e + END.len()..].trim_start_matches('\n')),
+        _ if old.is_empty() => format!("# Benchmark results\n\n{section}"),
+        _ => format!("{}\n\n{section}", old.trim_end()),
+    };
+    std::fs::write(path, new).map_err(|e| e.to_string())
+}
