@@ -42,6 +42,38 @@ pub fn is_ascii_swar(text: &[u8]) -> bool {
     acc & HI == 0 && tail & 0x80 == 0
 }
 
+/// True when the first `n` bytes of `buf` are ASCII (`n <= buf.len()`).
+///
+/// Why a separate entry: atom text is short (nearly always under 16 bytes) and sits inside a
+/// larger buffer. When 16 bytes are readable from its start, one 16-byte load masked to the
+/// first `n` bytes settles it with no loop and no length-dependent branch; otherwise (long text,
+/// or text at the very end of the buffer) it falls back to [`is_ascii_swar`].
+#[inline(always)]
+pub fn is_ascii_prefix(buf: &[u8], n: usize) -> bool {
+    if n <= 16 {
+        if let Some(w) = buf.first_chunk::<16>() {
+            return ascii_low_bytes(u128::from_le_bytes(*w), n);
+        }
+    }
+    is_ascii_swar(&buf[..n])
+}
+
+/// True when the low `n` bytes of `word` (`n <= 16`; the first `n` in memory for a
+/// little-endian load) are ASCII. No loop, no branch on `n`.
+#[inline(always)]
+pub fn ascii_low_bytes(word: u128, n: usize) -> bool {
+    const HI: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
+    // Shifting by 128 (n == 16) is `None`: every byte is kept.
+    let keep = 1u128.checked_shl(8 * n as u32).unwrap_or(0).wrapping_sub(1);
+    word & keep & HI == 0
+}
+
+/// The scalar twin of [`is_ascii_prefix`].
+#[inline]
+pub fn is_ascii_prefix_scalar(buf: &[u8], n: usize) -> bool {
+    buf[..n].is_ascii()
+}
+
 /// Could `buf` contain a fun? A fun needs a NEW_FUN_EXT (112) or EXPORT_EXT (113) tag byte
 /// (or the old FUN_EXT, 117). When none of those bytes occurs anywhere, no walk is needed to
 /// know the message carries no fun. memchr's vectorised search makes that a few bytes per
@@ -66,6 +98,11 @@ mod tests {
         #[test]
         fn fast_and_scalar_utf8_agree(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             prop_assert_eq!(utf8_atom_chars(&bytes), utf8_atom_chars_scalar(&bytes));
+        }
+        #[test]
+        fn fast_and_scalar_ascii_prefix_agree(bytes in proptest::collection::vec(any::<u8>(), 0..64), n in any::<prop::sample::Index>()) {
+            let n = n.index(bytes.len() + 1);
+            prop_assert_eq!(is_ascii_prefix(&bytes, n), is_ascii_prefix_scalar(&bytes, n));
         }
         #[test]
         fn fast_and_scalar_fun_scan_agree(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {

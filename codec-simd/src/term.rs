@@ -176,6 +176,19 @@ impl Term<'_> {
 /// Receives the walk. Default methods do nothing, so a visitor implements only what it needs;
 /// with a concrete type everything is inlined and an empty visitor costs nothing.
 pub trait Visitor<'a> {
+    /// Which terms this visitor is shown, by tag byte. `enter` and `leave` are called only for
+    /// terms whose tag it wants; every term is still fully validated, and children of an
+    /// unwanted container are still offered. The default wants every term.
+    ///
+    /// Why: building a [`Term`] view costs more than skipping a term, and most walks need few
+    /// or no views ([`Skip`] wants none, fun collection only the three fun tags). With a
+    /// concrete visitor this inlines to a constant or a compare, and unwanted terms take the
+    /// walker's lean path. Keep it pure and cheap: it is asked once per term and once more when
+    /// a container closes.
+    #[inline(always)]
+    fn wants(_tag: u8) -> bool {
+        true
+    }
     /// A term starts at `at` (its tag byte). Children, if any, follow.
     #[inline]
     fn enter(&mut self, _at: usize, _term: &Term<'a>) -> Result<()> {
@@ -188,12 +201,17 @@ pub trait Visitor<'a> {
 
 /// A visitor that does nothing: walking with it validates and measures.
 pub struct Skip;
-impl Visitor<'_> for Skip {}
+impl Visitor<'_> for Skip {
+    #[inline(always)]
+    fn wants(_tag: u8) -> bool {
+        false
+    }
+}
 
 /// Bounds on what a walk may use; set from configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Open containers at once. Each costs 24 bytes of walker stack.
+    /// Open containers at once. Each costs 16 bytes of walker stack.
     pub max_depth: usize,
     /// Largest uncompressed size accepted for a compressed (`131 80`) term.
     pub max_inflated: usize,
@@ -205,15 +223,13 @@ impl Default for Limits {
     }
 }
 
+/// An open container on the walker's stack.
 #[derive(Clone, Copy)]
 struct Open {
+    /// Offset of the container's tag byte (so a closing NEW_FUN_EXT can re-read its Size).
     start: usize,
     /// Children not yet complete.
-    remaining: u64,
-    /// For NEW_FUN_EXT: where Size says the fun ends, checked when it closes. 0 otherwise.
-    fun_end: usize,
-    /// For NEW_FUN_EXT: the declared size, for the error message.
-    fun_size: u32,
+    remaining: usize,
 }
 
 /// A reusable walker. Keep one per link direction: its stack is allocated once.
@@ -292,47 +308,61 @@ impl Walker {
 
     /// Walk exactly one term (no version byte) starting at `at`. Returns its end offset.
     pub fn walk<'a, V: Visitor<'a>>(&mut self, buf: &'a [u8], at: usize, v: &mut V) -> Result<usize> {
-        self.stack.clear();
+        let refs = self.cache_refs;
+        let max_depth = self.limits.max_depth;
+        let stack = &mut self.stack;
+        stack.clear();
+        let tail = Tail::new(buf);
+        // The innermost open container lives in a local (a register in the hot loop); the stack
+        // holds the ones around it. The sentinel stands for the caller: one child, the root.
+        // So `stack.len()` is the number of open containers.
+        let mut cur = Open { start: usize::MAX, remaining: 1 };
         let mut pos = at;
         loop {
             let start = pos;
-            let (term, next) = self.read_header(buf, pos)?;
-            pos = next;
-            v.enter(start, &term)?;
-            let children = term.children();
+            let Some(&tag) = buf.get(pos) else { return Err(truncated(pos, 1, 0)) };
+            let children = if V::wants(tag) {
+                let (term, next) = header(buf, pos, refs)?;
+                v.enter(start, &term)?;
+                pos = next;
+                term.children()
+            } else if let Some((len, n)) = skip_header(tail.window(buf, pos), buf.len() - pos, refs) {
+                pos += len;
+                n
+            } else {
+                let (next, n) = header_cold(buf, pos, refs)?;
+                pos = next;
+                n
+            };
             if children > 0 {
                 // Every child takes at least one byte: reject impossible counts up front.
                 check_count(buf, pos, "container", children, 1)?;
-                if self.stack.len() >= self.limits.max_depth {
-                    return Err(Error::new(start, ErrorKind::TooDeep { limit: self.limits.max_depth }));
+                if stack.len() >= max_depth {
+                    return Err(Error::new(start, ErrorKind::TooDeep { limit: max_depth }));
                 }
-                let (fun_end, fun_size) = match term {
-                    Term::NewFun(f) => (f.size_at + f.size as usize, f.size),
-                    _ => (0, 0),
-                };
-                self.stack.push(Open { start, remaining: children, fun_end, fun_size });
+                stack.push(cur);
+                // The count fits: it is at most the bytes left.
+                cur = Open { start, remaining: children as usize };
                 continue;
             }
-            v.leave(start, pos);
+            if V::wants(tag) {
+                v.leave(start, pos);
+            }
             // Close every container whose last child this was.
             loop {
-                let Some(top) = self.stack.last_mut() else { return Ok(pos) };
-                top.remaining -= 1;
-                if top.remaining > 0 {
+                cur.remaining -= 1;
+                if cur.remaining > 0 {
                     break;
                 }
-                let open = *top;
-                self.stack.pop();
-                if open.fun_end != 0 && open.fun_end != pos {
-                    return Err(Error::new(
-                        open.start,
-                        ErrorKind::FunSizeMismatch {
-                            declared: open.fun_size,
-                            actual: pos - (open.start + 1),
-                        },
-                    ));
+                let Some(parent) = stack.pop() else { return Ok(pos) };
+                let tag = buf[cur.start];
+                if tag == tag::NEW_FUN {
+                    fun_end_check(buf, cur.start, pos)?;
                 }
-                v.leave(open.start, pos);
+                if V::wants(tag) {
+                    v.leave(cur.start, pos);
+                }
+                cur = parent;
             }
         }
     }
@@ -349,216 +379,483 @@ impl Walker {
     /// Read an atom in any encoding (a pid's node, a fun's module, …).
     #[inline]
     pub fn read_atom<'a>(&self, buf: &'a [u8], at: usize) -> Result<(Atom<'a>, usize)> {
-        let t = u8_at(buf, at)?;
-        let (len, text_at, utf8) = match t {
-            tag::SMALL_ATOM_UTF8 => (u8_at(buf, at + 1)? as usize, at + 2, true),
-            tag::ATOM_UTF8 => (u16_at(buf, at + 1)? as usize, at + 3, true),
-            tag::SMALL_ATOM => (u8_at(buf, at + 1)? as usize, at + 2, false),
-            tag::ATOM => (u16_at(buf, at + 1)? as usize, at + 3, false),
-            tag::ATOM_CACHE_REF => {
-                let idx = u8_at(buf, at + 1)?;
-                match self.cache_refs {
-                    Some(n) if (idx as u16) < n => return Ok((Atom::CacheRef(idx), at + 2)),
-                    n => {
-                        return Err(Error::new(
-                            at,
-                            ErrorKind::BadAtomCacheRef { index: idx, refs: n.unwrap_or(0) },
-                        ))
-                    }
-                }
-            }
-            other => return Err(Error::new(at, ErrorKind::ExpectedAtom(other))),
-        };
-        let text = bytes_at(buf, text_at, len)?;
-        if utf8 {
-            let chars = scan::utf8_atom_chars(text).ok_or(Error::new(text_at, ErrorKind::InvalidUtf8Atom))?;
-            if chars > 255 {
-                return Err(Error::new(at, ErrorKind::AtomTooLong { chars }));
-            }
-            Ok((Atom::Utf8(text), text_at + len))
-        } else {
-            if len > 255 {
-                return Err(Error::new(at, ErrorKind::AtomTooLong { chars: len }));
-            }
-            Ok((Atom::Latin1(text), text_at + len))
-        }
-    }
-
-    /// An integer field inside a fun (SMALL_INTEGER or INTEGER).
-    #[inline]
-    fn read_int(&self, buf: &[u8], at: usize) -> Result<(i64, usize)> {
-        match u8_at(buf, at)? {
-            tag::SMALL_INTEGER => Ok((u8_at(buf, at + 1)? as i64, at + 2)),
-            tag::INTEGER => Ok((u32_at(buf, at + 1)? as i32 as i64, at + 5)),
-            other => Err(Error::new(at, ErrorKind::ExpectedInteger(other))),
-        }
-    }
-
-    #[inline]
-    fn read_pid<'a>(&self, buf: &'a [u8], at: usize) -> Result<(Pid<'a>, usize)> {
-        let t = u8_at(buf, at)?;
-        if t != tag::NEW_PID && t != tag::PID {
-            return Err(Error::new(at, ErrorKind::ExpectedPid(t)));
-        }
-        let (node, p) = self.read_atom(buf, at + 1)?;
-        let id = u32_at(buf, p)?;
-        let serial = u32_at(buf, p + 4)?;
-        if t == tag::NEW_PID {
-            Ok((Pid { node, id, serial, creation: u32_at(buf, p + 8)?, new: true }, p + 12))
-        } else {
-            Ok((Pid { node, id, serial, creation: u8_at(buf, p + 8)? as u32, new: false }, p + 9))
-        }
+        read_atom(buf, at, self.cache_refs)
     }
 
     /// Decode the header of the term at `at`: its view and the offset right after the header
     /// (where its children, if any, start).
     #[inline]
     pub fn read_header<'a>(&self, buf: &'a [u8], at: usize) -> Result<(Term<'a>, usize)> {
-        let t = u8_at(buf, at)?;
-        let p = at + 1;
-        Ok(match t {
-            tag::SMALL_INTEGER => (Term::SmallInt(u8_at(buf, p)?), p + 1),
-            tag::INTEGER => (Term::Int(u32_at(buf, p)? as i32), p + 4),
-            tag::NEW_FLOAT => (Term::Float(f64::from_bits(u64_at(buf, p)?)), p + 8),
-            tag::SMALL_ATOM_UTF8 | tag::ATOM_UTF8 | tag::SMALL_ATOM | tag::ATOM | tag::ATOM_CACHE_REF => {
-                let (a, next) = self.read_atom(buf, at)?;
-                (Term::Atom(a), next)
-            }
-            tag::SMALL_TUPLE => (Term::Tuple(u8_at(buf, p)? as u32), p + 1),
-            tag::LARGE_TUPLE => (Term::Tuple(u32_at(buf, p)?), p + 4),
-            tag::NIL => (Term::Nil, p),
-            tag::STRING => {
-                let n = u16_at(buf, p)? as usize;
-                (Term::String(bytes_at(buf, p + 2, n)?), p + 2 + n)
-            }
-            tag::LIST => (Term::List(u32_at(buf, p)?), p + 4),
-            tag::MAP => (Term::Map(u32_at(buf, p)?), p + 4),
-            tag::BINARY => {
-                let n = u32_at(buf, p)? as usize;
-                check_count(buf, p + 4, "binary length", n as u64, 1)?;
-                (Term::Binary(bytes_at(buf, p + 4, n)?), p + 4 + n)
-            }
-            tag::BIT_BINARY => {
-                let n = u32_at(buf, p)? as usize;
-                let bits = u8_at(buf, p + 4)?;
-                if !(1..=8).contains(&bits) || (n == 0) {
-                    // OTP never encodes an empty bitstring with this tag; 0 bits is invalid.
-                    return Err(Error::new(p + 4, ErrorKind::BadBits(bits)));
+        header(buf, at, self.cache_refs)
+    }
+}
+
+/// Read an atom in any encoding (a pid's node, a fun's module, …).
+#[inline]
+fn read_atom<'a>(buf: &'a [u8], at: usize, cache_refs: Option<u16>) -> Result<(Atom<'a>, usize)> {
+    let t = u8_at(buf, at)?;
+    let (len, text_at, utf8) = match t {
+        tag::SMALL_ATOM_UTF8 => (u8_at(buf, at + 1)? as usize, at + 2, true),
+        tag::ATOM_UTF8 => (u16_at(buf, at + 1)? as usize, at + 3, true),
+        tag::SMALL_ATOM => (u8_at(buf, at + 1)? as usize, at + 2, false),
+        tag::ATOM => (u16_at(buf, at + 1)? as usize, at + 3, false),
+        tag::ATOM_CACHE_REF => {
+            let idx = u8_at(buf, at + 1)?;
+            match cache_refs {
+                Some(n) if (idx as u16) < n => return Ok((Atom::CacheRef(idx), at + 2)),
+                n => {
+                    return Err(Error::new(
+                        at,
+                        ErrorKind::BadAtomCacheRef { index: idx, refs: n.unwrap_or(0) },
+                    ))
                 }
-                check_count(buf, p + 5, "bit binary length", n as u64, 1)?;
-                (Term::BitBinary { bytes: bytes_at(buf, p + 5, n)?, bits }, p + 5 + n)
             }
-            tag::SMALL_BIG => {
-                let n = u8_at(buf, p)? as usize;
-                let sign = u8_at(buf, p + 1)?;
-                (Term::Big { negative: sign != 0, digits: bytes_at(buf, p + 2, n)? }, p + 2 + n)
+        }
+        other => return Err(Error::new(at, ErrorKind::ExpectedAtom(other))),
+    };
+    let text = bytes_at(buf, text_at, len)?;
+    if utf8 {
+        let chars = scan::utf8_atom_chars(text).ok_or(Error::new(text_at, ErrorKind::InvalidUtf8Atom))?;
+        if chars > 255 {
+            return Err(Error::new(at, ErrorKind::AtomTooLong { chars }));
+        }
+        Ok((Atom::Utf8(text), text_at + len))
+    } else {
+        if len > 255 {
+            return Err(Error::new(at, ErrorKind::AtomTooLong { chars: len }));
+        }
+        Ok((Atom::Latin1(text), text_at + len))
+    }
+}
+
+/// An integer field inside a fun (SMALL_INTEGER or INTEGER).
+#[inline]
+fn read_int(buf: &[u8], at: usize) -> Result<(i64, usize)> {
+    match u8_at(buf, at)? {
+        tag::SMALL_INTEGER => Ok((u8_at(buf, at + 1)? as i64, at + 2)),
+        tag::INTEGER => Ok((u32_at(buf, at + 1)? as i32 as i64, at + 5)),
+        other => Err(Error::new(at, ErrorKind::ExpectedInteger(other))),
+    }
+}
+
+#[inline]
+fn read_pid<'a>(buf: &'a [u8], at: usize, cache_refs: Option<u16>) -> Result<(Pid<'a>, usize)> {
+    let t = u8_at(buf, at)?;
+    if t != tag::NEW_PID && t != tag::PID {
+        return Err(Error::new(at, ErrorKind::ExpectedPid(t)));
+    }
+    let (node, p) = read_atom(buf, at + 1, cache_refs)?;
+    let id = u32_at(buf, p)?;
+    let serial = u32_at(buf, p + 4)?;
+    if t == tag::NEW_PID {
+        Ok((Pid { node, id, serial, creation: u32_at(buf, p + 8)?, new: true }, p + 12))
+    } else {
+        Ok((Pid { node, id, serial, creation: u8_at(buf, p + 8)? as u32, new: false }, p + 9))
+    }
+}
+
+/// Decode the header of the term at `at`: its view and the offset right after the header
+/// (where its children, if any, start).
+#[inline]
+fn header<'a>(buf: &'a [u8], at: usize, cache_refs: Option<u16>) -> Result<(Term<'a>, usize)> {
+    let t = u8_at(buf, at)?;
+    let p = at + 1;
+    Ok(match t {
+        tag::SMALL_INTEGER => (Term::SmallInt(u8_at(buf, p)?), p + 1),
+        tag::INTEGER => (Term::Int(u32_at(buf, p)? as i32), p + 4),
+        tag::NEW_FLOAT => (Term::Float(f64::from_bits(u64_at(buf, p)?)), p + 8),
+        tag::SMALL_ATOM_UTF8 | tag::ATOM_UTF8 | tag::SMALL_ATOM | tag::ATOM | tag::ATOM_CACHE_REF => {
+            let (a, next) = read_atom(buf, at, cache_refs)?;
+            (Term::Atom(a), next)
+        }
+        tag::SMALL_TUPLE => (Term::Tuple(u8_at(buf, p)? as u32), p + 1),
+        tag::LARGE_TUPLE => (Term::Tuple(u32_at(buf, p)?), p + 4),
+        tag::NIL => (Term::Nil, p),
+        tag::STRING => {
+            let n = u16_at(buf, p)? as usize;
+            (Term::String(bytes_at(buf, p + 2, n)?), p + 2 + n)
+        }
+        tag::LIST => (Term::List(u32_at(buf, p)?), p + 4),
+        tag::MAP => (Term::Map(u32_at(buf, p)?), p + 4),
+        tag::BINARY => {
+            let n = u32_at(buf, p)? as usize;
+            check_count(buf, p + 4, "binary length", n as u64, 1)?;
+            (Term::Binary(bytes_at(buf, p + 4, n)?), p + 4 + n)
+        }
+        tag::BIT_BINARY => {
+            let n = u32_at(buf, p)? as usize;
+            let bits = u8_at(buf, p + 4)?;
+            if !(1..=8).contains(&bits) || (n == 0) {
+                // OTP never encodes an empty bitstring with this tag; 0 bits is invalid.
+                return Err(Error::new(p + 4, ErrorKind::BadBits(bits)));
             }
-            tag::LARGE_BIG => {
-                let n = u32_at(buf, p)? as usize;
-                check_count(buf, p + 5, "bignum length", n as u64, 1)?;
-                let sign = u8_at(buf, p + 4)?;
-                (Term::Big { negative: sign != 0, digits: bytes_at(buf, p + 5, n)? }, p + 5 + n)
+            check_count(buf, p + 5, "bit binary length", n as u64, 1)?;
+            (Term::BitBinary { bytes: bytes_at(buf, p + 5, n)?, bits }, p + 5 + n)
+        }
+        tag::SMALL_BIG => {
+            let n = u8_at(buf, p)? as usize;
+            let sign = u8_at(buf, p + 1)?;
+            (Term::Big { negative: sign != 0, digits: bytes_at(buf, p + 2, n)? }, p + 2 + n)
+        }
+        tag::LARGE_BIG => {
+            let n = u32_at(buf, p)? as usize;
+            check_count(buf, p + 5, "bignum length", n as u64, 1)?;
+            let sign = u8_at(buf, p + 4)?;
+            (Term::Big { negative: sign != 0, digits: bytes_at(buf, p + 5, n)? }, p + 5 + n)
+        }
+        tag::NEW_PID | tag::PID => {
+            let (pid, next) = read_pid(buf, at, cache_refs)?;
+            (Term::Pid(pid), next)
+        }
+        tag::PORT | tag::NEW_PORT | tag::V4_PORT => {
+            let (node, q) = read_atom(buf, p, cache_refs)?;
+            let (port, next) = match t {
+                tag::PORT => (Port { node, id: u32_at(buf, q)? as u64, creation: u8_at(buf, q + 4)? as u32, tag: t }, q + 5),
+                tag::NEW_PORT => (Port { node, id: u32_at(buf, q)? as u64, creation: u32_at(buf, q + 4)?, tag: t }, q + 8),
+                _ => (Port { node, id: u64_at(buf, q)?, creation: u32_at(buf, q + 8)?, tag: t }, q + 12),
+            };
+            (Term::Port(port), next)
+        }
+        tag::REFERENCE => {
+            let (node, q) = read_atom(buf, p, cache_refs)?;
+            let ids = bytes_at(buf, q, 4)?;
+            let creation = u8_at(buf, q + 4)? as u32;
+            (Term::Ref(Reference { node, creation, ids, tag: t }), q + 5)
+        }
+        tag::NEW_REFERENCE | tag::NEWER_REFERENCE => {
+            let len = u16_at(buf, p)?;
+            if len == 0 || len > 5 {
+                return Err(Error::new(p, ErrorKind::BadRefLen(len)));
             }
-            tag::NEW_PID | tag::PID => {
-                let (pid, next) = self.read_pid(buf, at)?;
-                (Term::Pid(pid), next)
+            let (node, q) = read_atom(buf, p + 2, cache_refs)?;
+            let (creation, q) = if t == tag::NEWER_REFERENCE {
+                (u32_at(buf, q)?, q + 4)
+            } else {
+                (u8_at(buf, q)? as u32, q + 1)
+            };
+            let ids = bytes_at(buf, q, 4 * len as usize)?;
+            (Term::Ref(Reference { node, creation, ids, tag: t }), q + 4 * len as usize)
+        }
+        tag::NEW_FUN => {
+            let size = u32_at(buf, p)?;
+            check_count(buf, p, "fun size", size as u64, 1)?;
+            let arity = u8_at(buf, p + 4)?;
+            let uniq: &[u8; 16] = bytes_at(buf, p + 5, 16)?
+                .try_into()
+                .map_err(|_| truncated(p + 5, 16, 0))?;
+            let index = u32_at(buf, p + 21)?;
+            let num_free = u32_at(buf, p + 25)?;
+            let module_at = p + 29;
+            let (module, q) = read_atom(buf, module_at, cache_refs)?;
+            let (old_index, q) = read_int(buf, q)?;
+            let (old_uniq, q) = read_int(buf, q)?;
+            let (pid, q) = read_pid(buf, q, cache_refs)?;
+            let f = NewFun {
+                size_at: p,
+                size,
+                arity,
+                uniq,
+                index,
+                num_free,
+                module,
+                module_at,
+                old_index,
+                old_uniq,
+                pid,
+                free_at: q,
+            };
+            if num_free == 0 && p + size as usize != q {
+                return Err(Error::new(at, ErrorKind::FunSizeMismatch { declared: size, actual: q - p }));
             }
-            tag::PORT | tag::NEW_PORT | tag::V4_PORT => {
-                let (node, q) = self.read_atom(buf, p)?;
-                let (port, next) = match t {
-                    tag::PORT => (Port { node, id: u32_at(buf, q)? as u64, creation: u8_at(buf, q + 4)? as u32, tag: t }, q + 5),
-                    tag::NEW_PORT => (Port { node, id: u32_at(buf, q)? as u64, creation: u32_at(buf, q + 4)?, tag: t }, q + 8),
-                    _ => (Port { node, id: u64_at(buf, q)?, creation: u32_at(buf, q + 8)?, tag: t }, q + 12),
-                };
-                (Term::Port(port), next)
+            (Term::NewFun(f), q)
+        }
+        tag::FUN => {
+            let num_free = u32_at(buf, p)?;
+            let (pid, q) = read_pid(buf, p + 4, cache_refs)?;
+            let (module, q) = read_atom(buf, q, cache_refs)?;
+            let (index, q) = read_int(buf, q)?;
+            let (uniq, q) = read_int(buf, q)?;
+            (Term::OldFun(OldFun { num_free, pid, module, index, uniq, free_at: q }), q)
+        }
+        tag::EXPORT => {
+            let (module, q) = read_atom(buf, p, cache_refs)?;
+            let (function, q) = read_atom(buf, q, cache_refs)?;
+            match u8_at(buf, q)? {
+                tag::SMALL_INTEGER => {}
+                other => return Err(Error::new(q, ErrorKind::ExpectedInteger(other))),
             }
-            tag::REFERENCE => {
-                let (node, q) = self.read_atom(buf, p)?;
-                let ids = bytes_at(buf, q, 4)?;
-                let creation = u8_at(buf, q + 4)? as u32;
-                (Term::Ref(Reference { node, creation, ids, tag: t }), q + 5)
+            let arity = u8_at(buf, q + 1)?;
+            (Term::Export(Export { module, function, arity }), q + 2)
+        }
+        tag::FLOAT => {
+            let raw = bytes_at(buf, p, 31)?;
+            let text = match memchr::memchr(0, raw) {
+                Some(n) => &raw[..n],
+                None => raw,
+            };
+            let value = core::str::from_utf8(text)
+                .ok()
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+                .ok_or(Error::new(p, ErrorKind::BadFloat))?;
+            (Term::OldFloat { text, value }, p + 31)
+        }
+        tag::LOCAL => return Err(Error::new(at, ErrorKind::LocalExtRefused)),
+        other => return Err(Error::new(at, ErrorKind::UnknownTag(other))),
+    })
+}
+
+/// The header as the walk needs it, for terms reached through the general decoder: the offset
+/// after the header and the child count. Cold: only rare tags, funs, and inputs the fast path
+/// declines (non-ASCII atoms, errors) come here.
+#[cold]
+#[inline(never)]
+fn header_cold(buf: &[u8], at: usize, cache_refs: Option<u16>) -> Result<(usize, u64)> {
+    let (term, next) = header(buf, at, cache_refs)?;
+    Ok((next, term.children()))
+}
+
+/// A NEW_FUN_EXT with free variables has just closed at `end`: its Size must say so.
+#[inline]
+fn fun_end_check(buf: &[u8], start: usize, end: usize) -> Result<()> {
+    // Already read (and bounded by the bytes left) when the fun was entered.
+    let size = u32_at(buf, start + 1)?;
+    if start + 1 + size as usize != end {
+        return Err(Error::new(start, ErrorKind::FunSizeMismatch { declared: size, actual: end - (start + 1) }));
+    }
+    Ok(())
+}
+
+/// How the fast path measures one tag's header (see [`skip_header`]). Every header it handles
+/// is `base` fixed bytes (tag included) plus some multiple of a big-endian length or count
+/// field that starts right after the tag. Let `x` be the 32 bits after the tag, big-endian.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Len {
+    /// The variable part of the length is `((x << 1) >> shift) & mask`: the field, already
+    /// multiplied by its unit (1 byte of text or digits; 4 bytes per reference word), or 0.
+    mask: u32,
+    base: u8,
+    shift: u8,
+    /// What else the tag needs (`PLAIN`: nothing).
+    kind: u8,
+    _pad: u8,
+}
+
+/// The other half of a tag's entry: its child count and the bound on its field. Kept apart
+/// from [`Len`] because nothing here is on the path from one term's offset to the next.
+#[derive(Clone, Copy)]
+struct Count {
+    /// The field is `f = x >> field_shift` (32: no field; 24: a u8; 16: a u16; 0: a u32).
+    field_shift: u8,
+    /// Children: `kids_base + kids_mul * f`.
+    kids_base: u8,
+    kids_mul: u8,
+    /// `f >> limit` must be 0: 8 for an atom's at most 255 bytes, 32 (no limit) otherwise.
+    limit: u8,
+}
+
+/// Tags settled by the arithmetic alone.
+const PLAIN: u8 = 0;
+/// SMALL_ATOM_UTF8 / ATOM_UTF8: the text must also be ASCII.
+const UTF8_ATOM: u8 = 1;
+/// ATOM_CACHE_REF: the index must be below the message's ref count.
+const CACHE_REF: u8 = 2;
+/// NEW_PID / NEWER_REFERENCE: a node atom follows.
+const WITH_NODE: u8 = 3;
+/// Everything else: the general decoder's business.
+const SLOW: u8 = 4;
+
+/// One tag's entries: `kind`, fixed bytes, the field's width in bytes (0 to 4), bytes per unit
+/// of the field in the length (0, 1 or 4), children as `kids_base + kids_mul * field`, and the
+/// `limit` of [`Count`].
+const fn entry(kind: u8, base: u8, width: u32, unit: u32, kids_base: u8, kids_mul: u8, limit: u8) -> (Len, Count) {
+    let field_shift = 32 - 8 * width;
+    let field_mask = if width == 0 { 0 } else { u32::MAX >> (32 - 8 * width) };
+    // (x << 1) >> (field_shift + 1 - log2(unit)) is the field times its unit, with low garbage
+    // bits cleared by the mask.
+    let (shift, mask) = match unit {
+        0 => (32, 0),
+        1 => (field_shift + 1, field_mask),
+        _ => (field_shift + 1 - 2, field_mask << 2),
+    };
+    (
+        Len { mask, base, shift: shift as u8, kind, _pad: 0 },
+        Count { field_shift: field_shift as u8, kids_base, kids_mul, limit },
+    )
+}
+
+/// The tags the fast path measures, with their entries.
+const FAST_TAGS: [(u8, (Len, Count)); 18] = [
+    (tag::SMALL_INTEGER, entry(PLAIN, 2, 0, 0, 0, 0, 32)),
+    (tag::INTEGER, entry(PLAIN, 5, 0, 0, 0, 0, 32)),
+    (tag::NEW_FLOAT, entry(PLAIN, 9, 0, 0, 0, 0, 32)),
+    (tag::NIL, entry(PLAIN, 1, 0, 0, 0, 0, 32)),
+    (tag::SMALL_TUPLE, entry(PLAIN, 2, 1, 0, 0, 1, 32)),
+    (tag::LARGE_TUPLE, entry(PLAIN, 5, 4, 0, 0, 1, 32)),
+    (tag::LIST, entry(PLAIN, 5, 4, 0, 1, 1, 32)),
+    (tag::MAP, entry(PLAIN, 5, 4, 0, 0, 2, 32)),
+    (tag::STRING, entry(PLAIN, 3, 2, 1, 0, 0, 32)),
+    (tag::BINARY, entry(PLAIN, 5, 4, 1, 0, 0, 32)),
+    (tag::SMALL_BIG, entry(PLAIN, 3, 1, 1, 0, 0, 32)),
+    // Latin-1 atoms need no check but their length.
+    (tag::ATOM, entry(PLAIN, 3, 2, 1, 0, 0, 8)),
+    (tag::SMALL_ATOM, entry(PLAIN, 2, 1, 1, 0, 0, 32)),
+    (tag::SMALL_ATOM_UTF8, entry(UTF8_ATOM, 2, 1, 1, 0, 0, 32)),
+    (tag::ATOM_UTF8, entry(UTF8_ATOM, 3, 2, 1, 0, 0, 8)),
+    (tag::ATOM_CACHE_REF, entry(CACHE_REF, 2, 1, 0, 0, 0, 32)),
+    // The node atom and what follows it are measured in `skip_special`.
+    (tag::NEW_PID, entry(WITH_NODE, 1, 0, 0, 0, 0, 32)),
+    (tag::NEWER_REFERENCE, entry(WITH_NODE, 3, 2, 4, 0, 0, 32)),
+];
+
+/// The fast path's tables, by tag byte.
+static FAST: ([Len; 256], [Count; 256]) = {
+    let slow = entry(SLOW, 0, 0, 0, 0, 0, 32);
+    let mut len = [slow.0; 256];
+    let mut count = [slow.1; 256];
+    let mut i = 0;
+    while i < FAST_TAGS.len() {
+        let (tag, (l, c)) = FAST_TAGS[i];
+        len[tag as usize] = l;
+        count[tag as usize] = c;
+        i += 1;
+    }
+    (len, count)
+};
+
+/// The walk's fast path: for the term whose first 16 bytes are `w`, the header length and the number of
+/// children, without building a view. Covers the tags that make up nearly all real traffic.
+///
+/// `None` means "not settled here" — a rarer tag, a bound that does not hold, text that needs
+/// the full UTF-8 check — and the walk then asks [`header`], which decodes everything and
+/// produces the exact error. So this never decides an error; it must only never accept what
+/// `header` refuses, and agree with it on what it accepts (the differential tests below check
+/// both on valid, truncated and corrupted input).
+///
+/// Why tables rather than a `match`: the tag sequence of real data is close to random, so a
+/// jump table's indirect branch mispredicts on most terms. Here the common tags share one
+/// branch-free path, and the path from one term's offset to the next — which no amount of
+/// out-of-order execution can overlap, as each term starts where the last ended — is short:
+/// load the window, look the tag up, shift, mask, add.
+///
+/// Why a window: every fixed header field lies in the first 16 bytes, so they are read from one
+/// 16-byte load with no bounds check each, and the single check at the end — the whole term
+/// within the `left` bytes from its tag to the end of the buffer — covers them all. Near the
+/// end the window is zero-padded; a field read from the padding lies past the end, so the term
+/// cannot fit.
+#[inline(always)]
+fn skip_header(w: u128, left: usize, refs: Option<u16>) -> Option<(usize, u64)> {
+    let tag = w as u8 as usize;
+    let (l, c) = (FAST.0[tag], FAST.1[tag]);
+    let x = ((w >> 8) as u32).swap_bytes() as u64;
+    let len = l.base as u64 + (((x << 1) >> l.shift) & l.mask as u64);
+    let f = x >> c.field_shift;
+    let kids = c.kids_base as u64 + f * c.kids_mul as u64;
+    if l.kind != PLAIN {
+        return skip_special(w, left, l.kind, f, len, refs);
+    }
+    (f >> c.limit == 0 && len <= left as u64).then_some((len as usize, kids))
+}
+
+/// The fast path's tags that need more than arithmetic (see [`Len::kind`]). Kept out of line
+/// so the plain path stays a straight line. None of them has children.
+#[inline(never)]
+fn skip_special(w: u128, left: usize, kind: u8, f: u64, len: u64, refs: Option<u16>) -> Option<(usize, u64)> {
+    let len = match kind {
+        UTF8_ATOM => {
+            // `len` is the tag, length and text: the text starts `len - f` in.
+            if f > 255 || !ascii_in_window(w, 16, (len - f) as usize, f) {
+                return None;
             }
-            tag::NEW_REFERENCE | tag::NEWER_REFERENCE => {
-                let len = u16_at(buf, p)?;
-                if len == 0 || len > 5 {
-                    return Err(Error::new(p, ErrorKind::BadRefLen(len)));
+            len
+        }
+        CACHE_REF => {
+            if f >= refs.unwrap_or(0) as u64 {
+                return None;
+            }
+            len
+        }
+        WITH_NODE => {
+            if w as u8 == tag::NEW_PID {
+                // Node atom, then id, serial and creation.
+                1 + skip_atom(w >> 8, 15, refs)? as u64 + 12
+            } else {
+                // Word count (1..=5), node atom, creation, the id words.
+                if !(1..=5).contains(&f) {
+                    return None;
                 }
-                let (node, q) = self.read_atom(buf, p + 2)?;
-                let (creation, q) = if t == tag::NEWER_REFERENCE {
-                    (u32_at(buf, q)?, q + 4)
-                } else {
-                    (u8_at(buf, q)? as u32, q + 1)
-                };
-                let ids = bytes_at(buf, q, 4 * len as usize)?;
-                (Term::Ref(Reference { node, creation, ids, tag: t }), q + 4 * len as usize)
+                len + skip_atom(w >> 24, 13, refs)? as u64 + 4
             }
-            tag::NEW_FUN => {
-                let size = u32_at(buf, p)?;
-                check_count(buf, p, "fun size", size as u64, 1)?;
-                let arity = u8_at(buf, p + 4)?;
-                let uniq: &[u8; 16] = bytes_at(buf, p + 5, 16)?
-                    .try_into()
-                    .map_err(|_| truncated(p + 5, 16, 0))?;
-                let index = u32_at(buf, p + 21)?;
-                let num_free = u32_at(buf, p + 25)?;
-                let module_at = p + 29;
-                let (module, q) = self.read_atom(buf, module_at)?;
-                let (old_index, q) = self.read_int(buf, q)?;
-                let (old_uniq, q) = self.read_int(buf, q)?;
-                let (pid, q) = self.read_pid(buf, q)?;
-                let f = NewFun {
-                    size_at: p,
-                    size,
-                    arity,
-                    uniq,
-                    index,
-                    num_free,
-                    module,
-                    module_at,
-                    old_index,
-                    old_uniq,
-                    pid,
-                    free_at: q,
-                };
-                if num_free == 0 && p + size as usize != q {
-                    return Err(Error::new(at, ErrorKind::FunSizeMismatch { declared: size, actual: q - p }));
-                }
-                (Term::NewFun(f), q)
-            }
-            tag::FUN => {
-                let num_free = u32_at(buf, p)?;
-                let (pid, q) = self.read_pid(buf, p + 4)?;
-                let (module, q) = self.read_atom(buf, q)?;
-                let (index, q) = self.read_int(buf, q)?;
-                let (uniq, q) = self.read_int(buf, q)?;
-                (Term::OldFun(OldFun { num_free, pid, module, index, uniq, free_at: q }), q)
-            }
-            tag::EXPORT => {
-                let (module, q) = self.read_atom(buf, p)?;
-                let (function, q) = self.read_atom(buf, q)?;
-                match u8_at(buf, q)? {
-                    tag::SMALL_INTEGER => {}
-                    other => return Err(Error::new(q, ErrorKind::ExpectedInteger(other))),
-                }
-                let arity = u8_at(buf, q + 1)?;
-                (Term::Export(Export { module, function, arity }), q + 2)
-            }
-            tag::FLOAT => {
-                let raw = bytes_at(buf, p, 31)?;
-                let text = match memchr::memchr(0, raw) {
-                    Some(n) => &raw[..n],
-                    None => raw,
-                };
-                let value = core::str::from_utf8(text)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<f64>().ok())
-                    .filter(|v| v.is_finite())
-                    .ok_or(Error::new(p, ErrorKind::BadFloat))?;
-                (Term::OldFloat { text, value }, p + 31)
-            }
-            tag::LOCAL => return Err(Error::new(at, ErrorKind::LocalExtRefused)),
-            other => return Err(Error::new(at, ErrorKind::UnknownTag(other))),
-        })
+        }
+        _ => return None,
+    };
+    (len <= left as u64).then_some((len as usize, 0))
+}
+
+/// The fast path reads each header through a 16-byte window (see [`skip_header`]). Within 16
+/// bytes of the end of the buffer the window comes from this zero-padded copy of its last
+/// bytes, made once per walk (a term's window is never copied on its own).
+struct Tail {
+    at: usize,
+    bytes: [u8; 32],
+}
+
+impl Tail {
+    #[inline]
+    fn new(buf: &[u8]) -> Tail {
+        let at = buf.len().saturating_sub(16);
+        let mut bytes = [0u8; 32];
+        bytes[..buf.len() - at].copy_from_slice(&buf[at..]);
+        Tail { at, bytes }
+    }
+
+    /// The 16 bytes at `pos` as a window (little-endian: byte 0 is the tag).
+    #[inline(always)]
+    fn window(&self, buf: &[u8], pos: usize) -> u128 {
+        match buf.get(pos..).and_then(|b| b.first_chunk::<16>()) {
+            Some(c) => u128::from_le_bytes(*c),
+            None => self.padded(pos),
+        }
+    }
+
+    /// Out of line so that the choice above stays a branch (right nearly always) rather than
+    /// becoming a select on the path from one term to the next.
+    #[cold]
+    #[inline(never)]
+    fn padded(&self, pos: usize) -> u128 {
+        match self.bytes.get(pos.wrapping_sub(self.at)..).and_then(|t| t.first_chunk::<16>()) {
+            Some(c) => u128::from_le_bytes(*c),
+            None => 0,
+        }
+    }
+}
+
+/// True when the `n` bytes at byte `at` of the window lie within its first `real` bytes (those
+/// read from the input: a window shifted down to a nested atom has fewer) and are ASCII.
+/// (All-ASCII text of at most 255 bytes is valid UTF-8 of at most 255 characters; text that
+/// runs past the window, rare for an atom, goes to the full check.)
+#[inline(always)]
+fn ascii_in_window(w: u128, real: usize, at: usize, n: u64) -> bool {
+    at <= real && n <= (real - at) as u64 && scan::ascii_low_bytes(w >> (8 * at), n as usize)
+}
+
+/// Length of the atom at the front of the window `w`, whose first `real` bytes are input (a
+/// pid's or reference's window shifted down to its node atom), for the fast path: inline atoms
+/// whose text needs no check beyond its bounds (Latin-1 up to 255 bytes; UTF-8 that is all
+/// ASCII and lies in the window) and cache refs in range. Anything else is `None`, for
+/// [`read_atom`]. The tag and length bytes are always among the real ones (`real` >= 4).
+#[inline(always)]
+fn skip_atom(w: u128, real: usize, refs: Option<u16>) -> Option<usize> {
+    let b1 = (w >> 8) as u8 as usize;
+    let be16 = ((w >> 8) as u16).swap_bytes() as usize;
+    match w as u8 {
+        tag::ATOM => (be16 <= 255).then_some(3 + be16),
+        tag::SMALL_ATOM => Some(2 + b1),
+        tag::SMALL_ATOM_UTF8 => ascii_in_window(w, real, 2, b1 as u64).then_some(2 + b1),
+        tag::ATOM_UTF8 => (be16 <= 255 && ascii_in_window(w, real, 3, be16 as u64)).then_some(3 + be16),
+        tag::ATOM_CACHE_REF => ((b1 as u16) < refs.unwrap_or(0)).then_some(2),
+        _ => None,
     }
 }
 
@@ -584,4 +881,161 @@ pub fn walk_versioned(buf: &[u8], limits: Limits) -> Result<()> {
     let body = versioned_body(buf, &mut scratch, limits.max_inflated)?;
     let mut w = Walker::new(limits);
     w.walk_exact(body, 0, &mut Skip)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fast path against the general decoder: whatever [`skip_header`] accepts, [`header`]
+    //! must accept with the same length and child count, and a walk that takes the fast path
+    //! must end (or fail) exactly where one that builds every view does.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Wants every term, so the walk never takes the fast path.
+    struct All;
+    impl Visitor<'_> for All {}
+
+    fn fast_tags() -> Vec<u8> {
+        FAST_TAGS.iter().map(|&(t, _)| t).collect()
+    }
+    const ATOM_TAGS: &[u8] = &[tag::ATOM, tag::SMALL_ATOM, tag::SMALL_ATOM_UTF8, tag::ATOM_UTF8, tag::ATOM_CACHE_REF];
+
+    /// Header-ish bytes: small numbers (plausible lengths), atom tags (a pid's node), anything.
+    fn head_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![0u8..16, proptest::sample::select(ATOM_TAGS), any::<u8>()]
+    }
+    /// Text-ish bytes: mostly ASCII, sometimes not.
+    fn text_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![4 => b'a'..=b'z', 1 => any::<u8>()]
+    }
+
+    fn agree(bytes: &[u8], refs: Option<u16>) -> std::result::Result<(), TestCaseError> {
+        let mut padded = [0u8; 16];
+        let n = bytes.len().min(16);
+        padded[..n].copy_from_slice(&bytes[..n]);
+        if let Some((len, kids)) = skip_header(u128::from_le_bytes(padded), bytes.len(), refs) {
+            let r = header(bytes, 0, refs);
+            prop_assert!(r.is_ok(), "fast path accepted {:?} (refs {:?}), header says {:?}", bytes, refs, r);
+            let (term, next) = r.unwrap();
+            prop_assert_eq!((next, term.children()), (len, kids), "{:?}", bytes);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn fast_path_never_accepts_what_header_refuses(
+            tag in prop_oneof![3 => proptest::sample::select(fast_tags()), 1 => any::<u8>()],
+            head in proptest::collection::vec(head_byte(), 0..8),
+            text in proptest::collection::vec(text_byte(), 0..48),
+            cut in any::<prop::sample::Index>(),
+            refs in proptest::option::of(0u16..4),
+        ) {
+            let mut bytes = vec![tag];
+            bytes.extend_from_slice(&head);
+            bytes.extend_from_slice(&text);
+            let cut = cut.index(bytes.len() + 1);
+            agree(&bytes[..cut], refs)?;
+            // And with the same bytes followed by more: the window then reaches past the term.
+            bytes.extend_from_slice(&[0x80; 20]);
+            agree(&bytes, refs)?;
+        }
+
+        #[test]
+        fn walks_with_and_without_views_agree(
+            bytes in proptest::collection::vec(prop_oneof![
+                3 => proptest::sample::select(fast_tags()), 2 => 0u8..8, 2 => b'a'..=b'z', 1 => any::<u8>()
+            ], 0..64),
+            refs in proptest::option::of(0u16..4),
+            max_depth in prop_oneof![1usize..40, Just(100_000)],
+        ) {
+            let mut w = Walker::new(Limits { max_depth, ..Limits::default() });
+            w.set_cache_refs(refs);
+            prop_assert_eq!(w.walk(&bytes, 0, &mut Skip), w.walk(&bytes, 0, &mut All));
+        }
+    }
+
+    /// Atoms, alone or as a pid's or reference's node, with ASCII text but for at most one byte
+    /// anywhere (inside the window, at its edge, past it), of every length around the window.
+    #[test]
+    fn fast_path_agrees_on_atom_text_at_every_offset() {
+        for outer in [None, Some(tag::NEW_PID), Some(tag::NEWER_REFERENCE)] {
+            for atom in ATOM_TAGS.iter().copied() {
+                for n in 0..24usize {
+                    for high in (0..n).map(Some).chain([None]) {
+                        for byte in [0x80, 0xc3, 0xff] {
+                            let mut b = Vec::new();
+                            match outer {
+                                Some(tag::NEWER_REFERENCE) => b.extend_from_slice(&[tag::NEWER_REFERENCE, 0, 1]),
+                                Some(t) => b.push(t),
+                                None => {}
+                            }
+                            b.push(atom);
+                            if matches!(atom, tag::ATOM | tag::ATOM_UTF8) {
+                                b.push(0);
+                            }
+                            b.push(n as u8);
+                            let text_at = b.len();
+                            b.extend(std::iter::repeat_n(b'a', n));
+                            if let Some(k) = high {
+                                b[text_at + k] = byte;
+                            }
+                            // Creation, ids, and then some: every fixed field is there.
+                            b.extend_from_slice(&[0; 24]);
+                            for refs in [None, Some(3)] {
+                                agree(&b, refs).unwrap();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every tag byte, every length field of interest, with and without text after it.
+    #[test]
+    fn fast_path_agrees_on_every_tag() {
+        for t in 0..=255u8 {
+            let heads = [
+                [0, 0, 0, 0],
+                [0, 0, 0, 1],
+                [0, 1, 0, 0],
+                [0, 0, 1, 0],
+                [1, 0, 0, 0],
+                [0, 0, 0, 3],
+                [0, 3, 0, 1],
+                [0, 5, 0, 1],
+                [0, 6, 0, 1],
+                [0, 0xff, 0, 0],
+                [1, 1, 0, 0],
+                [0xff, 0xff, 0xff, 0xff],
+                [0, 0, 0xff, 0],
+                [0, 1, 0, 1],
+            ];
+            for head in heads {
+                for atom in ATOM_TAGS.iter().copied().chain([0, 97]) {
+                    for fill in [b'a', 0xc3, 0] {
+                        for n in (0..40).chain([254, 255, 256, 257, 258, 300, 511, 512, 513]) {
+                            let mut bytes = vec![t];
+                            bytes.extend_from_slice(&head);
+                            bytes.extend(std::iter::repeat_n(fill, n));
+                            for at in [1, 3] {
+                                if at < bytes.len() {
+                                    let mut b = bytes.clone();
+                                    b[at] = atom;
+                                    for refs in [None, Some(0), Some(2)] {
+                                        agree(&b, refs).unwrap();
+                                    }
+                                }
+                            }
+                            agree(&bytes, None).unwrap();
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
