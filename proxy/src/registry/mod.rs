@@ -13,10 +13,10 @@
 //! atomic operations, no lock) and then do plain hash lookups on what they got. Refreshes are
 //! serialised among themselves by a mutex that readers never touch.
 //!
-//! Sources ([`Source`]): directories of `.beam` files walked recursively, and a cache file
-//! written by an earlier run so a restart starts warm. The live source (a hidden node joining
-//! the cluster, listing loaded modules with their MD5 and fetching object code) needs the
-//! distribution handshake and is not implemented yet; see `docs/registry.md`.
+//! Sources ([`Source`]): directories of `.beam` files walked recursively, a cache file
+//! written by an earlier run so a restart starts warm, and live nodes ([`live`]: distgate joins
+//! a node as a hidden node, lists its loaded modules with their MD5 and fetches the object
+//! code of versions it does not know yet). See `docs/registry.md`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,6 +28,7 @@ use distgate_codec::beam::{self, Beam, BeamError};
 
 pub mod cache;
 pub mod cli;
+pub mod live;
 pub mod scan;
 
 /// A module MD5 (`module_info(md5)`, the `Uniq` of a NEW_FUN_EXT).
@@ -266,6 +267,11 @@ impl SnapshotBuilder {
         true
     }
 
+    /// Is this (module, MD5) already in?
+    pub fn contains(&self, module: &str, md5: &Md5) -> bool {
+        self.modules.get(module).is_some_and(|e| e.by_md5.contains_key(md5))
+    }
+
     /// Adds every version of an existing snapshot (to keep versions a refresh no longer sees:
     /// nodes may still run old code, and funs made by it may still be in flight).
     pub fn add_snapshot(&mut self, s: &Snapshot) -> usize {
@@ -278,11 +284,6 @@ impl SnapshotBuilder {
 }
 
 /// Where a registry learns module versions from.
-///
-/// Pending: `Live`, a hidden node joining the cluster under distgate's own name and cookie,
-/// asking which modules are loaded (with their MD5) and fetching object code when a lambda
-/// table is needed. It needs the distribution handshake (another issue); the snapshot/swap
-/// design here is what it will feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Source {
@@ -290,6 +291,10 @@ pub enum Source {
     Dir(PathBuf),
     /// A cache file written by an earlier run ([`cache::write`]).
     CacheFile(PathBuf),
+    /// A running node, joined as the hidden node `own_name` (`name@host`) with the cluster's
+    /// `cookie`: its loaded modules and their MD5s, and the object code of versions not known
+    /// yet ([`live`]).
+    Live { node: String, addr: live::LiveAddr, cookie: distgate_config::Cookie, own_name: String },
 }
 
 impl fmt::Display for Source {
@@ -297,6 +302,7 @@ impl fmt::Display for Source {
         match self {
             Source::Dir(p) => write!(f, "dir {}", p.display()),
             Source::CacheFile(p) => write!(f, "cache {}", p.display()),
+            Source::Live { node, addr, own_name, .. } => write!(f, "live {node} ({addr}) as {own_name}"),
         }
     }
 }
@@ -316,6 +322,8 @@ pub enum LoadErrorKind {
     TooLarge { size: u64, max: u64 },
     Beam(BeamError),
     Cache(cache::CacheError),
+    /// A live source (`path` is `live NODE`).
+    Live(live::LiveError),
 }
 
 impl fmt::Display for LoadError {
@@ -326,6 +334,7 @@ impl fmt::Display for LoadError {
             LoadErrorKind::TooLarge { size, max } => write!(f, "{size} bytes, over the limit of {max}"),
             LoadErrorKind::Beam(e) => write!(f, "{e}"),
             LoadErrorKind::Cache(e) => write!(f, "registry cache ignored: {e}"),
+            LoadErrorKind::Live(e) => write!(f, "{e}"),
         }
     }
 }
@@ -347,11 +356,13 @@ pub struct Limits {
     pub max_image: usize,
     /// Deepest directory nesting walked below a source directory.
     pub max_depth: usize,
+    /// Timeouts and sizes for live sources.
+    pub live: live::LiveLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_file: 256 << 20, max_image: beam::DEFAULT_MAX_IMAGE, max_depth: 64 }
+        Limits { max_file: 256 << 20, max_image: beam::DEFAULT_MAX_IMAGE, max_depth: 64, live: live::LiveLimits::default() }
     }
 }
 
@@ -370,8 +381,15 @@ impl LoadReport {
 }
 
 /// Reads `sources` into `builder`. A failing file is reported and skipped; it never stops the
-/// load (a corrupt cache file is reported and ignored).
+/// load (a corrupt cache file is reported and ignored; an unreachable node is reported).
 pub fn load_sources(builder: &mut SnapshotBuilder, sources: &[Source], limits: &Limits) -> LoadReport {
+    load_sources_known(builder, sources, limits, None)
+}
+
+/// [`load_sources`], where live sources take the versions `known` already has from it
+/// instead of fetching their object code again (a version is immutable: same MD5, same
+/// tables).
+pub fn load_sources_known(builder: &mut SnapshotBuilder, sources: &[Source], limits: &Limits, known: Option<&Snapshot>) -> LoadReport {
     let mut report = LoadReport::default();
     for s in sources {
         match s {
@@ -385,6 +403,9 @@ pub fn load_sources(builder: &mut SnapshotBuilder, sources: &[Source], limits: &
                 }
                 Err(e) => report.errors.push(e),
             },
+            Source::Live { node, addr, cookie, own_name } => {
+                live::load(builder, known, node, addr, cookie, own_name, limits, &mut report)
+            }
         }
     }
     report
@@ -443,10 +464,11 @@ impl Registry {
         // it guarded is half-written, so carrying on is safe.
         let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
         let mut b = SnapshotBuilder::new();
+        let current = self.current.load_full();
         if keep {
-            b.add_snapshot(&self.current.load());
+            b.add_snapshot(&current);
         }
-        let report = load_sources(&mut b, sources, limits);
+        let report = load_sources_known(&mut b, sources, limits, Some(&current));
         self.store(b.build());
         report
     }
