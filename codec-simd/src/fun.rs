@@ -40,50 +40,52 @@ impl FunSite<'_> {
 
 struct Collect<'v, 'a> {
     out: &'v mut Vec<FunSite<'a>>,
-    /// Indices (into `out`) of funs whose free variables are being walked.
+    /// Indices (into `out`) of the funs entered and not yet left, innermost last.
     open: Vec<usize>,
     part: Part,
 }
 
 impl<'a> Visitor<'a> for Collect<'_, 'a> {
+    /// Only funs are of interest: every other term is walked (and validated) on the walker's
+    /// lean path, with no view built and no call here. So enter and leave come in nested
+    /// pairs for funs alone, and `open` is exactly the chain of enclosing funs.
+    #[inline(always)]
+    fn wants(tag: u8) -> bool {
+        matches!(tag, crate::tag::NEW_FUN | crate::tag::FUN | crate::tag::EXPORT)
+    }
     #[inline]
     fn enter(&mut self, at: usize, term: &Term<'a>) -> Result<()> {
         let kind = match *term {
             Term::NewFun(f) => FunKind::New(f),
             Term::OldFun(f) => FunKind::Old(f),
             Term::Export(e) => FunKind::Export(e),
-            _ => return Ok(()),
+            // Not shown (see `wants`); kept paired all the same.
+            _ => {
+                self.open.push(usize::MAX);
+                return Ok(());
+            }
         };
         let nesting = self.open.len() as u32;
+        self.open.push(self.out.len());
         self.out.push(FunSite { at, end: at, kind, nesting, part: self.part });
-        if term.children() > 0 {
-            self.open.push(self.out.len() - 1);
-        }
         Ok(())
     }
     #[inline]
-    fn leave(&mut self, at: usize, end: usize) {
-        if let Some(&i) = self.open.last() {
-            if self.out[i].at == at {
-                self.out[i].end = end;
-                self.open.pop();
-                return;
-            }
-        }
-        if let Some(last) = self.out.last_mut() {
-            if last.at == at && last.end == at {
-                last.end = end;
-            }
+    fn leave(&mut self, _at: usize, end: usize) {
+        if let Some(site) = self.open.pop().and_then(|i| self.out.get_mut(i)) {
+            site.end = end;
         }
     }
 }
 
-/// Append every fun in the term at `range` of `buf` to `out`. Skips the walk when the bytes
-/// cannot contain a fun tag at all ([`crate::scan::may_contain_fun`]).
+/// Append every fun in the term at `range` of `buf` to `out`.
+///
+/// No prefilter: this used to skip the walk when no fun tag byte (112, 113, 117) occurs in the
+/// range ([`crate::scan::may_contain_fun`]), but those are the letters p, q and u, so nearly
+/// every real message has one (95% of the term-heavy corpus, all of the binary-heavy one); and
+/// with only funs wanted the walk costs what a plain validating walk does. The scan cost more
+/// than it saved (term-heavy walk+funs 19% slower with it, binary-heavy 67%).
 pub fn collect<'a>(w: &mut Walker, buf: &'a [u8], range: Range<usize>, part: Part, out: &mut Vec<FunSite<'a>>) -> Result<()> {
-    if !crate::scan::may_contain_fun(&buf[range.clone()]) {
-        return Ok(());
-    }
     let mut c = Collect { out, open: Vec::new(), part };
     w.walk(buf, range.start, &mut c)?;
     Ok(())
@@ -97,4 +99,74 @@ pub fn message_funs<'a>(w: &mut Walker, msg: &Message<'a>, out: &mut Vec<FunSite
         collect(w, msg.bytes, p.clone(), Part::Payload, out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn atom(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&[119, s.len() as u8]);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn export(out: &mut Vec<u8>, m: &str, f: &str, arity: u8) {
+        out.push(113);
+        atom(out, m);
+        atom(out, f);
+        out.extend_from_slice(&[97, arity]);
+    }
+
+    /// A NEW_FUN_EXT whose free variables are written by `free` (`n` of them).
+    fn new_fun(out: &mut Vec<u8>, n: u32, free: impl FnOnce(&mut Vec<u8>)) {
+        let start = out.len();
+        out.extend_from_slice(&[112, 0, 0, 0, 0, 1]);
+        out.extend_from_slice(&[7; 16]);
+        out.extend_from_slice(&3u32.to_be_bytes());
+        out.extend_from_slice(&n.to_be_bytes());
+        atom(out, "m");
+        out.extend_from_slice(&[97, 0, 98, 0, 0, 0, 9]);
+        out.push(88);
+        atom(out, "n@h");
+        out.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+        free(out);
+        let size = (out.len() - start - 1) as u32;
+        out[start + 1..start + 5].copy_from_slice(&size.to_be_bytes());
+    }
+
+    /// Funs at several depths, inside containers and inside each other's free variables: each
+    /// is found once, with its exact extent and how many funs enclose it.
+    #[test]
+    fn nested_funs_have_extents_and_nesting() {
+        // {ok, [F1 | fun m:f/1], #{k => F3}} where F1 closes over (fun a:b/0, F2), F2 over 42.
+        let mut b = vec![104, 3];
+        atom(&mut b, "ok");
+        b.extend_from_slice(&[108, 0, 0, 0, 1]);
+        let f1 = b.len();
+        let (mut e1, mut f2, mut f2_end) = (0, 0, 0);
+        new_fun(&mut b, 2, |b| {
+            e1 = b.len();
+            export(b, "a", "b", 0);
+            f2 = b.len();
+            new_fun(b, 1, |b| b.extend_from_slice(&[97, 42]));
+            f2_end = b.len();
+        });
+        let f1_end = b.len();
+        let e2 = b.len();
+        export(&mut b, "m", "f", 1);
+        let e2_end = b.len();
+        b.extend_from_slice(&[116, 0, 0, 0, 1]);
+        atom(&mut b, "k");
+        let f3 = b.len();
+        new_fun(&mut b, 0, |_| {});
+        let f3_end = b.len();
+
+        let mut w = Walker::default();
+        let mut out = Vec::new();
+        collect(&mut w, &b, 0..b.len(), Part::Payload, &mut out).unwrap();
+        let got: Vec<_> = out.iter().map(|s| (s.at, s.end, s.nesting)).collect();
+        assert_eq!(got, [(f1, f1_end, 0), (e1, f2, 1), (f2, f2_end, 1), (e2, e2_end, 0), (f3, f3_end, 0)]);
+        assert!(matches!(out[0].kind, FunKind::New(f) if f.num_free == 2));
+        assert!(matches!(out[1].kind, FunKind::Export(e) if e.module.is("a") && e.arity == 0));
+    }
 }
