@@ -419,3 +419,27 @@ fn ticks_are_answered_during_a_long_call() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert!(e.to_string().contains("timer:sleep/1"), "{e}");
 }
+
+#[test]
+fn the_refresher_runs_on_its_interval_and_stops_on_drop() {
+    let tmp = TempDir::new("dg_registry_refresher");
+    let dir = tmp.path().join("ebin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let reg = Arc::new(Registry::new("interval"));
+    let r = live::spawn_refresher(Arc::clone(&reg), vec![Source::Dir(dir.clone())], Duration::from_millis(100)).unwrap();
+    // A module appears in the directory: a later tick of the interval picks it up.
+    compile(&dir, V1);
+    let t = Instant::now();
+    while reg.load().lookup("dg_live").is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no refresh on the interval");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = r.refresh_now().unwrap();
+    assert!(report.ok() && report.files == 1 && report.added == 0, "{:?}", errors(&report));
+    // Dropped: the thread is joined and refreshes no more.
+    drop(r);
+    compile(&tmp.path().join("other"), V2);
+    std::fs::rename(tmp.path().join("other/dg_live.beam"), dir.join("dg_live2.beam")).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(reg.load().lookup("dg_live").len(), 1);
+}
