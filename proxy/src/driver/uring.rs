@@ -72,6 +72,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// How long a core waits for cancelled operations before it leaks their memory and exits.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(250);
+/// How long a closed link may wait for zero-copy notifications before its sockets are reset.
+const ZC_GRACE: Duration = Duration::from_secs(10);
 
 /// `IORING_SEND_ZC_REPORT_USAGE` (zero-copy send flag) and `IORING_NOTIF_USAGE_ZC_COPIED`
 /// (set in a notification's result when the kernel copied after all); the crate keeps its
@@ -326,6 +328,48 @@ fn tcp_socket(family: libc::c_int) -> io::Result<TcpStream> {
     Ok(TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// The end of a closed link's leg, as mio's: a last non-blocking write of what is still
+/// queued, then shutdown, so the peer sees the close now. The descriptor itself is closed
+/// when the link is freed: until then no queued entry can meet a reused descriptor number.
+/// Only called when no send is in flight on the leg (a write could overtake it).
+fn close_leg(l: &mut LegIo) {
+    if l.shut {
+        return;
+    }
+    l.shut = true;
+    let Some(s) = l.sock.as_mut() else { return };
+    if l.connected {
+        let _ = s.set_nonblocking(true);
+        'flush: for seg in l.wq.iter() {
+            let mut b = seg.bytes();
+            while !b.is_empty() {
+                match s.write(b) {
+                    Ok(0) | Err(_) => break 'flush,
+                    Ok(n) => b = &b[n..],
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(Shutdown::Both);
+}
+
+/// Close a socket with SO_LINGER 0: the kernel resets the connection and drops its queues.
+fn abort_socket(s: TcpStream) {
+    let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt(2) on a descriptor we own, with a pointer to a live `linger` and its
+    // exact size; the kernel only reads it during the call.
+    let _ = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lg as *const libc::linger).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    drop(s);
+}
+
 /// The eventfd a core's handle writes to wake it.
 fn eventfd() -> io::Result<File> {
     // SAFETY: eventfd(2) with constant arguments; it only returns a descriptor or -1.
@@ -380,17 +424,19 @@ struct LegIo {
     /// Tag of the in-flight send, if any.
     send_inflight: Option<u64>,
     msg: Box<MsgBuf>,
-    /// Zero-copy is still worth trying on this leg.
-    zc: bool,
+    /// Whether large sends on this leg go zero-copy.
+    zc: Zc,
     zc_next: u16,
     /// Segments of zero-copy sends whose notification has not arrived yet.
     zc_hold: Vec<(u16, Vec<Backing>)>,
     addr: Option<Box<SockAddr>>,
     connect_inflight: bool,
+    /// Closed link: the socket was flushed and shut down.
+    shut: bool,
 }
 
 impl LegIo {
-    fn new(sock: Option<TcpStream>, connected: bool, zc: bool) -> Self {
+    fn new(sock: Option<TcpStream>, connected: bool, zc: Zc) -> Self {
         LegIo {
             sock,
             connected,
@@ -410,6 +456,7 @@ impl LegIo {
             zc_hold: Vec::new(),
             addr: None,
             connect_inflight: false,
+            shut: false,
         }
     }
     fn queued(&self) -> usize {
@@ -433,6 +480,22 @@ impl LegIo {
     }
 }
 
+/// Zero-copy on one leg. The kernel says only in a send's notification whether it really
+/// avoided the copy (never over loopback), and notifications come late: so one zero-copy send
+/// is tried first, plain sends follow until its notification answers, and only a
+/// "not copied" answer turns zero-copy on for the leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Zc {
+    /// Not available, or the kernel copied anyway: plain sends.
+    Off,
+    /// Not tried yet: the next large send is the trial.
+    Try,
+    /// The trial's notification has not arrived: plain sends meanwhile.
+    Trying,
+    /// The kernel did not copy: large sends go zero-copy.
+    On,
+}
+
 struct Conn {
     link: Link,
     legs: [LegIo; 2],
@@ -443,6 +506,8 @@ struct Conn {
     dead: bool,
     /// Operations (and zero-copy notifications) whose completion has not arrived.
     ops: u32,
+    /// When the link was closed (`dead`).
+    dead_since: Option<Instant>,
     target: Option<SocketAddr>,
 }
 
@@ -666,6 +731,14 @@ impl Core {
         }
     }
 
+    fn zc_initial(&self) -> Zc {
+        if self.feat.send_zc {
+            Zc::Try
+        } else {
+            Zc::Off
+        }
+    }
+
     fn arm_wake(&mut self) {
         if self.wake_armed {
             return;
@@ -776,7 +849,7 @@ impl Core {
         Stats::add(&self.stats.links_open, 1);
         tracing::debug!(core = self.id, link = params.id, peer = ?peer, node = %route.alive, "link accepted");
         let link = Link::new(params, Instant::now());
-        let zc = self.feat.send_zc;
+        let zc = self.zc_initial();
         let c = self.alloc(Slot::Conn(Box::new(Conn {
             link,
             legs: [LegIo::new(Some(sock), true, zc), LegIo::new(None, false, zc)],
@@ -784,6 +857,7 @@ impl Core {
             closing: false,
             dead: false,
             ops: 0,
+            dead_since: None,
             target: None,
         })));
         self.arm_recv(c, 0);
@@ -894,8 +968,11 @@ impl Core {
         io.msg.hdr.msg_iov = io.msg.iov.as_mut_ptr();
         io.msg.hdr.msg_iovlen = n as _;
         let hdr: *const libc::msghdr = &io.msg.hdr;
-        let zc = self.feat.send_zc && io.zc && total >= ZC_MIN;
+        let zc = total >= ZC_MIN && matches!(io.zc, Zc::Try | Zc::On);
         let e = if zc {
+            if io.zc == Zc::Try {
+                io.zc = Zc::Trying;
+            }
             // Zero-copy ids are never 0, the id of plain sends.
             let zid = io.zc_next;
             io.zc_next = io.zc_next.wrapping_add(1).max(1);
@@ -935,6 +1012,7 @@ impl Core {
             io.consume(res as usize);
         }
         if c.dead {
+            close_leg(io);
             self.maybe_free(slot);
             return;
         }
@@ -967,10 +1045,15 @@ impl Core {
         c.ops = c.ops.saturating_sub(1);
         let io = &mut c.legs[i];
         io.zc_hold.retain(|(z, _)| *z != zid);
-        if res & NOTIF_USAGE_ZC_COPIED != 0 && io.zc {
-            // The kernel copied anyway (e.g. loopback): zero-copy does not pay on this leg.
-            io.zc = false;
-            tracing::debug!(core = self.id, link = c.link.id(), leg = leg_of(i).name(), "SEND_ZC copied; plain sends from now on");
+        if res & NOTIF_USAGE_ZC_COPIED != 0 {
+            if io.zc != Zc::Off {
+                // The kernel copied anyway (e.g. loopback): zero-copy does not pay on this leg.
+                io.zc = Zc::Off;
+                tracing::debug!(core = self.id, link = c.link.id(), leg = leg_of(i).name(), "SEND_ZC copied; plain sends on this leg");
+            }
+        } else if io.zc == Zc::Trying {
+            io.zc = Zc::On;
+            tracing::debug!(core = self.id, link = c.link.id(), leg = leg_of(i).name(), "SEND_ZC without copies; large sends zero-copy on this leg");
         }
         if c.dead {
             self.maybe_free(slot);
@@ -995,7 +1078,7 @@ impl Core {
         };
         let _ = sock.set_nodelay(true);
         let fd = sock.as_raw_fd();
-        let zc = self.feat.send_zc;
+        let zc = if self.feat.send_zc { Zc::Try } else { Zc::Off };
         c.legs[1] = LegIo::new(Some(sock), false, zc);
         let (ptr, len) = addr.raw();
         c.legs[1].addr = Some(addr);
@@ -1114,6 +1197,16 @@ impl Core {
         }
         Stats::add(&self.stats.links_closed, 1);
         self.stats.links_open.fetch_sub(1, Ordering::Relaxed);
+        c.dead_since = Some(Instant::now());
+        // A leg without a send in flight is flushed (best effort) and shut down now, so its
+        // peer sees the close at once. A leg with one is shut down when that send completes
+        // (it may just be queued in this very turn: mio would have written it already) or is
+        // cancelled, below, because the peer does not read.
+        for l in c.legs.iter_mut() {
+            if l.send_inflight.is_none() {
+                close_leg(l);
+            }
+        }
         let mut cancels = Vec::new();
         for (i, l) in c.legs.iter().enumerate() {
             if l.recv_inflight {
@@ -1134,32 +1227,40 @@ impl Core {
         self.maybe_free(slot);
     }
 
-    /// Free a dead link whose operations have all completed: last non-blocking flush of what
-    /// is still queued (as mio does), shut the sockets, release the buffers.
+    /// Free a dead link whose operations have all completed: close the sockets (shut down
+    /// already) and release the buffers.
     fn maybe_free(&mut self, slot: usize) {
         let Some(Slot::Conn(c)) = self.slots.get(slot) else { return };
         if !c.dead || c.ops > 0 {
             return;
         }
-        let Slot::Conn(mut c) = std::mem::replace(&mut self.slots[slot], Slot::Free) else { return };
+        self.slots[slot] = Slot::Free;
+        self.free.push(slot);
+    }
+
+    /// A dead link still waiting only for zero-copy notifications after `ZC_GRACE` (or at
+    /// exit): its data sits in a socket's send queue towards a peer that does not read. Abort
+    /// those sockets (RST, which purges the queue and so posts the notifications) rather than
+    /// hold the buffers for as long as the peer stalls.
+    fn abort_stalled(&mut self, slot: usize, now: Instant, grace: Duration) {
+        let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
+        if !c.dead || c.ops == 0 || c.dead_since.is_some_and(|t| now.duration_since(t) < grace) {
+            return;
+        }
+        let only_notifs = c.legs.iter().all(|l| !l.recv_inflight && l.send_inflight.is_none() && !l.connect_inflight);
+        if !only_notifs {
+            return;
+        }
         for l in c.legs.iter_mut() {
-            if let Some(mut s) = l.sock.take() {
-                if l.connected {
-                    let _ = s.set_nonblocking(true);
-                    'flush: for seg in l.wq.iter() {
-                        let mut b = seg.bytes();
-                        while !b.is_empty() {
-                            match s.write(b) {
-                                Ok(0) | Err(_) => break 'flush,
-                                Ok(n) => b = &b[n..],
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Both);
+            if l.zc_hold.is_empty() {
+                continue;
+            }
+            // No operation on this socket is in flight or queued, so closing its descriptor
+            // cannot affect another socket that reuses the number.
+            if let Some(s) = l.sock.take() {
+                abort_socket(s);
             }
         }
-        self.free.push(slot);
     }
 
     fn timers(&mut self, now: Instant) {
@@ -1171,6 +1272,10 @@ impl Core {
                     (true, false)
                 }
                 Slot::Listener(l) => (false, l.rearm && !l.armed),
+                Slot::Conn(c) if c.dead => {
+                    self.abort_stalled(slot, now, ZC_GRACE);
+                    (false, false)
+                }
                 _ => (false, false),
             };
             if fired {
@@ -1224,6 +1329,10 @@ impl Core {
         }
         let deadline = Instant::now() + EXIT_WAIT;
         while self.in_flight() > 0 && Instant::now() < deadline {
+            let now = Instant::now();
+            for i in 0..self.slots.len() {
+                self.abort_stalled(i, now, Duration::ZERO);
+            }
             let ts = types::Timespec::from(Duration::from_millis(50));
             let args = types::SubmitArgs::new().timespec(&ts);
             self.flush_backlog();
@@ -1336,7 +1445,7 @@ mod tests {
     }
 
     fn leg() -> LegIo {
-        LegIo::new(None, true, false)
+        LegIo::new(None, true, Zc::Off)
     }
 
     fn pending(io: &LegIo) -> Vec<u8> {
