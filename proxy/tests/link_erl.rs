@@ -205,3 +205,63 @@ fn stopping_distgate_brings_nodedown_and_a_new_one_reconnects_on(d: DriverKind) 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+fn signal(pid: u32, sig: &str) {
+    assert!(std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success());
+}
+
+/// Poll `expr` on `node` (every 100 ms, up to 10 s) until it evaluates to `want`.
+fn eventually(node: &Node, expr: &str, want: &str) -> String {
+    node.eval(&format!(
+        "W = fun Wait(0) -> timeout; Wait(N) -> case ({expr}) of {want} -> {want}; _ -> timer:sleep(100), Wait(N - 1) end end, W(100)."
+    ))
+}
+
+#[test]
+fn a_node_killed_mid_transfer_loses_only_its_own_link() {
+    for d in drivers() {
+        let rt = two_clusters(d);
+        let a = node("xa", &rt, "a", COOKIE_A);
+        let mut b = node("xb", &rt, "b", COOKIE_B);
+        let c = node("xc", &rt, "b", COOKIE_B);
+        a.eval(&format!("B = {}, C = {}.", b.atom(), c.atom()));
+        assert_eq!(a.eval("{net_adm:ping(B), net_adm:ping(C)}."), "{pong,pong}", "{d:?}");
+        // A floods B with 64 KiB binaries; B dies in the middle, with sends in flight.
+        a.eval("spawn(fun() -> Bin = binary:copy(<<1>>, 65536), [{nobody, B} ! {I, Bin} || I <- lists:seq(1, 2000)] end).");
+        b.kill();
+        assert_eq!(eventually(&a, "lists:member(B, nodes())", "false"), "false", "{d:?}: A sees B go down");
+        // The link to C, on the same distgate, is untouched and still carries traffic.
+        assert_eq!(a.eval("rpc:call(C, erlang, node, [])."), c.atom(), "{d:?}");
+        assert_eq!(a.eval("Big = crypto:strong_rand_bytes(3000000), erpc:call(C, erlang, md5, [Big]) =:= erlang:md5(Big)."), "true");
+        assert!(rt.stats().links_closed.load(std::sync::atomic::Ordering::Relaxed) >= 1, "{d:?}");
+    }
+}
+
+#[test]
+fn stopping_with_a_stalled_receiver_drains_for_a_bounded_time_then_closes() {
+    for d in drivers() {
+        let rt = two_clusters(d);
+        let a = node("sa", &rt, "a", COOKIE_A);
+        let b = node("sb", &rt, "b", COOKIE_B);
+        a.eval(&format!("B = {}.", b.atom()));
+        assert_eq!(a.eval("net_adm:ping(B)."), "pong", "{d:?}");
+        a.eval(&format!("{{ok, _}} = {{ok, spawn(fun() -> ok = net_kernel:monitor_nodes(true), receive {{nodedown, {}}} -> ok end end)}}.", b.atom()));
+        // B's VM stops reading; A sends far more than the kernel and distgate will buffer, so
+        // distgate's queue towards B cannot drain when it is told to stop.
+        signal(b.os_pid(), "STOP");
+        a.eval("spawn(fun() -> Bin = binary:copy(<<1>>, 65536), [{nobody, B} ! {I, Bin} || I <- lists:seq(1, 400)] end).");
+        let stats = rt.stats();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stats.backpressure_pauses.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "{d:?}: distgate never paused the sender");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Shutdown returns (after its bounded drain) although the queue never empties...
+        drop(rt);
+        assert!(stats.get("close:shutdown") >= 1, "{d:?}: {:?}", stats.labelled());
+        // ...and both nodes see the link gone.
+        assert_eq!(eventually(&a, "lists:member(B, nodes())", "false"), "false", "{d:?}");
+        signal(b.os_pid(), "CONT");
+        assert_eq!(eventually(&b, "nodes()", "[]"), "[]", "{d:?}");
+    }
+}
