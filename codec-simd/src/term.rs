@@ -12,6 +12,10 @@
 //!
 //! Why counts are checked first: every element takes at least one byte, so a declared count
 //! larger than the bytes left is an error before anything is reserved or iterated.
+//!
+//! Speed: a visitor names the tags it wants ([`Visitor::wants`]); the rest are measured, not
+//! viewed, by a table-driven fast path (`skip_header`), and a walk that wants no container's
+//! extent (validation, fun collection) runs without the stack at all (`Walker::skim`).
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::scan;
@@ -183,8 +187,8 @@ pub trait Visitor<'a> {
     /// Why: building a [`Term`] view costs more than skipping a term, and most walks need few
     /// or no views ([`Skip`] wants none, fun collection only the three fun tags). With a
     /// concrete visitor this inlines to a constant or a compare, and unwanted terms take the
-    /// walker's lean path. Keep it pure and cheap: it is asked once per term and once more when
-    /// a container closes.
+    /// walker's lean path. Keep it pure (the same answer for a tag every time: enter and leave
+    /// are paired by asking again) and cheap (it is asked for every term).
     #[inline(always)]
     fn wants(_tag: u8) -> bool {
         true
@@ -308,6 +312,81 @@ impl Walker {
 
     /// Walk exactly one term (no version byte) starting at `at`. Returns its end offset.
     pub fn walk<'a, V: Visitor<'a>>(&mut self, buf: &'a [u8], at: usize, v: &mut V) -> Result<usize> {
+        // A walk that needs no container's extent can skim; see `skim` for when that is.
+        // Fewer than two bytes per allowed level: no nesting here can reach the limit.
+        if buf.len().saturating_sub(at) / 2 < self.limits.max_depth {
+            if let Some(done) = self.skim::<V>(buf, at) {
+                return done;
+            }
+        }
+        self.walk_nested(buf, at, v)
+    }
+
+    /// The walk without a stack, for a visitor shown no container: one count of terms still to
+    /// read (each term adds its children and takes itself off), done when it reaches zero.
+    ///
+    /// Why: the stack walk branches twice per term on the shape of the data (does this term
+    /// open a container? does it close one?), and those branches are about as unpredictable as
+    /// the data. Here the only per-term branches are ones that nearly always go the same way.
+    ///
+    /// What it gives up, and why that loses nothing:
+    /// - container extents: only a visitor that wants a container needs them, and at the first
+    ///   term the visitor wants this returns `None` (nothing has been reported yet) for the
+    ///   full walk to start over;
+    /// - the NEW_FUN_EXT Size check, made when the fun closes: at a fun it returns `None` too;
+    /// - the depth limit: `walk` skims only when `max_depth` containers could not fit in the
+    ///   bytes (each header is at least two), so the limit cannot be reached.
+    ///
+    /// Every other check is the stack walk's, in the same order, so an error here is the error
+    /// the stack walk would report.
+    fn skim<'a, V: Visitor<'a>>(&self, buf: &'a [u8], at: usize) -> Option<Result<usize>> {
+        let refs = self.cache_refs;
+        let tail = Tail::new(buf);
+        // Whether the visitor wants any tag the fast path measures. This folds to a constant
+        // for a concrete visitor; when false (`Skip`, fun collection) the per-term question
+        // moves off the fast path, to the terms it hands on.
+        // (A fold, not `any`: with no early exit the loop unrolls and folds away.)
+        let wants_fast = FAST_TAGS.iter().fold(false, |any, &(t, _)| any | V::wants(t));
+        let mut pending: u64 = 1;
+        let mut pos = at;
+        loop {
+            let Some(&tag) = buf.get(pos) else { return Some(Err(truncated(pos, 1, 0))) };
+            if wants_fast && V::wants(tag) {
+                return None;
+            }
+            let children = match skip_header(tail.window(buf, pos), buf.len() - pos, refs) {
+                Some((len, n)) => {
+                    pos += len;
+                    n
+                }
+                None => {
+                    if V::wants(tag) || tag == tag::NEW_FUN || tag == tag::FUN {
+                        return None;
+                    }
+                    match header_cold(buf, pos, refs) {
+                        Ok((next, n)) => {
+                            pos = next;
+                            n
+                        }
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            };
+            // Every child takes at least one byte: reject impossible counts up front. (A leaf's
+            // zero always passes.)
+            if let Err(e) = check_count(buf, pos, "container", children, 1) {
+                return Some(Err(e));
+            }
+            // At most the bytes left, so no overflow.
+            pending = pending + children - 1;
+            if pending == 0 {
+                return Some(Ok(pos));
+            }
+        }
+    }
+
+    /// The walk with a stack of open containers: every term's extent, for any visitor.
+    fn walk_nested<'a, V: Visitor<'a>>(&mut self, buf: &'a [u8], at: usize, v: &mut V) -> Result<usize> {
         let refs = self.cache_refs;
         let max_depth = self.limits.max_depth;
         let stack = &mut self.stack;
@@ -952,9 +1031,29 @@ mod tests {
             refs in proptest::option::of(0u16..4),
             max_depth in prop_oneof![1usize..40, Just(100_000)],
         ) {
+            // Small depth limits too: whether `Skip` may skim depends on the limit.
             let mut w = Walker::new(Limits { max_depth, ..Limits::default() });
             w.set_cache_refs(refs);
             prop_assert_eq!(w.walk(&bytes, 0, &mut Skip), w.walk(&bytes, 0, &mut All));
+        }
+    }
+
+    /// Nesting right at the depth limit: the walk without a stack must never be what decides.
+    #[test]
+    fn depth_limit_holds_with_and_without_views() {
+        for max_depth in 1..10 {
+            for n in 0..14 {
+                for (open, close) in [(&[104u8, 1][..], &[][..]), (&[108, 0, 0, 0, 1][..], &[106][..])] {
+                    let mut b = Vec::new();
+                    (0..n).for_each(|_| b.extend_from_slice(open));
+                    b.push(106);
+                    (0..n).for_each(|_| b.extend_from_slice(close));
+                    let mut w = Walker::new(Limits { max_depth, ..Limits::default() });
+                    let (skim, full) = (w.walk(&b, 0, &mut Skip), w.walk(&b, 0, &mut All));
+                    assert_eq!(skim, full, "depth {n}, limit {max_depth}");
+                    assert_eq!(full.is_err(), n > max_depth);
+                }
+            }
         }
     }
 
