@@ -1022,6 +1022,11 @@ impl Core {
                 return;
             }
             let why = if res == 0 { "peer closed".to_string() } else { errno_text(res) };
+            if c.closing {
+                // Flushing a closed link: what cannot be written never will be.
+                self.drop_conn(slot, "", "");
+                return;
+            }
             self.out.clear();
             c.link.on_closed(leg_of(i), &why, &mut self.out);
             self.apply(slot);
