@@ -27,7 +27,7 @@ sink(N) ->
 f(X) -> X.
 
 payload(small) ->
-    {0, {bench, [1, 2, 3, 4, 5, 6, 7, 8], {ok, alpha, beta, gamma}, "hello world", 3.14159, #{key => value}}};
+    {0, {bench, [1, 2, 3, 4, 5, 6, 7, 8], {ok, alpha, beta, gamma}, "hello world", 1.25, #{key => value}}};
 payload(mixed) ->
     {0, [#{id => I, name => iolist_to_binary(io_lib:format("item-~2..0w", [I])), tags => [red, green],
            score => I * 1.5, note => "some text"} || I <- lists:seq(1, 12)]};

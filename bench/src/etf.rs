@@ -145,7 +145,7 @@ impl PayloadKind {
         int(&mut o, 0);
         match self {
             PayloadKind::Small => {
-                // {bench, [1..8], {ok, alpha, beta, gamma}, "hello world", 3.14159, #{key => value}}
+                // {bench, [1..8], {ok, alpha, beta, gamma}, "hello world", 1.25, #{key => value}}
                 tuple(&mut o, 6);
                 atom(&mut o, "bench");
                 list(&mut o, 8);
@@ -158,7 +158,7 @@ impl PayloadKind {
                     atom(&mut o, a);
                 }
                 string(&mut o, "hello world");
-                float(&mut o, 3.14159);
+                float(&mut o, 1.25);
                 map(&mut o, 1);
                 atom(&mut o, "key");
                 atom(&mut o, "value");

@@ -132,7 +132,19 @@ pub struct DistConn {
 impl DistConn {
     /// Dial `addr` and do the connect side of the handshake.
     pub fn connect(addr: SocketAddr, cfg: &NodeConfig) -> io::Result<DistConn> {
-        let mut s = TcpStream::connect_timeout(&addr, cfg.handshake_timeout)?;
+        // Many connections at once can overflow a listener's backlog (EAGAIN on loopback):
+        // retry a few times before calling it a failure.
+        let mut tries = 0;
+        let mut s = loop {
+            match TcpStream::connect_timeout(&addr, cfg.handshake_timeout) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && tries < 50 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(cfg.handshake_timeout))?;
         let mut out = Vec::new();
@@ -457,6 +469,14 @@ fn serve(s: TcpStream, cfg: &NodeConfig, st: &SinkStats) {
     let mut reply = Vec::with_capacity(1 << 16);
     let flags = c.flags;
     let mut frag_seq = 1u64;
+    // Counted locally and published before every reply and at the end, so connections do
+    // not contend on the shared counters per message, and a flood's count is complete when
+    // the echo that ends it goes out.
+    let (mut msgs, mut bytes) = (0u64, 0u64);
+    let publish = |msgs: &mut u64, bytes: &mut u64| {
+        st.flood_msgs.fetch_add(std::mem::take(msgs), Ordering::SeqCst);
+        st.flood_bytes.fetch_add(std::mem::take(bytes), Ordering::SeqCst);
+    };
     loop {
         reply.clear();
         let r = c.recv(|m, peer| {
@@ -474,12 +494,15 @@ fn serve(s: TcpStream, cfg: &NodeConfig, st: &SinkStats) {
                     st.echoed.fetch_add(1, Ordering::Relaxed);
                 }
                 (_, Some(n)) if n.is(FLOOD) => {
-                    st.flood_msgs.fetch_add(1, Ordering::Relaxed);
-                    st.flood_bytes.fetch_add(payload.len() as u64 + 1, Ordering::Relaxed);
+                    msgs += 1;
+                    bytes += payload.len() as u64 + 1;
                 }
                 _ => {}
             }
         });
+        if !reply.is_empty() || r.is_err() {
+            publish(&mut msgs, &mut bytes);
+        }
         match r {
             Ok(()) => {
                 if !reply.is_empty() && c.write_all(&reply).is_err() {

@@ -17,6 +17,8 @@ pub struct ErlPair {
     /// The port the sender currently dials for the sink.
     routed: Option<u16>,
     runs: u64,
+    /// connect_node attempts that returned false and were retried.
+    pub connect_retries: u64,
 }
 
 /// Whether `erl` is installed (the real-node scenario needs it).
@@ -42,7 +44,7 @@ impl ErlPair {
         let sender = Node::start_with("bsend", opts());
         sink.try_eval("dg_bench_load:start_sink().").map_err(|e| format!("sink: {e}"))?;
         sender.eval(&format!("Sink = {}.", sink.atom()));
-        Ok(ErlPair { sender, sink, dir, routed: None, runs: 0 })
+        Ok(ErlPair { sender, sink, dir, routed: None, runs: 0, connect_retries: 0 })
     }
 
     /// Make the sender's next connection to the sink go to `port` (the sink itself or a
@@ -61,14 +63,24 @@ impl ErlPair {
         );
         self.sink.try_eval(&wait).map_err(|e| e.to_string())?;
         self.sender.set_peer_port(self.sink.alive(), port);
-        match self.sender.try_eval("net_kernel:connect_node(Sink).") {
-            Ok(t) if t == "true" => {
-                self.routed = Some(port);
-                Ok(())
+        // A refused attempt (the sink still finishing the old connection) is retried a few
+        // times; every retry is counted in the report.
+        let mut last = String::new();
+        for attempt in 0..5 {
+            if attempt > 0 {
+                self.connect_retries += 1;
+                std::thread::sleep(Duration::from_millis(100 * attempt));
             }
-            Ok(t) => Err(format!("sender could not connect to the sink through port {port}: {t}")),
-            Err(e) => Err(e.to_string()),
+            match self.sender.try_eval("net_kernel:connect_node(Sink).") {
+                Ok(t) if t == "true" => {
+                    self.routed = Some(port);
+                    return Ok(());
+                }
+                Ok(t) => last = t,
+                Err(e) => return Err(e.to_string()),
+            }
         }
+        Err(format!("sender could not connect to the sink through port {port}: {last} (5 attempts)"))
     }
 
     pub fn run(&mut self, scenario: Scenario, payload: PayloadKind, stop: Stop) -> Measured {

@@ -400,8 +400,79 @@ fn fmt_us(v: f64) -> String {
     }
 }
 
-/// The markdown report (also the body of RESULTS.md's run section).
+/// Issue 3's speed numbers: real nodes, flood of 100 B / 64 KiB / 1 MiB and ping-pong of
+/// 100 B, distgate against direct and HAProxy. Falls back to the Rust nodes when the run had
+/// no real nodes.
+pub fn issue3_markdown(r: &Report) -> String {
+    let mut o = String::new();
+    let nodes = if r.rows.iter().any(|x| x.nodes == Nodes::Erl) { Nodes::Erl } else { Nodes::Rust };
+    let dts: Vec<Target> = r.meta.targets.iter().filter_map(|t| Target::parse(t)).filter(|t| t.is_distgate()).collect();
+    if dts.is_empty() {
+        return o;
+    }
+    let get = |s: Scenario, p: PayloadKind, t: Target| r.row(nodes, s, p, 1, t).filter(|x| x.reps_ok > 0);
+    let _ = writeln!(
+        o,
+        "Nodes: {}; one connection; medians of {} interleaved repetitions. Throughput cells: msg/s (payload MB/s); latency cells: round-trip µs.\n",
+        if nodes == Nodes::Erl { "two real OTP nodes (sender → sink)" } else { "the Rust load generator and sink (no real-node run)" },
+        r.meta.reps
+    );
+    let mut head = "| measure | direct | HAProxy |".to_string();
+    let mut rule = "|---|---:|---:|".to_string();
+    for t in &dts {
+        head.push_str(&format!(" {} | ×direct | ×HAProxy |", t.name()));
+        rule.push_str("---:|---:|---:|");
+    }
+    head.push_str(" goal |");
+    rule.push_str("---|");
+    let _ = writeln!(o, "{head}\n{rule}");
+    let tp = |x: Option<&Row>| x.map_or("–".to_string(), |x| format!("{} ({:.0} MB/s)", fmt_rate(x.msgs_per_s), x.mb_per_s));
+    for (p, goal) in [(PayloadKind::Small, "≥ direct msg/s"), (PayloadKind::Bin64k, "≥ 1.5× HAProxy"), (PayloadKind::Bin1m, "≥ 1.5× HAProxy")] {
+        let mut line = format!("| flood {} | {} | {} |", p.name(), tp(get(Scenario::Flood, p, Target::Direct)), tp(get(Scenario::Flood, p, Target::Haproxy)));
+        for t in &dts {
+            let x = get(Scenario::Flood, p, *t);
+            line.push_str(&format!(" {} | {} | {} |", tp(x), fmt_x(x.and_then(|x| x.x_direct)), fmt_x(x.and_then(|x| x.x_haproxy))));
+        }
+        let _ = writeln!(o, "{line} {goal} |");
+    }
+    for p in [PayloadKind::Small, PayloadKind::Bin64k, PayloadKind::Bin1m] {
+        let lat = |x: Option<&Row>| x.and_then(|x| x.latency_us).map_or("–".to_string(), |l| format!("{} / {}", fmt_us(l.p50), fmt_us(l.p99)));
+        let mut line = format!("| ping-pong {} p50 / p99 | {} | {} |", p.name(), lat(get(Scenario::PingPong, p, Target::Direct)), lat(get(Scenario::PingPong, p, Target::Haproxy)));
+        let h = get(Scenario::PingPong, p, Target::Haproxy);
+        for t in &dts {
+            let x = get(Scenario::PingPong, p, *t);
+            let added = |x: Option<&Row>| x.and_then(|x| Some(format!("{:+.0} / {:+.0}", x.added_p50_us?, x.added_p99_us?))).unwrap_or("–".into());
+            line.push_str(&format!(" {} | added {} | HAProxy added {} |", lat(x), added(x), added(h)));
+        }
+        let _ = writeln!(o, "{line} added p50, p99 < HAProxy's |");
+    }
+    let _ = writeln!(o);
+    let mine: Vec<&Verdict> = r.verdicts.iter().filter(|v| v.nodes == nodes).collect();
+    let short: Vec<&&Verdict> = mine.iter().filter(|v| v.met == Some(false)).collect();
+    let _ = writeln!(o, "Verdicts ({} met, {} short of {}):\n", mine.len() - short.len(), short.len(), mine.len());
+    for v in &mine {
+        let _ = writeln!(
+            o,
+            "- {} {}: {} — {}",
+            v.target,
+            v.what,
+            v.measured,
+            match v.met {
+                Some(true) => format!("meets {}", v.goal),
+                _ => format!("**short of {}**: {}", v.goal, v.shortfall),
+            }
+        );
+    }
+    o
+}
+
+/// The markdown report.
 pub fn markdown(r: &Report) -> String {
+    markdown_with(r, true)
+}
+
+/// The markdown report, with or without the issue 3 summary.
+pub fn markdown_with(r: &Report, issue3: bool) -> String {
     let m = &r.meta;
     let mut o = String::new();
     let _ = writeln!(o, "- date: {}", m.date);
@@ -428,8 +499,12 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "- MB/s counts payload bytes (the payload's `term_to_binary` size × messages, 10^6 B); ping-pong msg/s are round trips; latency is the round trip measured by the sender (the sink echoes), in µs");
     let _ = writeln!(o);
 
+    let i3 = if issue3 { issue3_markdown(r) } else { String::new() };
+    if !i3.is_empty() {
+        let _ = writeln!(o, "### Issue 3 speed: through distgate vs direct vs HAProxy\n\n{i3}");
+    }
     if !r.verdicts.is_empty() {
-        let _ = writeln!(o, "### Against the targets (one connection)\n");
+        let _ = writeln!(o, "### Against the targets, every node kind (one connection)\n");
         let _ = writeln!(o, "| nodes | target | what | goal | measured | verdict |");
         let _ = writeln!(o, "|---|---|---|---|---|---|");
         for v in &r.verdicts {
@@ -520,6 +595,16 @@ pub fn write_all(r: &mut Report, dir: &Path) -> Result<(), String> {
     w("results.json", serde_json::to_string_pretty(r).map_err(|e| e.to_string())?.as_bytes())?;
     w("latency.svg", crate::svg::latency(r).as_bytes())?;
     w("throughput.svg", crate::svg::throughput(r).as_bytes())?;
+    // PNGs too when rsvg-convert (librsvg2-bin) is installed: cheap, optional.
+    if crate::targets::which("rsvg-convert").is_some() {
+        for f in ["latency", "throughput"] {
+            let _ = std::process::Command::new("rsvg-convert")
+                .arg("-o")
+                .arg(dir.join(format!("{f}.png")))
+                .arg(dir.join(format!("{f}.svg")))
+                .status();
+        }
+    }
     let md = format!("# distgate-bench run\n\n{}\nPlots: [latency.svg](latency.svg), [throughput.svg](throughput.svg); raw samples: results.json.\n", r.markdown);
     w("report.md", md.as_bytes())?;
     Ok(())
@@ -535,12 +620,16 @@ pub fn update_results_md(path: &Path, r: &Report, out: &Path) -> Result<(), Stri
     let dir = path.parent().unwrap_or(Path::new("."));
     let plots = dir.join("results");
     std::fs::create_dir_all(&plots).map_err(|e| e.to_string())?;
-    for f in ["latency.svg", "throughput.svg", "results.json"] {
-        std::fs::copy(out.join(f), plots.join(f)).map_err(|e| format!("{f}: {e}"))?;
+    for f in ["latency.svg", "throughput.svg", "results.json", "latency.png", "throughput.png"] {
+        if out.join(f).exists() {
+            std::fs::copy(out.join(f), plots.join(f)).map_err(|e| format!("{f}: {e}"))?;
+        }
     }
     let section = format!(
-        "{BEGIN}\n## Latest rig run (distgate-bench)\n\n{}\n![latency percentiles](results/latency.svg)\n\n![throughput](results/throughput.svg)\n\nRaw samples and medians: [results/results.json](results/results.json).\n{END}\n",
-        r.markdown
+        "{BEGIN}\n## Issue 3: speed through distgate (real nodes), {date}\n\nFrom the rig run below (same date, machine and command).\n\n{}\n## Latest rig run (distgate-bench)\n\n{}\n![latency percentiles](results/latency.svg)\n\n![throughput](results/throughput.svg)\n\nRaw samples and medians: [results/results.json](results/results.json).\n{END}\n",
+        issue3_markdown(r),
+        markdown_with(r, false),
+        date = r.meta.date
     );
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let new = match (old.find(BEGIN), old.find(END)) {

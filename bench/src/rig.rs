@@ -89,6 +89,7 @@ struct Cell {
 pub fn run(cfg: &RigConfig) -> Result<Report, String> {
     std::fs::create_dir_all(&cfg.out).map_err(|e| format!("{}: {e}", cfg.out.display()))?;
     let started = Instant::now();
+    let load_before = loadavg();
     let mut notes = Vec::new();
     let mut unavailable = Vec::new();
 
@@ -196,11 +197,22 @@ pub fn run(cfg: &RigConfig) -> Result<Report, String> {
         }
     }
     bar.finish_with_message("done");
+    if let Some(p) = &erl {
+        if p.connect_retries > 0 {
+            notes.push(format!("real nodes: {} connect_node attempts were refused and retried while switching targets", p.connect_retries));
+        }
+    }
+    notes.extend(fleet.distgate_counters());
     fleet.stop();
     drop(erl);
     drop(rust_sink);
 
+    notes.push(format!("load average (1, 5, 15 min) at start: {load_before}; at end: {} — the machine was shared", loadavg()));
     let mut rep = Report::build(cfg, samples, notes, unavailable, targets, started.elapsed());
     report::write_all(&mut rep, &cfg.out)?;
     Ok(rep)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_else(|_| "?".into())
 }

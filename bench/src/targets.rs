@@ -64,7 +64,7 @@ pub struct Upstream {
 pub struct Fleet {
     routes: HashMap<(Target, &'static str), SocketAddr>,
     children: Vec<(String, Child)>,
-    runtimes: Vec<Runtime>,
+    runtimes: Vec<(Target, Runtime)>,
     registrations: Vec<TcpStream>,
     /// Targets that could not be started, and why.
     pub unavailable: Vec<(Target, String)>,
@@ -201,7 +201,7 @@ impl Fleet {
             t.name(),
             rt.driver().name()
         ));
-        self.runtimes.push(rt);
+        self.runtimes.push((t, rt));
         Ok(())
     }
 
@@ -248,7 +248,7 @@ impl Fleet {
         let bin = which("socat").ok_or_else(|| format!("socat not installed (run `{INSTALL_COMMAND}` or pass --install)"))?;
         for u in ups {
             let p = free_port().map_err(|e| e.to_string())?;
-            let args = [format!("TCP-LISTEN:{p},bind=127.0.0.1,reuseaddr,fork,nodelay"), format!("TCP:127.0.0.1:{},nodelay", u.addr.port())];
+            let args = [format!("TCP-LISTEN:{p},bind=127.0.0.1,reuseaddr,fork,backlog=1024,nodelay"), format!("TCP:127.0.0.1:{},nodelay", u.addr.port())];
             let log = std::fs::File::create(logs.join(format!("socat-{}.log", u.label))).map_err(|e| e.to_string())?;
             let child = Command::new(&bin).args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
             self.children.push((format!("socat-{}", u.label), child));
@@ -264,6 +264,28 @@ impl Fleet {
         Ok(())
     }
 
+    /// What each distgate counted (links, frames, close reasons), for the report.
+    pub fn distgate_counters(&self) -> Vec<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.runtimes
+            .iter()
+            .map(|(t, rt)| {
+                let s = rt.stats();
+                let labelled: Vec<String> = s.labelled().iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(
+                    "{} counters: links accepted {}, established {}; frames {} → / {} ←; backpressure pauses {}; {}",
+                    t.name(),
+                    s.links_accepted.load(Relaxed),
+                    s.links_established.load(Relaxed),
+                    s.frames[0].load(Relaxed),
+                    s.frames[1].load(Relaxed),
+                    s.backpressure_pauses.load(Relaxed),
+                    if labelled.is_empty() { "no labelled events".to_string() } else { labelled.join(", ") }
+                )
+            })
+            .collect()
+    }
+
     /// Stop everything this fleet started (children by their own pid, runtimes by shutdown).
     pub fn stop(&mut self) {
         for (_, c) in &mut self.children {
@@ -272,7 +294,7 @@ impl Fleet {
         }
         self.children.clear();
         // socat forks a child per connection; those exit when their connection closes.
-        for rt in self.runtimes.drain(..) {
+        for (_, rt) in self.runtimes.drain(..) {
             rt.shutdown();
         }
         self.registrations.clear();
