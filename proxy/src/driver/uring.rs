@@ -5,7 +5,7 @@
 //!
 //! - **Accept**: one multishot `ACCEPT` per listener; re-armed when the kernel ends it.
 //! - **Receive**: one single-shot `RECV` per leg at a time, into that leg's own receive buffer
-//!   ([`RBuf`]), at the end of what it already holds. Not provided-buffer rings: the Link wants
+//!   (`RBuf`), at the end of what it already holds. Not provided-buffer rings: the Link wants
 //!   everything unconsumed of a leg as one contiguous slice (a frame may span any number of
 //!   reads, and a 64 KiB OTP fragment nearly always spans ring buffers), and its zero-copy
 //!   writes are ranges of that slice. With ring buffers each partial frame would be copied into
@@ -14,15 +14,23 @@
 //!   the bytes handed to `on_bytes`, and the ranges it returns are sent from there.
 //! - **Send**: a leg's queue is a list of segments, each a range of a refcounted receive buffer
 //!   (frames that pass unchanged: no copy) or owned bytes (handshake messages). One `SENDMSG`
-//!   per leg in flight at a time, carrying up to [`IOV_BATCH`] segments (writev). Batches of at
-//!   least [`ZC_MIN`] bytes go as `SENDMSG_ZC` when the kernel has it, until the kernel reports
-//!   that zero-copy fell back to copying on that leg (always the case over loopback), after
-//!   which the leg uses plain `SENDMSG`: SEND_ZC only where it pays.
+//!   per leg in flight at a time, carrying up to `IOV_BATCH` segments (writev). Batches of at
+//!   least `ZC_MIN` bytes may go as `SENDMSG_ZC` when the kernel has it: the kernel tells only
+//!   in a late notification whether it really avoided the copy (never over loopback), so each
+//!   leg sends one trial, sends plainly until the trial's notification answers, and uses
+//!   zero-copy only after a "not copied" answer. SEND_ZC only where it pays.
 //! - **Connect**: `CONNECT` on a fresh socket.
 //! - **Wake-up**: an eventfd (written by [`CoreHandle`]) with a `READ` in flight; time via
 //!   `io_uring_enter`'s timeout argument, so timers tick every 250 ms as with mio.
 //! - **Batching**: SQEs are queued during a turn and submitted by the one `submit_with_args`
 //!   that also waits for the next completions.
+//! - **Close**: as with mio, a closed link's legs get a last non-blocking write of what is
+//!   queued and are shut down at once (so the nodes see nodedown), except that a leg with a send
+//!   in flight is shut down when that send completes or is cancelled (mio would have written it
+//!   synchronously). The link's memory is freed when its last completion arrives. A closed link
+//!   still waiting for zero-copy notifications after `ZC_GRACE` (its data sits in a send queue
+//!   towards a peer that does not read) has those sockets reset, which releases the buffers.
+//!   Unlike mio, a link flushing before its close whose send fails is dropped, not left waiting.
 //!
 //! Backpressure as with mio: when the queue towards one leg holds more than `link_buffer`
 //! bytes, the other leg is not read (no recv armed) until the queue drains below half.
