@@ -53,6 +53,8 @@ struct Conn {
     route: Arc<Route>,
     /// Set when the link asked to close after flushing.
     closing: bool,
+    /// When `closing` began: a peer that never reads cannot hold the link open past DRAIN.
+    closing_since: Option<Instant>,
 }
 
 enum Slot {
@@ -239,6 +241,7 @@ impl Core {
                 legs: [LegIo::new(Some(sock), true), LegIo::new(None, false)],
                 route,
                 closing: false,
+                closing_since: None,
             }));
         }
     }
@@ -329,6 +332,11 @@ impl Core {
             return;
         }
         if let Err(e) = flush(io) {
+            if c.closing {
+                // Already closing: nothing more can be delivered on this leg.
+                self.drop_conn(slot, "", "");
+                return;
+            }
             self.out.clear();
             c.link.on_closed(leg, &e.to_string(), &mut self.out);
             self.apply(slot, leg);
@@ -411,6 +419,7 @@ impl Core {
                     }
                     if want_flush && c.legs.iter().any(|l| l.queued() > 0 && l.sock.is_some()) {
                         c.closing = true;
+                        c.closing_since = Some(Instant::now());
                     } else {
                         self.drop_conn(slot, "", "");
                         return;
@@ -445,6 +454,10 @@ impl Core {
     fn timers(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
             let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { continue };
+            if c.closing_since.is_some_and(|t| now.duration_since(t) > DRAIN) {
+                self.drop_conn(slot, "flush_timeout", "peer did not read what was queued before the close");
+                continue;
+            }
             if c.link.next_deadline().is_some_and(|d| d <= now) {
                 self.out.clear();
                 c.link.on_timer(now, &mut self.out);
