@@ -6,14 +6,14 @@ use crate::load::{Measured, Scenario};
 use crate::rig::{Nodes, RigConfig};
 use crate::targets::Target;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
 /// Latency percentiles of one histogram, in microseconds.
-#[derive(Debug, Clone, Copy, Serialize, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
 pub struct Pcts {
     pub p50: f64,
     pub p90: f64,
@@ -40,7 +40,7 @@ impl Pcts {
 }
 
 /// One run of one cell through one target.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Sample {
     pub rep: usize,
     pub nodes: Nodes,
@@ -101,7 +101,7 @@ impl Sample {
 }
 
 /// The medians of one (nodes, scenario, payload, conns, target) over its repetitions.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct Row {
     pub nodes: Nodes,
     pub scenario: Scenario,
@@ -113,6 +113,12 @@ pub struct Row {
     pub payload_bytes: u64,
     pub msgs_per_s: f64,
     pub mb_per_s: f64,
+    /// Lowest and highest msg/s of the repetitions.
+    #[serde(default)]
+    pub msgs_per_s_range: (f64, f64),
+    /// Lowest and highest p50 of the repetitions (µs).
+    #[serde(default)]
+    pub p50_range: Option<(f64, f64)>,
     /// Throughput ratio against direct / HAProxy (same cell).
     pub x_direct: Option<f64>,
     pub x_haproxy: Option<f64>,
@@ -127,7 +133,7 @@ pub struct Row {
     pub errors: Vec<String>,
 }
 
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct Verdict {
     pub target: String,
     pub nodes: Nodes,
@@ -138,7 +144,7 @@ pub struct Verdict {
     pub shortfall: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Meta {
     pub date: String,
     pub machine: String,
@@ -154,7 +160,7 @@ pub struct Meta {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub meta: Meta,
     pub rows: Vec<Row>,
@@ -245,6 +251,10 @@ impl Report {
                     [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0].iter().map(|&q| (q, h.value_at_quantile(q) as f64 / 1000.0)).collect()
                 })
                 .unwrap_or_default();
+            let range = |v: &[f64]| v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            let msgs_per_s_range = if rates.is_empty() { (f64::NAN, f64::NAN) } else { range(&rates) };
+            let p50s: Vec<f64> = lat.iter().map(|p| p.p50).collect();
+            let p50_range = if p50s.is_empty() { None } else { Some(range(&p50s)) };
             let mut errors: Vec<String> = ss.iter().flat_map(|s| s.errors.iter().cloned()).collect();
             errors.dedup();
             rows.push(Row {
@@ -258,6 +268,8 @@ impl Report {
                 payload_bytes: ss.iter().map(|s| s.payload_bytes).max().unwrap_or(0),
                 msgs_per_s: median(&mut rates),
                 mb_per_s: median(&mut mbs),
+                msgs_per_s_range,
+                p50_range,
                 x_direct: None,
                 x_haproxy: None,
                 latency_us,
@@ -305,6 +317,23 @@ impl Report {
         rep
     }
 
+    /// Read a run back from its `results.json` (histograms are not stored; the rows keep
+    /// their percentile curves) and render its markdown again.
+    pub fn load(path: &Path) -> Result<Report, String> {
+        let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut r: Report = serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Ranges from the samples (older files have none).
+        for row in &mut r.rows {
+            let ok: Vec<&Sample> = r.samples.iter().filter(|s| (s.nodes, s.scenario, s.payload, s.conns, s.target) == (row.nodes, row.scenario, row.payload, row.conns, row.target) && s.ok()).collect();
+            let fold = |v: Vec<f64>| if v.is_empty() { None } else { Some(v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))) };
+            row.msgs_per_s_range = fold(ok.iter().map(|s| s.msgs_per_s).collect()).unwrap_or((f64::NAN, f64::NAN));
+            row.p50_range = fold(ok.iter().filter_map(|s| s.latency_us.map(|l| l.p50)).collect());
+        }
+        r.verdicts = verdicts(&r.rows);
+        r.markdown = markdown(&r);
+        Ok(r)
+    }
+
     pub fn row(&self, nodes: Nodes, scenario: Scenario, payload: PayloadKind, conns: usize, target: Target) -> Option<&Row> {
         self.rows.iter().find(|r| r.nodes == nodes && r.scenario == scenario && r.payload == payload && r.conns == conns && r.target == target)
     }
@@ -326,6 +355,7 @@ fn verdicts(rows: &[Row]) -> Vec<Verdict> {
             for p in [PayloadKind::Bin64k, PayloadKind::Bin1m] {
                 let (Some(me), Some(h)) = (get(nodes, Scenario::Flood, p, t), get(nodes, Scenario::Flood, p, Target::Haproxy)) else { continue };
                 let x = me.mb_per_s / h.mb_per_s;
+                let best = me.msgs_per_s_range.1 / h.msgs_per_s_range.0;
                 out.push(Verdict {
                     target: t.name().into(),
                     nodes,
@@ -333,11 +363,16 @@ fn verdicts(rows: &[Row]) -> Vec<Verdict> {
                     goal: "≥ 1.5× HAProxy".into(),
                     measured: format!("{:.0} MB/s vs HAProxy {:.0} MB/s = {:.2}×", me.mb_per_s, h.mb_per_s, x),
                     met: Some(x >= 1.5),
-                    shortfall: if x >= 1.5 { String::new() } else { format!("{:.0}% below the goal ({:.2}× short of 1.5×)", (1.0 - x / 1.5) * 100.0, 1.5 - x) },
+                    shortfall: if x >= 1.5 {
+                        String::new()
+                    } else {
+                        format!("{:.0}% below the goal ({:.2}× short of 1.5×){}", (1.0 - x / 1.5) * 100.0, 1.5 - x, within(best >= 1.5))
+                    },
                 });
             }
             if let (Some(me), Some(d)) = (get(nodes, Scenario::Flood, PayloadKind::Small, t), get(nodes, Scenario::Flood, PayloadKind::Small, Target::Direct)) {
                 let x = me.msgs_per_s / d.msgs_per_s;
+                let best = me.msgs_per_s_range.1 / d.msgs_per_s_range.0;
                 out.push(Verdict {
                     target: t.name().into(),
                     nodes,
@@ -345,7 +380,7 @@ fn verdicts(rows: &[Row]) -> Vec<Verdict> {
                     goal: "≥ direct".into(),
                     measured: format!("{:.0} msg/s vs direct {:.0} msg/s = {:.2}×", me.msgs_per_s, d.msgs_per_s, x),
                     met: Some(x >= 1.0),
-                    shortfall: if x >= 1.0 { String::new() } else { format!("{:.0}% below direct", (1.0 - x) * 100.0) },
+                    shortfall: if x >= 1.0 { String::new() } else { format!("{:.0}% below direct{}", (1.0 - x) * 100.0, within(best >= 1.0)) },
                 });
             }
             for p in [PayloadKind::Small, PayloadKind::Bin64k, PayloadKind::Bin1m] {
@@ -372,6 +407,23 @@ fn verdicts(rows: &[Row]) -> Vec<Verdict> {
         }
     }
     out
+}
+
+/// A note for a shortfall the repetitions' spread could cover.
+fn within(best_case_meets: bool) -> &'static str {
+    if best_case_meets {
+        " (within run-to-run spread: the best repetition against the worst meets the goal)"
+    } else {
+        ""
+    }
+}
+
+/// `±x%`: half the min–max range of the repetitions, relative to the median.
+fn fmt_spread(range: (f64, f64), median: f64) -> String {
+    if !(range.0.is_finite() && range.1.is_finite() && median > 0.0) {
+        return "–".into();
+    }
+    format!("±{:.0}%", (range.1 - range.0) / 2.0 / median * 100.0)
 }
 
 fn fmt_rate(v: f64) -> String {
@@ -496,7 +548,7 @@ pub fn markdown_with(r: &Report, issue3: bool) -> String {
     for n in &m.notes {
         let _ = writeln!(o, "- {n}");
     }
-    let _ = writeln!(o, "- MB/s counts payload bytes (the payload's `term_to_binary` size × messages, 10^6 B); ping-pong msg/s are round trips; latency is the round trip measured by the sender (the sink echoes), in µs");
+    let _ = writeln!(o, "- MB/s counts payload bytes (the payload's `term_to_binary` size × messages, 10^6 B); ping-pong msg/s are round trips; latency is the round trip measured by the sender (the sink echoes), in µs; spread = ±half the min–max range of the repetitions, relative to the median");
     let _ = writeln!(o);
 
     let i3 = if issue3 { issue3_markdown(r) } else { String::new() };
@@ -528,11 +580,11 @@ pub fn markdown_with(r: &Report, issue3: bool) -> String {
         };
         let _ = writeln!(o, "### {} — {}\n", sc.name(), title);
         if sc == Scenario::PingPong {
-            let _ = writeln!(o, "| payload | conns | target | round trips/s | ×direct | ×haproxy | p50 | p90 | p99 | p99.9 | max | +p50 vs direct | +p99 vs direct | ok/reps |");
-            let _ = writeln!(o, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(o, "| payload | conns | target | round trips/s | ×direct | ×haproxy | p50 | p50 spread | p90 | p99 | p99.9 | max | +p50 vs direct | +p99 vs direct | ok/reps |");
+            let _ = writeln!(o, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         } else {
-            let _ = writeln!(o, "| payload | conns | target | msg/s | MB/s | ×direct | ×haproxy | ok/reps |");
-            let _ = writeln!(o, "|---|---:|---|---:|---:|---:|---:|---:|");
+            let _ = writeln!(o, "| payload | conns | target | msg/s | spread | MB/s | ×direct | ×haproxy | ok/reps |");
+            let _ = writeln!(o, "|---|---:|---|---:|---:|---:|---:|---:|---:|");
         }
         let mut rows: Vec<&Row> = r.rows.iter().filter(|x| x.nodes == nodes && x.scenario == sc).collect();
         rows.sort_by_key(|x| (x.payload, x.conns, x.target));
@@ -545,7 +597,7 @@ pub fn markdown_with(r: &Report, issue3: bool) -> String {
                 let add = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:+.1}"));
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     x.payload.name(),
                     x.conns,
                     x.target.name(),
@@ -553,6 +605,7 @@ pub fn markdown_with(r: &Report, issue3: bool) -> String {
                     fmt_x(x.x_direct),
                     fmt_x(x.x_haproxy),
                     f(l.p50),
+                    x.p50_range.map_or("–".into(), |r| fmt_spread(r, l.p50)),
                     f(l.p90),
                     f(l.p99),
                     f(l.p999),
@@ -564,11 +617,12 @@ pub fn markdown_with(r: &Report, issue3: bool) -> String {
             } else {
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     x.payload.name(),
                     x.conns,
                     x.target.name(),
                     fmt_rate(x.msgs_per_s),
+                    fmt_spread(x.msgs_per_s_range, x.msgs_per_s),
                     if x.mb_per_s.is_finite() { format!("{:.1}", x.mb_per_s) } else { "–".into() },
                     fmt_x(x.x_direct),
                     fmt_x(x.x_haproxy),

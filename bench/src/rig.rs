@@ -91,6 +91,7 @@ pub fn run(cfg: &RigConfig) -> Result<Report, String> {
     let started = Instant::now();
     let load_before = loadavg();
     let mut notes = Vec::new();
+    notes.push(source_state());
     let mut unavailable = Vec::new();
 
     // Proxies from Debian's packages.
@@ -193,6 +194,10 @@ pub fn run(cfg: &RigConfig) -> Result<Report, String> {
                 }
                 samples.push(s);
                 bar.inc(1);
+                if cfg.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    // No terminal for the bar (a log, CI): one line per run instead.
+                    eprintln!("[{}/{}] {:.0}s {} {} {} x{} via {}: {:.0} msg/s{}", bar.position(), total, started.elapsed().as_secs_f64(), cell.nodes.name(), cell.scenario.name(), cell.payload.name(), cell.conns, t.name(), samples.last().map_or(0.0, |s| s.msgs_per_s), if samples.last().is_some_and(|s| !s.errors.is_empty()) { " (error)" } else { "" });
+                }
             }
         }
     }
@@ -215,4 +220,23 @@ pub fn run(cfg: &RigConfig) -> Result<Report, String> {
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_else(|_| "?".into())
+}
+
+/// Which distgate was measured, as far as the run can tell: the commit of the source tree and
+/// whether the crates linked in had uncommitted changes when the run started.
+fn source_state() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git").arg("-C").arg(&root).args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&["status", "--porcelain", "--", "proxy", "codec-simd", "config"]).unwrap_or_default();
+            format!(
+                "source tree at run time: commit {head}{}",
+                if dirty.is_empty() { ", proxy/codec/config clean".to_string() } else { format!(", with uncommitted changes in {} file(s) of proxy/codec/config (others were editing)", dirty.lines().count()) }
+            )
+        }
+        None => "source tree: not a git checkout".into(),
+    }
 }

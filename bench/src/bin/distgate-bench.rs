@@ -57,6 +57,9 @@ struct Args {
     /// Also write the report into this RESULTS.md, replacing its "Latest rig run" section.
     #[arg(long)]
     results_md: Option<PathBuf>,
+    /// Do not run: re-render report.md, the plots and --results-md from DIR/results.json.
+    #[arg(long, value_name = "DIR")]
+    render: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -64,6 +67,19 @@ struct Args {
 
 fn main() {
     let a = Args::parse();
+    if let Some(dir) = &a.render {
+        let r = distgate_bench::report::Report::load(&dir.join("results.json")).unwrap_or_else(|e| {
+            eprintln!("distgate-bench: {e}");
+            std::process::exit(1)
+        });
+        let mut r = r;
+        if let Err(e) = distgate_bench::report::write_all(&mut r, dir) {
+            eprintln!("distgate-bench: {e}");
+            std::process::exit(1);
+        }
+        finish(r, dir, a.results_md.as_deref());
+        return;
+    }
     let parse_all = |v: &[String], what: &str, f: &dyn Fn(&str) -> bool| {
         for x in v {
             if !f(x) {
@@ -99,20 +115,22 @@ fn main() {
         cfg.seconds = 0.5;
     }
     match rig::run(&cfg) {
-        Ok(r) => {
-            println!("{}", r.markdown);
-            println!("written: {}/{{results.json,report.md,latency.svg,throughput.svg}}", cfg.out.display());
-            if let Some(p) = &a.results_md {
-                if let Err(e) = distgate_bench::report::update_results_md(p, &r, &cfg.out) {
-                    eprintln!("{}: {e}", p.display());
-                    std::process::exit(1);
-                }
-                println!("updated {}", p.display());
-            }
-        }
+        Ok(r) => finish(r, &cfg.out, a.results_md.as_deref()),
         Err(e) => {
             eprintln!("distgate-bench: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+fn finish(r: distgate_bench::report::Report, out: &std::path::Path, results_md: Option<&std::path::Path>) {
+    println!("{}", r.markdown);
+    println!("written: {}/{{results.json,report.md,latency.svg,throughput.svg}}", out.display());
+    if let Some(p) = results_md {
+        if let Err(e) = distgate_bench::report::update_results_md(p, &r, out) {
+            eprintln!("{}: {e}", p.display());
+            std::process::exit(1);
+        }
+        println!("updated {}", p.display());
     }
 }
