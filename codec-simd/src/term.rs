@@ -354,29 +354,28 @@ impl Walker {
             if wants_fast && V::wants(tag) {
                 return None;
             }
-            let children = match skip_header(tail.window(buf, pos), buf.len() - pos, refs) {
-                Some((len, n)) => {
-                    pos += len;
+            let children = match skip_header(tag, tail.after(buf, pos), pos, buf.len(), refs) {
+                Some((next, n)) => {
+                    pos = next;
                     n
                 }
                 None => {
                     if V::wants(tag) || tag == tag::NEW_FUN || tag == tag::FUN {
                         return None;
                     }
-                    match header_cold(buf, pos, refs) {
-                        Ok((next, n)) => {
-                            pos = next;
-                            n
-                        }
+                    let (next, n) = match header_cold(buf, pos, refs) {
+                        Ok(h) => h,
                         Err(e) => return Some(Err(e)),
+                    };
+                    // Every child takes at least one byte: reject impossible counts up front.
+                    // (The fast path checked this itself.)
+                    if let Err(e) = check_count(buf, next, "container", n, 1) {
+                        return Some(Err(e));
                     }
+                    pos = next;
+                    n
                 }
             };
-            // Every child takes at least one byte: reject impossible counts up front. (A leaf's
-            // zero always passes.)
-            if let Err(e) = check_count(buf, pos, "container", children, 1) {
-                return Some(Err(e));
-            }
             // At most the bytes left, so no overflow.
             pending = pending + children - 1;
             if pending == 0 {
@@ -405,8 +404,8 @@ impl Walker {
                 v.enter(start, &term)?;
                 pos = next;
                 term.children()
-            } else if let Some((len, n)) = skip_header(tail.window(buf, pos), buf.len() - pos, refs) {
-                pos += len;
+            } else if let Some((next, n)) = skip_header(tag, tail.after(buf, pos), pos, buf.len(), refs) {
+                pos = next;
                 n
             } else {
                 let (next, n) = header_cold(buf, pos, refs)?;
@@ -803,8 +802,9 @@ static FAST: ([Len; 256], [Count; 256]) = {
     (len, count)
 };
 
-/// The walk's fast path: for the term whose first 16 bytes are `w`, the header length and the number of
-/// children, without building a view. Covers the tags that make up nearly all real traffic.
+/// The walk's fast path: for the term at `pos` (of a buffer ending at `end`) with tag `tag`,
+/// followed by the 16 bytes `w`, the offset after its header and its number of children,
+/// without building a view. Covers the tags that make up nearly all real traffic.
 ///
 /// `None` means "not settled here" — a rarer tag, a bound that does not hold, text that needs
 /// the full UTF-8 check — and the walk then asks [`header`], which decodes everything and
@@ -814,37 +814,40 @@ static FAST: ([Len; 256], [Count; 256]) = {
 ///
 /// Why tables rather than a `match`: the tag sequence of real data is close to random, so a
 /// jump table's indirect branch mispredicts on most terms. Here the common tags share one
-/// branch-free path, and the path from one term's offset to the next — which no amount of
-/// out-of-order execution can overlap, as each term starts where the last ended — is short:
-/// load the window, look the tag up, shift, mask, add.
+/// branch-free path. And the path from one term's offset to the next — which no out-of-order
+/// execution can overlap, as each term starts where the last ended — is short: load the tag,
+/// look it up, shift, mask, add. (The tag is its own load, not a byte of the window, and
+/// `pos + base` is added before the field is: each saves a cycle on that path.)
 ///
-/// Why a window: every fixed header field lies in the first 16 bytes, so they are read from one
-/// 16-byte load with no bounds check each, and the single check at the end — the whole term
-/// within the `left` bytes from its tag to the end of the buffer — covers them all. Near the
-/// end the window is zero-padded; a field read from the padding lies past the end, so the term
-/// cannot fit.
+/// Why a window: every fixed header field lies in the 16 bytes after the tag, so they are read
+/// from one load with no bounds check each, and the single check at the end — the header and a
+/// byte per child within `end` — covers them all. Near the end the window is zero-padded; a
+/// field read from the padding lies past the end, so the term cannot fit.
 #[inline(always)]
-fn skip_header(w: u128, left: usize, refs: Option<u16>) -> Option<(usize, u64)> {
-    let tag = w as u8 as usize;
-    let (l, c) = (FAST.0[tag], FAST.1[tag]);
-    let x = ((w >> 8) as u32).swap_bytes() as u64;
-    let len = l.base as u64 + (((x << 1) >> l.shift) & l.mask as u64);
+fn skip_header(tag: u8, w: u128, pos: usize, end: usize, refs: Option<u16>) -> Option<(usize, u64)> {
+    let (l, c) = (FAST.0[tag as usize], FAST.1[tag as usize]);
+    let x = (w as u32).swap_bytes() as u64;
+    // `pos + base` does not wait for the field; only the last add does.
+    let next = (pos as u64 + l.base as u64) + (((x << 1) >> l.shift) & l.mask as u64);
     let f = x >> c.field_shift;
     let kids = c.kids_base as u64 + f * c.kids_mul as u64;
     if l.kind != PLAIN {
-        return skip_special(w, left, l.kind, f, len, refs);
+        return skip_special(tag, w, end - pos, l.kind, f, next - pos as u64, refs).map(|(len, k)| (pos + len, k));
     }
-    (f >> c.limit == 0 && len <= left as u64).then_some((len as usize, kids))
+    // The header, and a byte for each child at least (the walk's count check, made here so
+    // that it is one compare with the bound).
+    (f >> c.limit == 0 && next + kids <= end as u64).then_some((next as usize, kids))
 }
 
 /// The fast path's tags that need more than arithmetic (see [`Len::kind`]). Kept out of line
 /// so the plain path stays a straight line. None of them has children.
 #[inline(never)]
-fn skip_special(w: u128, left: usize, kind: u8, f: u64, len: u64, refs: Option<u16>) -> Option<(usize, u64)> {
+fn skip_special(tag: u8, w: u128, left: usize, kind: u8, f: u64, len: u64, refs: Option<u16>) -> Option<(usize, u64)> {
     let len = match kind {
         UTF8_ATOM => {
-            // `len` is the tag, length and text: the text starts `len - f` in.
-            if f > 255 || !ascii_in_window(w, 16, (len - f) as usize, f) {
+            // `len` is the tag, length and text: the text starts `len - f` in, so `len - f - 1`
+            // into the window.
+            if f > 255 || !ascii_in_window(w, 16, (len - f - 1) as usize, f) {
                 return None;
             }
             len
@@ -856,15 +859,15 @@ fn skip_special(w: u128, left: usize, kind: u8, f: u64, len: u64, refs: Option<u
             len
         }
         WITH_NODE => {
-            if w as u8 == tag::NEW_PID {
+            if tag == tag::NEW_PID {
                 // Node atom, then id, serial and creation.
-                1 + skip_atom(w >> 8, 15, refs)? as u64 + 12
+                1 + skip_atom(w, 16, refs)? as u64 + 12
             } else {
                 // Word count (1..=5), node atom, creation, the id words.
                 if !(1..=5).contains(&f) {
                     return None;
                 }
-                len + skip_atom(w >> 24, 13, refs)? as u64 + 4
+                len + skip_atom(w >> 16, 14, refs)? as u64 + 4
             }
         }
         _ => return None,
@@ -872,9 +875,10 @@ fn skip_special(w: u128, left: usize, kind: u8, f: u64, len: u64, refs: Option<u
     (len <= left as u64).then_some((len as usize, 0))
 }
 
-/// The fast path reads each header through a 16-byte window (see [`skip_header`]). Within 16
-/// bytes of the end of the buffer the window comes from this zero-padded copy of its last
-/// bytes, made once per walk (a term's window is never copied on its own).
+/// The fast path reads each header through a window: the 16 bytes after its tag (see
+/// [`skip_header`]). Within 17 bytes of the end of the buffer the window comes from this
+/// zero-padded copy of its last bytes, made once per walk (a term's window is never copied on
+/// its own).
 struct Tail {
     at: usize,
     bytes: [u8; 32],
@@ -889,12 +893,12 @@ impl Tail {
         Tail { at, bytes }
     }
 
-    /// The 16 bytes at `pos` as a window (little-endian: byte 0 is the tag).
+    /// The 16 bytes after the tag at `pos`, little-endian (byte 0 is the first after the tag).
     #[inline(always)]
-    fn window(&self, buf: &[u8], pos: usize) -> u128 {
-        match buf.get(pos..).and_then(|b| b.first_chunk::<16>()) {
+    fn after(&self, buf: &[u8], pos: usize) -> u128 {
+        match buf.get(pos + 1..).and_then(|b| b.first_chunk::<16>()) {
             Some(c) => u128::from_le_bytes(*c),
-            None => self.padded(pos),
+            None => self.padded(pos + 1),
         }
     }
 
@@ -902,8 +906,8 @@ impl Tail {
     /// becoming a select on the path from one term to the next.
     #[cold]
     #[inline(never)]
-    fn padded(&self, pos: usize) -> u128 {
-        match self.bytes.get(pos.wrapping_sub(self.at)..).and_then(|t| t.first_chunk::<16>()) {
+    fn padded(&self, from: usize) -> u128 {
+        match self.bytes.get(from.wrapping_sub(self.at)..).and_then(|t| t.first_chunk::<16>()) {
             Some(c) => u128::from_le_bytes(*c),
             None => 0,
         }
@@ -990,10 +994,11 @@ mod tests {
     }
 
     fn agree(bytes: &[u8], refs: Option<u16>) -> std::result::Result<(), TestCaseError> {
-        let mut padded = [0u8; 16];
-        let n = bytes.len().min(16);
-        padded[..n].copy_from_slice(&bytes[..n]);
-        if let Some((len, kids)) = skip_header(u128::from_le_bytes(padded), bytes.len(), refs) {
+        let Some((&tag, after)) = bytes.split_first() else { return Ok(()) };
+        let mut window = [0u8; 16];
+        let n = after.len().min(16);
+        window[..n].copy_from_slice(&after[..n]);
+        if let Some((len, kids)) = skip_header(tag, u128::from_le_bytes(window), 0, bytes.len(), refs) {
             let r = header(bytes, 0, refs);
             prop_assert!(r.is_ok(), "fast path accepted {:?} (refs {:?}), header says {:?}", bytes, refs, r);
             let (term, next) = r.unwrap();
