@@ -532,7 +532,7 @@ pub fn markdown_with(r: &Report, issue3: bool) -> String {
     let _ = writeln!(o, "- command: `{}`", m.command);
     let _ = writeln!(
         o,
-        "- {} repetitions, interleaved (every target once per cell per repetition, rotating order); {}; medians over repetitions; wall time {:.0} s",
+        "- {} repetition(s), interleaved (every target once per cell per repetition, rotating order); {}; medians over repetitions; wall time {:.0} s",
         m.reps,
         match m.max_msgs {
             Some(n) => format!("{n} messages per connection per cell"),
@@ -667,6 +667,28 @@ pub fn write_all(r: &mut Report, dir: &Path) -> Result<(), String> {
 const BEGIN: &str = "<!-- distgate-bench:begin (written by distgate-bench --results-md; edit outside these markers) -->";
 const END: &str = "<!-- distgate-bench:end -->";
 
+const HOW: &str = "How to run it (release build; `--install` runs `apt-get install -y haproxy socat` when they are missing; \
+erl comes from `apt-get install -y erlang-nox`, `rsvg-convert` from librsvg2-bin for PNGs):
+
+```sh
+cargo build --release -p distgate-bench --bin distgate-bench
+target/release/distgate-bench --install --results-md bench/RESULTS.md       # everything, ~9 min on 2 vCPU
+target/release/distgate-bench --quick                                        # 100B/64KiB/1MiB, 1 conn, 2 reps of 0.5 s
+target/release/distgate-bench --nodes erl --payloads 100B,64KiB,1MiB        # issue 3's cells only
+target/release/distgate-bench --nodes rust --conns 1,16,100,1000 --payloads 100B --seconds 2
+target/release/distgate-bench --render target/distgate-bench --results-md bench/RESULTS.md   # re-render a run
+```
+
+What runs: a Rust distribution node (`bench/src/node.rs`: its own version-6 handshake on both sides, \
+cookie digests from `distgate::handshake`, EPMD ALIVE2 from `distgate::epmd`, frames decoded by the codec, \
+ticks answered) is the load generator and the sink; two real OTP nodes (testkit, `bench/erl/dg_bench_load.erl`) \
+are the real-node pair. Every cell (nodes × scenario × payload × connections) runs through every target once \
+per repetition, in a rotating order; the tables are medians over the repetitions. Ping-pong keeps one message \
+in flight per connection and records each round trip in an HdrHistogram; flood writes as fast as the \
+connection takes and ends with an echo, after which the sink's count must equal what was sent. \
+`bench/tests/smoke.rs` runs a few hundred messages through every available target (no timing assertions).
+";
+
 /// Replace the rig's section of RESULTS.md (between its markers; appended when absent), and
 /// copy the plots next to it into `results/`. The file is re-read right before writing, so
 /// sections others added are kept.
@@ -680,7 +702,7 @@ pub fn update_results_md(path: &Path, r: &Report, out: &Path) -> Result<(), Stri
         }
     }
     let section = format!(
-        "{BEGIN}\n## Issue 3: speed through distgate (real nodes), {date}\n\nFrom the rig run below (same date, machine and command).\n\n{}\n## Latest rig run (distgate-bench)\n\n{}\n![latency percentiles](results/latency.svg)\n\n![throughput](results/throughput.svg)\n\nRaw samples and medians: [results/results.json](results/results.json).\n{END}\n",
+        "{BEGIN}\n## Issue 3: speed through distgate (real nodes), {date}\n\nFrom the rig run below (same date, machine and command).\n\n{}\n## Latency rig (distgate-bench): latest run, {date}\n\n{HOW}\n{}\n![latency percentiles](results/latency.svg)\n\n![throughput](results/throughput.svg)\n\nRaw samples and medians: [results/results.json](results/results.json).\n{END}\n",
         issue3_markdown(r),
         markdown_with(r, false),
         date = r.meta.date

@@ -1,6 +1,6 @@
-//! A tiny run of the rig: a few hundred messages through every target available here, both
-//! scenarios, Rust and real nodes. It asserts that messages arrived and a report was written;
-//! it never looks at a timing.
+//! A tiny run of the rig: a few hundred messages through every target available here (100 per
+//! connection per cell), both scenarios, Rust and real nodes. It asserts that messages arrived
+//! and a report was written; it never looks at a timing.
 
 use distgate_bench::etf::PayloadKind;
 use distgate_bench::load::Scenario;
@@ -18,12 +18,12 @@ fn a_few_hundred_messages_through_every_available_target() {
     let cfg = RigConfig {
         targets: Target::ALL.to_vec(),
         scenarios: vec![Scenario::PingPong, Scenario::Flood],
-        payloads: vec![PayloadKind::Small, PayloadKind::Bin64k, PayloadKind::Bin1m, PayloadKind::Fun],
+        payloads: vec![PayloadKind::Small, PayloadKind::Bin1m, PayloadKind::Fun],
         conns: vec![1, 3],
         nodes: nodes.clone(),
         reps: 1,
         seconds: 30.0,
-        max_msgs: Some(200),
+        max_msgs: Some(100),
         fragments: true,
         distgate_threads: 1,
         install: false,
@@ -40,7 +40,7 @@ fn a_few_hundred_messages_through_every_available_target() {
     for s in &r.samples {
         assert!(s.errors.is_empty(), "{:?} {:?} {:?} x{} via {:?}: {:?}", s.nodes, s.scenario, s.payload, s.conns, s.target, s.errors);
         let per_conn = if s.nodes == Nodes::Rust { s.conns as u64 } else { 1 };
-        assert_eq!(s.msgs, 200 * per_conn, "{s:?}");
+        assert_eq!(s.msgs, 100 * per_conn, "{s:?}");
         if s.scenario == Scenario::Flood {
             assert_eq!(s.sink_msgs, Some(s.msgs), "the sink got every flood message: {s:?}");
         } else {
