@@ -3,6 +3,7 @@
 
 use crate::etf::{self, PayloadKind};
 use crate::node::{reg_send, DistConn, NodeConfig, Sink, ECHO, FLOOD};
+use distgate_codec::term::{Skip, Walker};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -69,13 +70,25 @@ struct ConnResult {
     hist: Option<Histogram<u64>>,
     framing: String,
     error: Option<String>,
+    /// What the sink said it counted (real sink: the `{count, N}` answer).
+    sink_count: Option<u64>,
+}
+
+/// Which sink the Rust load generator talks to, and so which message protocol.
+#[derive(Clone, Copy)]
+pub enum SinkProto<'a> {
+    /// The Rust sink: REG_SEND to `dg_echo` (echoed) / `dg_flood` (counted).
+    Rust(&'a Sink),
+    /// A real node's `dg_sink` (bench/erl): `{ping, From, P}` → `{pong, P}`, `{flood, P}`,
+    /// `{done, From}` → `{count, N}`.
+    Erl,
 }
 
 /// Run one Rust cell against `addr` (the sink directly or a proxy in front of it).
 #[allow(clippy::too_many_arguments)]
 pub fn run_rust(
     addr: SocketAddr,
-    sink: &Sink,
+    sink: SinkProto<'_>,
     tag: &str,
     scenario: Scenario,
     payload: PayloadKind,
@@ -84,7 +97,11 @@ pub fn run_rust(
     cookie: &str,
     fragments: bool,
 ) -> Measured {
-    let before = sink.stats.flood_msgs.load(Ordering::SeqCst);
+    let before = match sink {
+        SinkProto::Rust(s) => s.stats.flood_msgs.load(Ordering::SeqCst),
+        SinkProto::Erl => 0,
+    };
+    let erl = matches!(sink, SinkProto::Erl);
     let barrier = Arc::new(Barrier::new(conns + 1));
     let mut threads = Vec::new();
     for i in 0..conns {
@@ -93,14 +110,16 @@ pub fn run_rust(
         threads.push(
             thread::Builder::new()
                 .name(format!("load-{i}"))
-                .spawn(move || one_conn(addr, cfg, i as u32 + 1, scenario, payload, stop, &b))
+                .spawn(move || one_conn(addr, cfg, i as u32 + 1, erl, scenario, payload, stop, &b))
                 .expect("thread"),
         );
     }
     barrier.wait();
     let results: Vec<ConnResult> = threads.into_iter().map(|t| t.join().unwrap_or_else(|_| failed("load thread panicked"))).collect();
     let mut m = Measured { payload_bytes: payload.encode("x").len() as u64 + 1, ..Measured::default() };
+    let mut counted = 0;
     for r in results {
+        counted += r.sink_count.unwrap_or(0);
         m.msgs += r.msgs;
         m.elapsed = m.elapsed.max(r.elapsed);
         if m.framing.is_empty() {
@@ -116,18 +135,28 @@ pub fn run_rust(
             }
         }
     }
-    if scenario == Scenario::Flood {
-        m.sink_msgs = Some(sink.stats.flood_msgs.load(Ordering::SeqCst) - before);
+    match sink {
+        SinkProto::Rust(s) => {
+            if scenario == Scenario::Flood {
+                m.sink_msgs = Some(s.stats.flood_msgs.load(Ordering::SeqCst) - before);
+            }
+            m.errors.extend(s.take_errors());
+        }
+        SinkProto::Erl => {
+            if scenario == Scenario::Flood {
+                m.sink_msgs = Some(counted);
+            }
+        }
     }
-    m.errors.extend(sink.take_errors());
     m
 }
 
 fn failed(e: &str) -> ConnResult {
-    ConnResult { msgs: 0, elapsed: Duration::ZERO, hist: None, framing: String::new(), error: Some(e.to_string()) }
+    ConnResult { msgs: 0, elapsed: Duration::ZERO, hist: None, framing: String::new(), error: Some(e.to_string()), sink_count: None }
 }
 
-fn one_conn(addr: SocketAddr, cfg: NodeConfig, id: u32, scenario: Scenario, payload: PayloadKind, stop: Stop, barrier: &Barrier) -> ConnResult {
+#[allow(clippy::too_many_arguments)]
+fn one_conn(addr: SocketAddr, cfg: NodeConfig, id: u32, erl: bool, scenario: Scenario, payload: PayloadKind, stop: Stop, barrier: &Barrier) -> ConnResult {
     let conn = DistConn::connect(addr, &cfg);
     barrier.wait();
     let mut c = match conn {
@@ -136,25 +165,98 @@ fn one_conn(addr: SocketAddr, cfg: NodeConfig, id: u32, scenario: Scenario, payl
     };
     let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
     let framing = c.framing().to_string();
+    let p = Proto { erl, name: cfg.name.clone(), id, creation: cfg.creation };
     let r = match scenario {
-        Scenario::PingPong => ping_pong(&mut c, &cfg, id, payload, stop),
-        Scenario::Flood => flood(&mut c, &cfg, id, payload, stop),
+        Scenario::PingPong => ping_pong(&mut c, &p, payload, stop),
+        Scenario::Flood => flood(&mut c, &p, payload, stop),
     };
     c.shutdown();
     match r {
-        Ok((msgs, elapsed, hist)) => ConnResult { msgs, elapsed, hist, framing, error: None },
-        Err(e) => ConnResult { msgs: 0, elapsed: Duration::ZERO, hist: None, framing, error: Some(e) },
+        Ok((msgs, elapsed, hist, sink_count)) => ConnResult { msgs, elapsed, hist, framing, error: None, sink_count },
+        Err(e) => ConnResult { msgs: 0, elapsed: Duration::ZERO, hist: None, framing, error: Some(e), sink_count: None },
     }
 }
 
-type Run = Result<(u64, Duration, Option<Histogram<u64>>), String>;
+/// The messages of one connection, for the Rust sink or a real node's `dg_sink`.
+struct Proto {
+    erl: bool,
+    name: String,
+    id: u32,
+    creation: u32,
+}
 
-/// Send one message to the echo and wait for it; returns the round trip.
-fn round_trip(c: &mut DistConn, frames: &mut [u8], payload_at: usize, seq: u32) -> Result<Duration, String> {
-    etf::stamp(&mut frames[payload_at..], seq);
+impl Proto {
+    fn pid(&self, out: &mut Vec<u8>) {
+        etf::pid(out, &self.name, self.id, 0, self.creation);
+    }
+    /// A ping: control, payload, and where `{Seq, Body}` starts in the payload.
+    fn ping(&self, body: &[u8]) -> (Vec<u8>, Vec<u8>, usize) {
+        if !self.erl {
+            return (reg_send(&self.name, self.id, self.creation, ECHO), body.to_vec(), 0);
+        }
+        let mut p = Vec::new();
+        etf::tuple(&mut p, 3);
+        etf::atom(&mut p, "ping");
+        self.pid(&mut p);
+        let at = p.len();
+        p.extend_from_slice(body);
+        (reg_send(&self.name, self.id, self.creation, ERL_SINK), p, at)
+    }
+    fn flood(&self, body: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        if !self.erl {
+            return (reg_send(&self.name, self.id, self.creation, FLOOD), body.to_vec());
+        }
+        let mut p = Vec::new();
+        etf::tuple(&mut p, 2);
+        etf::atom(&mut p, "flood");
+        p.extend_from_slice(body);
+        (reg_send(&self.name, self.id, self.creation, ERL_SINK), p)
+    }
+    /// The sequence number of an echo (`{Seq, Body}`, or `{pong, {Seq, Body}}` from a real
+    /// node, whose atoms may be atom-cache refs and whose small integers are SMALL_INTEGER_EXT).
+    fn echoed_seq(&self, w: &mut Walker, b: &[u8]) -> Option<u32> {
+        let at = if self.erl { second_of_pair(w, b)? } else { 0 };
+        if b.get(at..at + 2)? != [104, 2] {
+            return None;
+        }
+        int_at(b, at + 2).map(|v| v as u32)
+    }
+}
+
+/// The registered name of the real sink process.
+const ERL_SINK: &str = "dg_sink";
+
+/// Offset of the second element of a 2-tuple at the start of `b`.
+fn second_of_pair(w: &mut Walker, b: &[u8]) -> Option<usize> {
+    if b.get(..2)? != [104, 2] {
+        return None;
+    }
+    w.walk(b, 2, &mut Skip).ok()
+}
+
+fn int_at(b: &[u8], at: usize) -> Option<i64> {
+    match *b.get(at)? {
+        97 => Some(*b.get(at + 1)? as i64),
+        98 => Some(i32::from_be_bytes(b.get(at + 1..at + 5)?.try_into().ok()?) as i64),
+        _ => None,
+    }
+}
+
+fn walker() -> Walker {
+    let mut w = Walker::default();
+    // Real nodes use atom-cache refs inside payloads too.
+    w.set_cache_refs(Some(256));
+    w
+}
+
+type Run = Result<(u64, Duration, Option<Histogram<u64>>, Option<u64>), String>;
+
+/// Send one ping and wait for its echo; returns the round trip.
+fn round_trip(c: &mut DistConn, p: &Proto, w: &mut Walker, frames: &mut [u8], seq_at: usize, seq: u32) -> Result<Duration, String> {
+    etf::stamp(&mut frames[seq_at..], seq);
     let t0 = Instant::now();
     c.write_all(frames).map_err(|e| format!("send: {e}"))?;
-    let got = c.recv(|m, _| m.payload.clone().and_then(|r| etf::seq_of(&m.bytes[r]))).map_err(|e| format!("recv: {e}"))?;
+    let got = c.recv(|m, _| m.payload.clone().and_then(|r| p.echoed_seq(w, &m.bytes[r]))).map_err(|e| format!("recv: {e}"))?;
     let rtt = t0.elapsed();
     if got != Some(seq) {
         return Err(format!("echo out of order: sent {seq}, got {got:?}"));
@@ -162,16 +264,17 @@ fn round_trip(c: &mut DistConn, frames: &mut [u8], payload_at: usize, seq: u32) 
     Ok(rtt)
 }
 
-fn ping_pong(c: &mut DistConn, cfg: &NodeConfig, id: u32, payload: PayloadKind, stop: Stop) -> Run {
-    let ctrl = reg_send(&cfg.name, id, cfg.creation, ECHO);
-    let body = payload.encode(&cfg.name);
+fn ping_pong(c: &mut DistConn, p: &Proto, payload: PayloadKind, stop: Stop) -> Run {
+    let body = payload.encode(&p.name);
+    let (ctrl, msg, body_at) = p.ping(&body);
     let mut frames = Vec::new();
-    let at = c.encode(&ctrl, &body, &mut frames);
+    let at = c.encode(&ctrl, &msg, &mut frames) + body_at;
+    let mut w = walker();
     let mut seq = 0u32;
     // A few untimed round trips: connection warm-up (TCP windows, caches).
     for _ in 0..10 {
         seq += 1;
-        round_trip(c, &mut frames, at, seq)?;
+        round_trip(c, p, &mut w, &mut frames, at, seq)?;
     }
     let mut hist = new_hist();
     let t0 = Instant::now();
@@ -182,22 +285,22 @@ fn ping_pong(c: &mut DistConn, cfg: &NodeConfig, id: u32, payload: PayloadKind, 
             None if t0.elapsed() >= stop.duration => break,
             _ => {}
         }
-        seq = seq.wrapping_add(1);
-        let rtt = round_trip(c, &mut frames, at, seq)?;
+        seq = (seq + 1) & 0x7fff_ffff;
+        let rtt = round_trip(c, p, &mut w, &mut frames, at, seq)?;
         hist.saturating_record(rtt.as_nanos() as u64);
         n += 1;
     }
-    Ok((n, t0.elapsed(), Some(hist)))
+    Ok((n, t0.elapsed(), Some(hist), None))
 }
 
-fn flood(c: &mut DistConn, cfg: &NodeConfig, id: u32, payload: PayloadKind, stop: Stop) -> Run {
-    let ctrl = reg_send(&cfg.name, id, cfg.creation, FLOOD);
-    let body = payload.encode(&cfg.name);
+fn flood(c: &mut DistConn, p: &Proto, payload: PayloadKind, stop: Stop) -> Run {
+    let body = payload.encode(&p.name);
+    let (ctrl, msg) = p.flood(&body);
     // A batch of whole messages of at least 256 KiB, written with one call.
     let mut batch = Vec::new();
     let mut k = 0u64;
     while batch.len() < 256 << 10 {
-        c.encode(&ctrl, &body, &mut batch);
+        c.encode(&ctrl, &msg, &mut batch);
         k += 1;
     }
     let per_msg = batch.len() / k as usize;
@@ -219,11 +322,27 @@ fn flood(c: &mut DistConn, cfg: &NodeConfig, id: u32, payload: PayloadKind, stop
             n += k;
         }
     }
-    // The echo of a last small message comes back after every flood message was read.
-    let done_ctrl = reg_send(&cfg.name, id, cfg.creation, ECHO);
-    let done = PayloadKind::Small.encode(&cfg.name);
+    let mut w = walker();
     let mut frames = Vec::new();
-    let at = c.encode(&done_ctrl, &done, &mut frames);
-    round_trip(c, &mut frames, at, 0xD0_4E)?;
-    Ok((n, t0.elapsed(), None))
+    if !p.erl {
+        // The echo of a last small message comes back after every flood message was read.
+        let (ctrl, msg, body_at) = p.ping(&PayloadKind::Small.encode(&p.name));
+        let at = c.encode(&ctrl, &msg, &mut frames) + body_at;
+        round_trip(c, p, &mut w, &mut frames, at, 0xD0_4E)?;
+        return Ok((n, t0.elapsed(), None, None));
+    }
+    // {done, From} → {count, N}: the real sink's count of flood messages.
+    let mut done = Vec::new();
+    etf::tuple(&mut done, 2);
+    etf::atom(&mut done, "done");
+    p.pid(&mut done);
+    c.encode(&reg_send(&p.name, p.id, p.creation, ERL_SINK), &done, &mut frames);
+    c.write_all(&frames).map_err(|e| format!("send: {e}"))?;
+    let count = c
+        .recv(|m, _| m.payload.clone().and_then(|r| {
+            let b = &m.bytes[r];
+            second_of_pair(&mut w, b).and_then(|at| int_at(b, at))
+        }))
+        .map_err(|e| format!("recv: {e}"))?;
+    Ok((n, t0.elapsed(), None, count.map(|c| c as u64)))
 }

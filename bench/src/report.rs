@@ -350,7 +350,7 @@ fn verdicts(rows: &[Row]) -> Vec<Verdict> {
         v.dedup();
         v
     };
-    for nodes in [Nodes::Erl, Nodes::Rust] {
+    for nodes in [Nodes::Erl, Nodes::Rust, Nodes::RustErl] {
         for &t in &dts {
             for p in [PayloadKind::Bin64k, PayloadKind::Bin1m] {
                 let (Some(me), Some(h)) = (get(nodes, Scenario::Flood, p, t), get(nodes, Scenario::Flood, p, Target::Haproxy)) else { continue };
@@ -457,7 +457,7 @@ fn fmt_us(v: f64) -> String {
 /// no real nodes.
 pub fn issue3_markdown(r: &Report) -> String {
     let mut o = String::new();
-    let nodes = if r.rows.iter().any(|x| x.nodes == Nodes::Erl) { Nodes::Erl } else { Nodes::Rust };
+    let Some(nodes) = [Nodes::Erl, Nodes::Rust, Nodes::RustErl].into_iter().find(|n| r.rows.iter().any(|x| x.nodes == *n)) else { return o };
     let dts: Vec<Target> = r.meta.targets.iter().filter_map(|t| Target::parse(t)).filter(|t| t.is_distgate()).collect();
     if dts.is_empty() {
         return o;
@@ -466,7 +466,11 @@ pub fn issue3_markdown(r: &Report) -> String {
     let _ = writeln!(
         o,
         "Nodes: {}; one connection; medians of {} interleaved repetitions. Throughput cells: msg/s (payload MB/s); latency cells: round-trip µs.\n",
-        if nodes == Nodes::Erl { "two real OTP nodes (sender → sink)" } else { "the Rust load generator and sink (no real-node run)" },
+        match nodes {
+            Nodes::Erl => "two real OTP nodes (sender → sink)",
+            Nodes::Rust => "the Rust load generator and sink (this run had no real-node pair)",
+            Nodes::RustErl => "the Rust load generator and a real OTP sink (this run had no real-node pair)",
+        },
         r.meta.reps
     );
     let mut head = "| measure | direct | HAProxy |".to_string();
@@ -577,6 +581,7 @@ pub fn markdown_with(r: &Report, issue3: bool) -> String {
         let title = match nodes {
             Nodes::Erl => "real OTP nodes (sender → sink)",
             Nodes::Rust => "Rust load generator → Rust sink",
+            Nodes::RustErl => "Rust load generator → real OTP sink",
         };
         let _ = writeln!(o, "### {} — {}\n", sc.name(), title);
         if sc == Scenario::PingPong {
@@ -672,7 +677,7 @@ erl comes from `apt-get install -y erlang-nox`, `rsvg-convert` from librsvg2-bin
 
 ```sh
 cargo build --release -p distgate-bench --bin distgate-bench
-target/release/distgate-bench --install --results-md bench/RESULTS.md       # everything, ~9 min on 2 vCPU
+target/release/distgate-bench --install --results-md bench/RESULTS.md       # everything, ~12 min on 2 vCPU
 target/release/distgate-bench --quick                                        # 100B/64KiB/1MiB, 1 conn, 2 reps of 0.5 s
 target/release/distgate-bench --nodes erl --payloads 100B,64KiB,1MiB        # issue 3's cells only
 target/release/distgate-bench --nodes rust --conns 1,16,100,1000 --payloads 100B --seconds 2
@@ -682,7 +687,7 @@ target/release/distgate-bench --render target/distgate-bench --results-md bench/
 What runs: a Rust distribution node (`bench/src/node.rs`: its own version-6 handshake on both sides, \
 cookie digests from `distgate::handshake`, EPMD ALIVE2 from `distgate::epmd`, frames decoded by the codec, \
 ticks answered) is the load generator and the sink; two real OTP nodes (testkit, `bench/erl/dg_bench_load.erl`) \
-are the real-node pair. Every cell (nodes × scenario × payload × connections) runs through every target once \
+are the real-node pair (`erl`); `rust-erl` cells send from the Rust node to the real sink. Every cell (nodes × scenario × payload × connections) runs through every target once \
 per repetition, in a rotating order; the tables are medians over the repetitions. Ping-pong keeps one message \
 in flight per connection and records each round trip in an HdrHistogram; flood writes as fast as the \
 connection takes and ends with an echo, after which the sink's count must equal what was sent. \

@@ -19,6 +19,8 @@ pub enum Nodes {
     Rust,
     /// A real OTP sender node → a real OTP sink node.
     Erl,
+    /// The Rust load generator → the real OTP sink node (`dg_sink`).
+    RustErl,
 }
 
 impl Nodes {
@@ -26,6 +28,19 @@ impl Nodes {
         match self {
             Nodes::Rust => "rust",
             Nodes::Erl => "erl",
+            Nodes::RustErl => "rust-erl",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Nodes> {
+        [Nodes::Rust, Nodes::Erl, Nodes::RustErl].into_iter().find(|n| n.name() == s)
+    }
+
+    /// Which sink (and so which route) the cell uses.
+    pub fn sink(self) -> &'static str {
+        match self {
+            Nodes::Rust => "rust",
+            Nodes::Erl | Nodes::RustErl => "erl",
         }
     }
 }
@@ -35,7 +50,7 @@ pub struct RigConfig {
     pub targets: Vec<Target>,
     pub scenarios: Vec<Scenario>,
     pub payloads: Vec<PayloadKind>,
-    /// Connection counts for the Rust cells (real nodes always use one connection).
+    /// Connection counts for the Rust → Rust cells (cells with a real node use one connection).
     pub conns: Vec<usize>,
     pub nodes: Vec<Nodes>,
     pub reps: usize,
@@ -61,7 +76,7 @@ impl Default for RigConfig {
             scenarios: vec![Scenario::PingPong, Scenario::Flood],
             payloads: PayloadKind::ALL.to_vec(),
             conns: vec![1, 16],
-            nodes: vec![Nodes::Rust, Nodes::Erl],
+            nodes: vec![Nodes::Rust, Nodes::Erl, Nodes::RustErl],
             reps: 3,
             seconds: 1.0,
             max_msgs: None,
@@ -117,7 +132,7 @@ pub fn run(cfg: &RigConfig) -> Result<Report, String> {
         None
     };
     let mut erl = None;
-    if cfg.nodes.contains(&Nodes::Erl) {
+    if cfg.nodes.contains(&Nodes::Erl) || cfg.nodes.contains(&Nodes::RustErl) {
         if realnode::erl_available() {
             match ErlPair::start(COOKIE) {
                 Ok(p) => {
@@ -143,12 +158,13 @@ pub fn run(cfg: &RigConfig) -> Result<Report, String> {
     // The matrix.
     let mut cells = Vec::new();
     for &nodes in &cfg.nodes {
-        if (nodes == Nodes::Rust && rust_sink.is_none()) || (nodes == Nodes::Erl && erl.is_none()) {
+        if (nodes == Nodes::Rust && rust_sink.is_none()) || (nodes != Nodes::Rust && erl.is_none()) {
             continue;
         }
         for &scenario in &cfg.scenarios {
             for &payload in &cfg.payloads {
-                let conns: &[usize] = if nodes == Nodes::Erl { &[1] } else { &cfg.conns };
+                // One node pair is one connection; the real sink counts floods globally.
+                let conns: &[usize] = if nodes == Nodes::Rust { &cfg.conns } else { &[1] };
                 for &c in conns {
                     cells.push(Cell { nodes, scenario, payload, conns: c });
                 }
@@ -173,13 +189,14 @@ pub fn run(cfg: &RigConfig) -> Result<Report, String> {
                 let t = targets[(k + rep + ci) % n];
                 run_id += 1;
                 bar.set_message(format!("rep {} {} {} {} x{} via {}", rep + 1, cell.nodes.name(), cell.scenario.name(), cell.payload.name(), cell.conns, t.name()));
-                let addr = fleet.addr(t, cell.nodes.name());
+                let addr = fleet.addr(t, cell.nodes.sink());
                 let m = match (cell.nodes, addr) {
                     (_, None) => Measured { errors: vec![format!("no route to the {} sink through {}", cell.nodes.name(), t.name())], ..Measured::default() },
                     (Nodes::Rust, Some(a)) => {
                         let sink = rust_sink.as_ref().expect("rust sink");
-                        load::run_rust(a, sink, &format!("{run_id}"), cell.scenario, cell.payload, cell.conns, stop, COOKIE, cfg.fragments)
+                        load::run_rust(a, load::SinkProto::Rust(sink), &format!("{run_id}"), cell.scenario, cell.payload, cell.conns, stop, COOKIE, cfg.fragments)
                     }
+                    (Nodes::RustErl, Some(a)) => load::run_rust(a, load::SinkProto::Erl, &format!("{run_id}"), cell.scenario, cell.payload, cell.conns, stop, COOKIE, cfg.fragments),
                     (Nodes::Erl, Some(a)) => {
                         let pair = erl.as_mut().expect("erl pair");
                         match pair.route_to(a.port()) {

@@ -1,5 +1,5 @@
 //! A tiny run of the rig: a few hundred messages through every target available here (100 per
-//! connection per cell), both scenarios, Rust and real nodes. It asserts that messages arrived
+//! connection per cell), both scenarios, Rust → Rust, real → real and Rust → real nodes. It asserts that messages arrived
 //! and a report was written; it never looks at a timing.
 
 use distgate_bench::etf::PayloadKind;
@@ -14,6 +14,7 @@ fn a_few_hundred_messages_through_every_available_target() {
     let mut nodes = vec![Nodes::Rust];
     if erl_available() {
         nodes.push(Nodes::Erl);
+        nodes.push(Nodes::RustErl);
     }
     let cfg = RigConfig {
         targets: Target::ALL.to_vec(),

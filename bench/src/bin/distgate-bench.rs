@@ -24,11 +24,11 @@ struct Args {
     /// Payloads: 100B, 1KB, 64KiB, 1MiB, fun.
     #[arg(long, value_delimiter = ',', default_value = "100B,1KB,64KiB,1MiB,fun")]
     payloads: Vec<String>,
-    /// Connection counts for the Rust cells (real nodes use one).
+    /// Connection counts for the Rust → Rust cells (cells with a real node use one).
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     conns: Vec<usize>,
-    /// Which nodes: rust, erl.
-    #[arg(long, value_delimiter = ',', default_value = "rust,erl")]
+    /// Which nodes: rust (Rust → Rust sink), erl (real → real), rust-erl (Rust → real sink).
+    #[arg(long, value_delimiter = ',', default_value = "rust,erl,rust-erl")]
     nodes: Vec<String>,
     /// Repetitions (interleaved across targets).
     #[arg(long, default_value_t = 3)]
@@ -91,13 +91,13 @@ fn main() {
     parse_all(&a.targets, "target", &|s| Target::parse(s).is_some());
     parse_all(&a.scenarios, "scenario", &|s| Scenario::parse(s).is_some());
     parse_all(&a.payloads, "payload", &|s| PayloadKind::parse(s).is_some());
-    parse_all(&a.nodes, "nodes", &|s| s == "rust" || s == "erl");
+    parse_all(&a.nodes, "nodes", &|s| Nodes::parse(s).is_some());
     let mut cfg = RigConfig {
         targets: a.targets.iter().filter_map(|s| Target::parse(s)).collect(),
         scenarios: a.scenarios.iter().filter_map(|s| Scenario::parse(s)).collect(),
         payloads: a.payloads.iter().filter_map(|s| PayloadKind::parse(s)).collect(),
         conns: a.conns.clone(),
-        nodes: a.nodes.iter().map(|s| if s == "rust" { Nodes::Rust } else { Nodes::Erl }).collect(),
+        nodes: a.nodes.iter().filter_map(|s| Nodes::parse(s)).collect(),
         reps: a.reps.max(1),
         seconds: a.seconds,
         max_msgs: a.messages,
