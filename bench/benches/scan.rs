@@ -38,6 +38,25 @@ fn utf8(c: &mut Criterion) {
     g.finish();
 }
 
+fn ascii_window(c: &mut Criterion) {
+    // The walker's fast path checks UTF-8 atom text inside the 16-byte window it has already
+    // loaded: here each atom's first 16 bytes, zero-padded, as such windows.
+    let windows: Vec<u128> = atoms()
+        .iter()
+        .map(|a| {
+            let mut w = [0u8; 16];
+            let n = a.len().min(16);
+            w[..n].copy_from_slice(&a[..n]);
+            u128::from_le_bytes(w)
+        })
+        .collect();
+    let mut g = c.benchmark_group("atom-ascii-window");
+    g.throughput(Throughput::Bytes(16 * windows.len() as u64));
+    g.bench_function("trailing-zeros", |b| b.iter(|| windows.iter().map(|&w| scan::ascii_run(black_box(w))).sum::<usize>()));
+    g.bench_function("scalar", |b| b.iter(|| windows.iter().map(|&w| scan::ascii_run_scalar(black_box(w))).sum::<usize>()));
+    g.finish();
+}
+
 fn fun_prefilter(c: &mut Criterion) {
     // A message body with no fun tag: the case the prefilter exists for (the whole buffer is
     // scanned). Bytes 112/113/117 are replaced so the scan must read to the end.
@@ -50,5 +69,5 @@ fn fun_prefilter(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, utf8, fun_prefilter);
+criterion_group!(benches, utf8, ascii_window, fun_prefilter);
 criterion_main!(benches);

@@ -835,7 +835,6 @@ static FAST: ([Len; 256], [Count; 256]) = {
 /// field read from the padding lies past the end, so the term cannot fit.
 #[inline(always)]
 fn skip_header(tag: u8, w: u128, pos: usize, end: usize, refs: u64) -> Option<(usize, u64)> {
-    const HI: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
     let (l, c) = (FAST.0[tag as usize], FAST.1[tag as usize]);
     let x = (w as u32).swap_bytes() as u64;
     // `pos + base` does not wait for the field; only the last add does.
@@ -855,10 +854,10 @@ fn skip_header(tag: u8, w: u128, pos: usize, end: usize, refs: u64) -> Option<(u
     // everything else. (Cache refs, the usual atom in distribution traffic, are here for the
     // same reason.)
     let span = (next - pos as u64).wrapping_sub(1) & (c.ascii as u64).wrapping_neg();
-    let first_high = (w & HI).trailing_zeros() as u64 / 8;
+    let ascii = scan::ascii_run(w) as u64;
     // The header, and a byte for each child at least (the walk's count check, made here so
     // that it is one compare with the bound).
-    (f < bound && span <= first_high && next + kids <= end as u64).then_some((next as usize, kids))
+    (f < bound && span <= ascii && next + kids <= end as u64).then_some((next as usize, kids))
 }
 
 /// The fast path's tags that need more than arithmetic: a pid's or reference's node atom (see
@@ -923,13 +922,14 @@ impl Tail {
     }
 }
 
-/// True when the `n` bytes at byte `at` of the window lie within its first `real` bytes (those
-/// read from the input: a window shifted down to a nested atom has fewer) and are ASCII.
-/// (All-ASCII text of at most 255 bytes is valid UTF-8 of at most 255 characters; text that
-/// runs past the window, rare for an atom, goes to the full check.)
+/// True when the window's first `at + n` bytes — an atom's tag and length, then its `n` bytes
+/// of text — lie within its first `real` bytes (those read from the input: a window shifted
+/// down to a nested atom has fewer) and are ASCII. (All-ASCII text of at most 255 bytes is
+/// valid UTF-8 of at most 255 characters; text that runs past the window, rare for an atom,
+/// goes to the full check. The tag and length bytes are ASCII whenever the text fits.)
 #[inline(always)]
 fn ascii_in_window(w: u128, real: usize, at: usize, n: u64) -> bool {
-    at <= real && n <= (real - at) as u64 && scan::ascii_low_bytes(w >> (8 * at), n as usize)
+    at as u64 + n <= real.min(scan::ascii_run(w)) as u64
 }
 
 /// Length of the atom at the front of the window `w`, whose first `real` bytes are input (a
