@@ -701,13 +701,15 @@ pub fn update_results_md(path: &Path, r: &Report, out: &Path) -> Result<(), Stri
     let dir = path.parent().unwrap_or(Path::new("."));
     let plots = dir.join("results");
     std::fs::create_dir_all(&plots).map_err(|e| e.to_string())?;
-    for f in ["latency.svg", "throughput.svg", "results.json", "latency.png", "throughput.png"] {
-        if out.join(f).exists() {
-            std::fs::copy(out.join(f), plots.join(f)).map_err(|e| format!("{f}: {e}"))?;
-        }
+    // The plots and the medians go next to RESULTS.md; the raw samples (and PNGs) stay in the
+    // run's output directory, so the repository does not grow by half a megabyte per run.
+    for f in ["latency.svg", "throughput.svg"] {
+        std::fs::copy(out.join(f), plots.join(f)).map_err(|e| format!("{f}: {e}"))?;
     }
+    let summary = serde_json::json!({ "meta": &r.meta, "rows": &r.rows, "verdicts": &r.verdicts });
+    std::fs::write(plots.join("summary.json"), serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let section = format!(
-        "{BEGIN}\n## Issue 3: speed through distgate (real nodes), {date}\n\nFrom the rig run below (same date, machine and command).\n\n{}\n## Latency rig (distgate-bench): latest run, {date}\n\n{HOW}\n{}\n![latency percentiles](results/latency.svg)\n\n![throughput](results/throughput.svg)\n\nRaw samples and medians: [results/results.json](results/results.json).\n{END}\n",
+        "{BEGIN}\n## Issue 3: speed through distgate (real nodes), {date}\n\nFrom the rig run below (same date, machine and command).\n\n{}\n## Latency rig (distgate-bench): latest run, {date}\n\n{HOW}\n{}\n![latency percentiles](results/latency.svg)\n\n![throughput](results/throughput.svg)\n\nMedians, ranges and percentile curves: [results/summary.json](results/summary.json) (every sample: `results.json` in the run's `--out` directory).\n{END}\n",
         issue3_markdown(r),
         markdown_with(r, false),
         date = r.meta.date

@@ -109,7 +109,7 @@ pub fn throughput(r: &Report) -> String {
     let targets = targets_of(&rows);
     let (pw, ph) = (760.0, 280.0);
     let (w, h) = (pw + 20.0, ph * panels.len().max(1) as f64 + 70.0);
-    let mut o = header(w, h, &format!("Flood throughput relative to direct (label: MB/s of payload) — {}", r.meta.date));
+    let mut o = header(w, h, &format!("Flood throughput vs direct (labels: MB/s; k msg/s under 4 KB) — {}", r.meta.date));
     legend(&mut o, &targets, 10.0, 42.0);
     for (i, (nodes, conns)) in panels.iter().enumerate() {
         let (ox, oy) = (10.0, 55.0 + i as f64 * ph);
@@ -150,12 +150,12 @@ pub fn throughput(r: &Report) -> String {
                 );
                 let _ = writeln!(
                     o,
-                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"start\" transform=\"rotate(-90 {:.1} {:.1})\">{:.0}</text>",
+                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"start\" transform=\"rotate(-90 {:.1} {:.1})\">{}</text>",
                     bx + bw / 2.0 + 3.0,
                     by - 3.0,
                     bx + bw / 2.0 + 3.0,
                     by - 3.0,
-                    x.mb_per_s
+                    if x.payload_bytes < 4096 { format!("{:.0}k", x.msgs_per_s / 1000.0) } else { format!("{:.0}", x.mb_per_s) }
                 );
             }
         }
