@@ -884,21 +884,31 @@ fn skip_special(tag: u8, w: u128, left: usize, kind: u8, f: u64, len: u64, refs:
 }
 
 /// The fast path reads each header through a window: the 16 bytes after its tag (see
-/// [`skip_header`]). Within 17 bytes of the end of the buffer the window comes from this
-/// zero-padded copy of its last bytes, made once per walk (a term's window is never copied on
-/// its own).
+/// [`skip_header`]). Within 17 bytes of the end of the buffer the window comes from the
+/// buffer's last 16 bytes, loaded once per walk and shifted down, zeros coming in from the top
+/// (a term's window is never copied on its own).
 struct Tail {
+    /// Offset of the first of `last`'s bytes (0 for a buffer shorter than 16).
     at: usize,
-    bytes: [u8; 32],
+    /// The buffer's last 16 bytes, little-endian; zero-padded if it is shorter.
+    last: u128,
 }
 
 impl Tail {
     #[inline]
     fn new(buf: &[u8]) -> Tail {
-        let at = buf.len().saturating_sub(16);
-        let mut bytes = [0u8; 32];
-        bytes[..buf.len() - at].copy_from_slice(&buf[at..]);
-        Tail { at, bytes }
+        match buf.last_chunk::<16>() {
+            Some(c) => Tail { at: buf.len() - 16, last: u128::from_le_bytes(*c) },
+            None => Tail::short(buf),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn short(buf: &[u8]) -> Tail {
+        let mut bytes = [0u8; 16];
+        bytes[..buf.len()].copy_from_slice(buf);
+        Tail { at: 0, last: u128::from_le_bytes(bytes) }
     }
 
     /// The 16 bytes after the tag at `pos`, little-endian (byte 0 is the first after the tag).
@@ -915,10 +925,10 @@ impl Tail {
     #[cold]
     #[inline(never)]
     fn padded(&self, from: usize) -> u128 {
-        match self.bytes.get(from.wrapping_sub(self.at)..).and_then(|t| t.first_chunk::<16>()) {
-            Some(c) => u128::from_le_bytes(*c),
-            None => 0,
-        }
+        // `from` is past `at` here (fewer than 16 bytes follow it); a shift of 128 or more
+        // (nothing left) is zero.
+        let bytes = from.checked_sub(self.at).and_then(|k| u32::try_from(k).ok()).unwrap_or(u32::MAX);
+        self.last.checked_shr(bytes.saturating_mul(8)).unwrap_or(0)
     }
 }
 
