@@ -7,6 +7,7 @@ pub mod driver;
 pub mod epmd;
 pub mod handshake;
 pub mod link;
+pub mod policy;
 pub mod runtime;
 pub mod stats;
 pub mod registry;

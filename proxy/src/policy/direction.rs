@@ -1,0 +1,290 @@
+//! The policy side of one link direction: what the [`crate::link::Link`] asks for every frame
+//! it decodes while forwarding.
+//!
+//! Frames that pass are forwarded as they came (the link keeps forwarding input ranges, no
+//! copy). A message with a non-pass verdict is replaced by owned frames, in place, so order
+//! is kept. Fragmented messages are held while a policy applies (the decoder reassembles them
+//! under its `FragLimits`), because a verdict needs the whole message:
+//!
+//! - when the first fragment arrives, a stand-in carrying its atom-cache header is forwarded
+//!   in its place (only if the header defines new cache entries), so the receiver's cache
+//!   changes exactly where the sender changed it, and later messages that use those entries
+//!   decode whatever the held message turns into;
+//! - continuations are absorbed;
+//! - when the last one arrives the message is judged and, unless dropped, re-emitted in
+//!   64 KiB fragments under its sequence id. OTP delivers a fragmented message when its last
+//!   fragment arrives, and that is where it is re-emitted. If no frame forwarded meanwhile
+//!   changed the receiver's atom cache, its own header still means what it meant and is sent
+//!   again as it was (re-defining entries with the values they already have); otherwise every
+//!   atom is written inline under an empty header, since later headers may have reused the
+//!   cache slots it referred to.
+//!
+//! A sequence that began while no policy applied (or in dry-run) is forwarded fragment by
+//! fragment as before, unjudged if it completes under a policy; one that began under a
+//! policy is re-emitted even if the policy is removed meanwhile.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use distgate_codec::fun::{self, FunSite};
+use distgate_codec::message::{self, Decoded, Decoder, Framing, Message};
+use distgate_codec::rewrite::{self, Edit};
+use distgate_codec::term::{Limits, Walker};
+
+use super::audit::{self, Site};
+use super::compile::Compiled;
+use super::engine::{self, Registries, Verdict};
+use super::wire::{self, Sender};
+use super::RouteHandle;
+use crate::stats::Stats;
+
+/// Largest fragment distgate emits when it re-emits a fragmented message (OTP cuts at 64 KiB).
+pub const MAX_FRAGMENT: usize = 64 << 10;
+
+/// What to do with one frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameAct {
+    /// Forward the frame as it came.
+    Forward,
+    /// Forward nothing (a held fragment, or a dropped message that needs no stand-in).
+    Absorb,
+    /// Forward `forward` (frames, lengths included; may be empty) instead of the frame, and
+    /// write `back` (frames) to the leg the frame came from.
+    Replace { forward: Vec<u8>, back: Option<Vec<u8>> },
+    /// Write `back` to the leg the frame came from, then close the link.
+    Close { reason: String, back: Option<Vec<u8>> },
+}
+
+/// Reuse a `Vec<FunSite>`'s allocation for another message's lifetime. The vector is empty,
+/// so no element changes lifetime; std collects a `vec::IntoIter` of a same-layout type in
+/// place, keeping the allocation.
+fn recycle<'b>(mut v: Vec<FunSite<'_>>) -> Vec<FunSite<'b>> {
+    v.clear();
+    v.into_iter().map(|_| -> FunSite<'b> { unreachable!("the vector is empty") }).collect()
+}
+
+/// One direction of one link.
+pub struct Direction {
+    handle: Option<Arc<RouteHandle>>,
+    stats: Option<Arc<Stats>>,
+    link: u64,
+    name: &'static str,
+    route: String,
+    sender: Sender,
+    /// Sequences held while they are reassembled, each with the cache epoch after its
+    /// stand-in.
+    held: Vec<(u64, u64)>,
+    /// Bumped whenever a frame forwarded in this direction defines atom-cache entries (the
+    /// receiver's cache changes).
+    cache_epoch: u64,
+    walker: Walker,
+    funs: Vec<FunSite<'static>>,
+    scratch: Vec<u8>,
+}
+
+impl Direction {
+    /// `index` 0 is down→up (frames from the dialling node), 1 is up→down. `sender` is the
+    /// node whose frames this direction carries.
+    pub fn new(handle: Option<Arc<RouteHandle>>, stats: Option<Arc<Stats>>, link: u64, index: usize, sender: Sender, limits: Limits) -> Direction {
+        let route = handle.as_ref().map(|h| format!("{}->{}", h.from, h.to)).unwrap_or_default();
+        Direction {
+            handle,
+            stats,
+            link,
+            name: if index == 0 { "down->up" } else { "up->down" },
+            route,
+            sender,
+            held: Vec::new(),
+            cache_epoch: 0,
+            walker: Walker::new(limits),
+            funs: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Sequences being held.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Decode `frame` with `dec` (this direction's decoder) and decide what to forward.
+    pub fn frame(&mut self, dec: &mut Decoder, frame: &[u8], now: Instant) -> distgate_codec::Result<FrameAct> {
+        let guard = self.handle.as_ref().map(|h| h.policy.load());
+        let policy: Option<&Compiled> = guard.as_ref().and_then(|g| g.as_deref());
+        if policy.is_none() && self.held.is_empty() {
+            dec.decode(frame)?;
+            return Ok(FrameAct::Forward);
+        }
+        let first_fragment = frame.get(..2) == Some(&[131, 69][..]);
+        // Matched in place: a decoded message is a large value, not worth moving.
+        let decoded = dec.decode(frame);
+        let decoded = match &decoded {
+            Ok(d) => d,
+            Err(e) => return Err(*e),
+        };
+        match decoded {
+            Decoded::Tick => Ok(FrameAct::Forward),
+            &Decoded::Fragment { seq, .. } if !first_fragment => {
+                Ok(if self.held.iter().any(|h| h.0 == seq) { FrameAct::Absorb } else { FrameAct::Forward })
+            }
+            &Decoded::Fragment { seq, .. } => {
+                let body = &frame[18..];
+                let hdr = &body[..message::header_len(body)?];
+                let defines = wire::header_defines_entries(hdr);
+                // Forwarded as it is, or replaced by a stand-in carrying the same header: the
+                // receiver's cache changes here either way.
+                self.cache_epoch += defines as u64;
+                if policy.is_none_or(|p| p.dry_run) {
+                    return Ok(FrameAct::Forward);
+                }
+                self.held.push((seq, self.cache_epoch));
+                if !defines {
+                    return Ok(FrameAct::Absorb);
+                }
+                let mut forward = Vec::new();
+                wire::stand_in(hdr, &self.sender, &mut forward);
+                Ok(FrameAct::Replace { forward, back: None })
+            }
+            Decoded::Message(msg) => {
+                let held = match msg.framing {
+                    Framing::Fragmented { seq, fragments } if fragments > 1 => match self.held.iter().position(|h| h.0 == seq) {
+                        Some(i) => Some(self.held.swap_remove(i).1 == self.cache_epoch),
+                        None => None,
+                    },
+                    _ => {
+                        // A whole message: its header (if it defines entries) reaches the
+                        // receiver as it is or on a stand-in, unless the link closes.
+                        self.cache_epoch += msg.refs.table().is_some_and(|t| t.defines_entries()) as u64;
+                        None
+                    }
+                };
+                let act = self.message(msg, policy, held, now);
+                if self.scratch.capacity() > 1 << 20 {
+                    self.scratch = Vec::new();
+                }
+                act
+            }
+        }
+    }
+
+    /// `held`: `Some(cache_unchanged)` for a held sequence that just completed.
+    fn message(&mut self, msg: &Message<'_>, policy: Option<&Compiled>, held: Option<bool>, now: Instant) -> distgate_codec::Result<FrameAct> {
+        let Some(p) = policy else {
+            return match held {
+                Some(unchanged) => self.reemit(msg, unchanged, Vec::new()),
+                None => Ok(FrameAct::Forward),
+            };
+        };
+        let mut funs = recycle(std::mem::take(&mut self.funs));
+        // Funs are looked at when an action could apply to them, and for a held message,
+        // whose re-emission may patch their Size.
+        let collected = if held.is_some() || (p.funs_matter && may_hold_funs(msg)) {
+            fun::message_funs(&mut self.walker, msg, &mut funs)
+        } else {
+            Ok(())
+        };
+        let result = collected.and_then(|()| {
+            // The registries are consulted only for funs (a policy implies a handle).
+            let snaps = match &self.handle {
+                Some(h) if !funs.is_empty() => Some((h.target.load().load(), h.source.load().load())),
+                _ => None,
+            };
+            let regs = snaps.as_ref().map(|(t, s)| Registries { target: t, source: Some(s) });
+            let j = engine::judge(p, msg, &funs, regs, &mut self.walker);
+            if !j.findings.is_empty() {
+                let site = Site { link: self.link, route: &self.route, direction: self.name };
+                audit::record(p, self.stats.as_deref(), &site, msg.control.op(), &j, p.dry_run, now);
+            }
+            if p.dry_run {
+                return match held {
+                    Some(unchanged) => self.reemit_with(msg, unchanged, &funs, Vec::new()),
+                    None => Ok(FrameAct::Forward),
+                };
+            }
+            let back = |ctl: Vec<u8>| {
+                let mut b = Vec::new();
+                wire::control_frame(msg.framing == Framing::PassThrough, &ctl, &mut b);
+                b
+            };
+            Ok(match (j.verdict, held) {
+                (Verdict::Pass, Some(unchanged)) => self.reemit_with(msg, unchanged, &funs, Vec::new())?,
+                (Verdict::Pass, None) => FrameAct::Forward,
+                (Verdict::Edits(edits), Some(unchanged)) => self.reemit_with(msg, unchanged, &funs, edits)?,
+                (Verdict::Edits(mut edits), None) => {
+                    if wire::apply(msg.bytes, &funs, &mut edits, &mut self.scratch).is_err() {
+                        return Ok(internal_close());
+                    }
+                    let mut forward = Vec::with_capacity(self.scratch.len() + 32);
+                    rewrite::emit(msg.framing, &self.scratch, MAX_FRAGMENT, &mut forward);
+                    FrameAct::Replace { forward, back: None }
+                }
+                (Verdict::Drop, _) => self.dropped(msg, held.is_some(), None),
+                (Verdict::Reply(ctl), _) => self.dropped(msg, held.is_some(), Some(back(ctl))),
+                (Verdict::Close { reason, reply }, _) => FrameAct::Close { reason, back: reply.map(back) },
+            })
+        });
+        self.funs = recycle(funs);
+        result
+    }
+
+    /// A dropped message: nothing, or the stand-in carrying its header (already sent for a
+    /// held one).
+    fn dropped(&self, msg: &Message<'_>, held: bool, back: Option<Vec<u8>>) -> FrameAct {
+        let mut forward = Vec::new();
+        if let (false, Some(h)) = (held, msg.header.clone()) {
+            let hdr = &msg.bytes[h];
+            if wire::header_defines_entries(hdr) {
+                wire::stand_in(hdr, &self.sender, &mut forward);
+            }
+        }
+        if forward.is_empty() && back.is_none() {
+            FrameAct::Absorb
+        } else {
+            FrameAct::Replace { forward, back }
+        }
+    }
+
+    fn reemit(&mut self, msg: &Message<'_>, unchanged: bool, edits: Vec<Edit>) -> distgate_codec::Result<FrameAct> {
+        let mut funs = Vec::new();
+        if !unchanged {
+            fun::message_funs(&mut self.walker, msg, &mut funs)?;
+        }
+        self.reemit_with(msg, unchanged, &funs, edits)
+    }
+
+    /// A held message, re-emitted in fragments: with its own header when the receiver's cache
+    /// has not changed since its stand-in, else with its atoms inline (see the module docs).
+    fn reemit_with(&mut self, msg: &Message<'_>, unchanged: bool, funs: &[FunSite<'_>], mut edits: Vec<Edit>) -> distgate_codec::Result<FrameAct> {
+        let body: &[u8] = if unchanged && edits.is_empty() {
+            msg.bytes
+        } else {
+            if !unchanged {
+                wire::inline_atoms(&mut self.walker, msg, &mut edits)?;
+            }
+            if wire::apply(msg.bytes, funs, &mut edits, &mut self.scratch).is_err() {
+                return Ok(internal_close());
+            }
+            &self.scratch
+        };
+        let mut forward = Vec::with_capacity(body.len() + (body.len() / MAX_FRAGMENT + 1) * 22);
+        rewrite::emit(msg.framing, body, MAX_FRAGMENT, &mut forward);
+        Ok(FrameAct::Replace { forward, back: None })
+    }
+}
+
+/// Could `msg` carry a fun? A small message without any fun tag byte cannot: there a
+/// memchr over its bytes is cheaper than the walk (and with the atom cache, atom texts are not
+/// in the body, so the tag bytes are rarer). Large messages are walked: the walk skips a
+/// binary in one step, where memchr would read every byte of it.
+fn may_hold_funs(msg: &Message<'_>) -> bool {
+    const SMALL: usize = 512;
+    let end = msg.payload.as_ref().map_or(msg.control_range.end, |r| r.end);
+    let body = &msg.bytes[msg.control_range.start..end];
+    body.len() > SMALL || distgate_codec::scan::may_contain_fun(body)
+}
+
+/// The edits the engine made could not be applied: never expected (they are whole terms);
+/// closing is the only safe answer.
+fn internal_close() -> FrameAct {
+    FrameAct::Close { reason: "internal: a policy rewrite could not be applied".into(), back: None }
+}

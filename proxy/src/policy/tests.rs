@@ -1,0 +1,827 @@
+//! The engine and the direction state on hand-built messages: every verdict, funs in every
+//! place a fun can be, control rules and the `untrusted` preset entry by entry, stand-ins,
+//! replies, fragmented messages held and re-emitted, reload, dry-run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use distgate_codec::frame::Frames;
+use distgate_codec::fun;
+use distgate_codec::message::{Decoded, Decoder, Message, Refs};
+use distgate_codec::print::{self, AtomRefs};
+use distgate_codec::rewrite::{encode_atom, encode_export};
+use distgate_codec::term::{Limits, Walker};
+
+use super::direction::{Direction, FrameAct};
+use super::engine::{judge, Judgement, Registries, Verdict, DENIED_REASON};
+use super::wire::{self, Sender};
+use super::{Compiled, RouteHandle};
+use crate::registry::{Lambda, ModuleVersion, Registry, Snapshot, SnapshotBuilder};
+use crate::stats::Stats;
+
+// ---- terms ------------------------------------------------------------------------------
+
+fn atom(s: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_atom(s, &mut v);
+    v
+}
+fn cref(i: u8) -> Vec<u8> {
+    vec![82, i]
+}
+fn int(n: i64) -> Vec<u8> {
+    let mut v = Vec::new();
+    wire::encode_int(n, &mut v);
+    v
+}
+fn tuple(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = vec![104, items.len() as u8];
+    items.iter().for_each(|i| v.extend_from_slice(i));
+    v
+}
+fn list(items: &[Vec<u8>]) -> Vec<u8> {
+    if items.is_empty() {
+        return vec![106];
+    }
+    let mut v = vec![108];
+    v.extend_from_slice(&(items.len() as u32).to_be_bytes());
+    items.iter().for_each(|i| v.extend_from_slice(i));
+    v.push(106);
+    v
+}
+fn map(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut v = vec![116];
+    v.extend_from_slice(&(pairs.len() as u32).to_be_bytes());
+    for (k, x) in pairs {
+        v.extend_from_slice(k);
+        v.extend_from_slice(x);
+    }
+    v
+}
+fn bin(b: &[u8]) -> Vec<u8> {
+    let mut v = vec![109];
+    v.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    v.extend_from_slice(b);
+    v
+}
+/// A pid whose node atom is given as encoded bytes (inline or a cache ref).
+fn pid_with(node: &[u8], id: u32) -> Vec<u8> {
+    let mut v = vec![88];
+    v.extend_from_slice(node);
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(&0u32.to_be_bytes());
+    v.extend_from_slice(&7u32.to_be_bytes());
+    v
+}
+fn pid(id: u32) -> Vec<u8> {
+    pid_with(&atom("a@h"), id)
+}
+fn reference(node: &[u8]) -> Vec<u8> {
+    let mut v = vec![90, 0, 3];
+    v.extend_from_slice(node);
+    v.extend_from_slice(&7u32.to_be_bytes());
+    v.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]);
+    v
+}
+/// A NEW_FUN_EXT; `module` as encoded atom bytes.
+fn new_fun(module: &[u8], uniq: [u8; 16], index: u32, arity: u8, free: &[Vec<u8>]) -> Vec<u8> {
+    let mut rest = vec![arity];
+    rest.extend_from_slice(&uniq);
+    rest.extend_from_slice(&index.to_be_bytes());
+    rest.extend_from_slice(&(free.len() as u32).to_be_bytes());
+    rest.extend_from_slice(module);
+    rest.extend_from_slice(&int(index as i64));
+    rest.extend_from_slice(&int(12345));
+    rest.extend_from_slice(&pid(1));
+    free.iter().for_each(|f| rest.extend_from_slice(f));
+    let mut v = vec![112];
+    v.extend_from_slice(&((rest.len() + 4) as u32).to_be_bytes());
+    v.extend_from_slice(&rest);
+    v
+}
+fn export(m: &str, f: &str, a: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_export(m, f, a, &mut v);
+    v
+}
+
+// ---- frames -----------------------------------------------------------------------------
+
+/// An atom-cache header: `(slot, Some(text))` defines a new entry, `(slot, None)` refers to
+/// an existing one.
+fn header(entries: &[(u16, Option<&str>)]) -> Vec<u8> {
+    let n = entries.len();
+    if n == 0 {
+        return vec![0];
+    }
+    let mut flags = vec![0u8; n / 2 + 1];
+    for (i, (slot, text)) in entries.iter().enumerate() {
+        let nib = ((slot / 256) as u8) | if text.is_some() { 8 } else { 0 };
+        flags[i / 2] |= nib << ((i & 1) * 4);
+    }
+    let mut v = vec![n as u8];
+    v.extend_from_slice(&flags);
+    for (slot, text) in entries {
+        v.push((slot % 256) as u8);
+        if let Some(t) = text {
+            v.push(t.len() as u8);
+            v.extend_from_slice(t.as_bytes());
+        }
+    }
+    v
+}
+/// Frame data (no length): `131 68 Header Control [Payload]`.
+fn data(hdr: &[u8], ctl: &[u8], payload: Option<&[u8]>) -> Vec<u8> {
+    let mut v = vec![131, 68];
+    v.extend_from_slice(hdr);
+    v.extend_from_slice(ctl);
+    if let Some(p) = payload {
+        v.extend_from_slice(p);
+    }
+    v
+}
+/// The same message cut into fragments (frame data each) of sequence `seq`.
+fn fragments(seq: u64, hdr: &[u8], ctl: &[u8], payload: &[u8], cut: usize) -> Vec<Vec<u8>> {
+    let mut body = hdr.to_vec();
+    body.extend_from_slice(ctl);
+    body.extend_from_slice(payload);
+    let chunks: Vec<&[u8]> = body.chunks(cut).collect();
+    let n = chunks.len() as u64;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut v = vec![131, if i == 0 { 69 } else { 70 }];
+            v.extend_from_slice(&seq.to_be_bytes());
+            v.extend_from_slice(&(n - i as u64).to_be_bytes());
+            v.extend_from_slice(c);
+            v
+        })
+        .collect()
+}
+fn with_len(d: &[u8]) -> Vec<u8> {
+    let mut v = (d.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(d);
+    v
+}
+
+fn reg_send(name: &[u8]) -> Vec<u8> {
+    tuple(&[int(6), pid(1), atom(""), name.to_vec()])
+}
+fn send() -> Vec<u8> {
+    tuple(&[int(2), atom(""), pid(9)])
+}
+fn spawn_request(m: &str, f: &str, arity: u8) -> Vec<u8> {
+    tuple(&[int(29), reference(&atom("a@h")), pid(1), pid(2), tuple(&[atom(m), atom(f), int(arity as i64)]), list(&[])])
+}
+
+// ---- printing what a receiver would see --------------------------------------------------
+
+struct R<'r, 'a>(&'r Refs<'a>);
+impl AtomRefs for R<'_, '_> {
+    fn resolve(&self, idx: u8) -> Option<&str> {
+        self.0.resolve(idx)
+    }
+}
+
+fn show(m: &Message<'_>) -> String {
+    let mut w = Walker::default();
+    w.set_cache_refs(m.refs.table().map(|t| t.nrefs));
+    let (c, _) = print::format_term(m.bytes, m.control_range.start, &R(&m.refs), &mut w).unwrap();
+    match m.payload.clone() {
+        Some(p) => format!("{c} {}", print::format_term(m.bytes, p.start, &R(&m.refs), &mut w).unwrap().0),
+        None => c,
+    }
+}
+
+/// Every message of a stream (frames with lengths), decoded by a fresh decoder, as the
+/// receiving node would.
+fn receive(stream: &[u8], dec: &mut Decoder) -> Vec<String> {
+    let mut out = Vec::new();
+    for item in Frames::new(stream, 1 << 30) {
+        let Some(d) = item.unwrap().data else { continue };
+        if let Decoded::Message(m) = dec.decode(d).unwrap_or_else(|e| panic!("receiver cannot decode: {e}")) {
+            out.push(show(&m));
+        }
+    }
+    out
+}
+
+/// The atom-cache header of the first fragment of sequence `seq` in a stream.
+fn first_fragment_header(stream: &[u8], seq: u64) -> Vec<u8> {
+    for item in Frames::new(stream, 1 << 30) {
+        let Some(d) = item.unwrap().data else { continue };
+        if d[..2] == [131, 69] && d[2..10] == seq.to_be_bytes() {
+            let body = &d[18..];
+            return body[..distgate_codec::message::header_len(body).unwrap()].to_vec();
+        }
+    }
+    panic!("no first fragment of {seq}")
+}
+
+fn count(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+/// How `~w` prints a binary of this text.
+fn printed_bin(text: &str) -> String {
+    let bytes: Vec<String> = text.bytes().map(|b| b.to_string()).collect();
+    format!("<<{}>>", bytes.join(","))
+}
+
+// ---- registries and policies --------------------------------------------------------------
+
+const V1: [u8; 16] = [1; 16];
+const V2: [u8; 16] = [2; 16];
+const SAME: [u8; 16] = [3; 16];
+
+fn version(module: &str, md5: [u8; 16], lambdas: &[(&str, u32, u32, u32)], exports: &[(&str, u8)]) -> ModuleVersion {
+    let lambdas = lambdas
+        .iter()
+        .map(|&(name, arity, index, num_free)| Lambda { name: name.into(), arity, index, num_free, old_uniq: 0 })
+        .collect();
+    ModuleVersion::new(module.into(), md5, lambdas, exports.iter().map(|&(f, a)| (Box::<str>::from(f), a)), "test".into())
+}
+
+fn registry(versions: Vec<ModuleVersion>) -> Arc<Registry> {
+    let r = Registry::new("t");
+    let mut b = SnapshotBuilder::new();
+    for v in versions {
+        b.add(v);
+    }
+    r.store(b.build());
+    Arc::new(r)
+}
+
+/// m v1 on the sending side: lambda 0 is `fun f/1` itself, 1 an anonymous fun, 2 a closure
+/// with one free variable; `shared` is the same version on both sides.
+fn source() -> Arc<Registry> {
+    registry(vec![
+        version("m", V1, &[("f", 1, 0, 0), ("-anon/0-fun-0-", 1, 1, 0), ("-clo/1-fun-0-", 2, 2, 1)], &[("f", 1), ("g", 1)]),
+        version("shared", SAME, &[("-wrap/1-fun-0-", 2, 0, 1)], &[("wrap", 1)]),
+    ])
+}
+/// m v2 on the target: exports f/1 and g/1 but not h/0.
+fn target() -> Arc<Registry> {
+    registry(vec![
+        version("m", V2, &[("f", 1, 0, 0)], &[("f", 1), ("g", 1)]),
+        version("shared", SAME, &[("-wrap/1-fun-0-", 2, 0, 1)], &[("wrap", 1)]),
+    ])
+}
+
+fn policy(text: &str) -> Compiled {
+    Compiled::parse("p", &format!("audit_per_second = 0\n{text}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Judge one frame's message; returns the judgement and, for edits, the edited message as
+/// the receiver would print it.
+fn run(p: &Compiled, frame: &[u8]) -> (Judgement, Option<String>) {
+    let (src, dst) = (source(), target());
+    let (s, t) = (src.load(), dst.load());
+    let mut dec = Decoder::default();
+    let Decoded::Message(m) = dec.decode(frame).unwrap() else { panic!("not a message") };
+    let mut w = Walker::default();
+    let mut funs = Vec::new();
+    fun::message_funs(&mut w, &m, &mut funs).unwrap();
+    let regs = Registries { target: &t, source: Some(&s) };
+    let j = judge(p, &m, &funs, Some(regs), &mut w);
+    let edited = match &j.verdict {
+        Verdict::Edits(e) => {
+            let mut edits = e.clone();
+            let mut body = Vec::new();
+            wire::apply(m.bytes, &funs, &mut edits, &mut body).unwrap();
+            let mut out = Vec::new();
+            distgate_codec::rewrite::emit(m.framing, &body, usize::MAX, &mut out);
+            // Decode the rewritten frame with a decoder in the state the original left.
+            let mut again = Decoder::default();
+            let Decoded::Message(m2) = again.decode(&out[4..]).unwrap() else { panic!() };
+            Some(show(&m2))
+        }
+        _ => None,
+    };
+    (j, edited)
+}
+
+fn payload_msg(payload: &[u8]) -> Vec<u8> {
+    data(&header(&[]), &reg_send(&atom("sink")), Some(payload))
+}
+
+fn local_f() -> Vec<u8> {
+    new_fun(&atom("m"), V1, 0, 1, &[])
+}
+
+// ---- funs -----------------------------------------------------------------------------------
+
+#[test]
+fn messages_without_funs_or_with_known_funs_pass() {
+    let p = policy("unknown_fun = \"close\"\n");
+    let (j, _) = run(&p, &payload_msg(&tuple(&[atom("hello"), bin(b"pqu"), int(113)])));
+    assert_eq!(j, Judgement::pass());
+    // A fun of a version the target runs.
+    let known = new_fun(&atom("shared"), SAME, 0, 1, &[int(5)]);
+    let (j, _) = run(&p, &payload_msg(&list(&[known])));
+    assert_eq!(j, Judgement::pass());
+}
+
+#[test]
+fn unknown_fun_actions() {
+    let msg = payload_msg(&tuple(&[atom("call"), local_f()]));
+    let (j, _) = run(&policy(""), &msg);
+    assert_eq!(j, Judgement::pass(), "the default is pass");
+
+    let (j, edited) = run(&policy("unknown_fun = \"replace\"\n"), &msg);
+    assert!(matches!(j.verdict, Verdict::Edits(_)));
+    assert_eq!(j.findings[0].rule, "unknown_fun");
+    assert_eq!(j.findings[0].action, "replace");
+    assert_eq!(j.findings[0].subject, format!("#Fun<m.0.{}>", "01".repeat(16)));
+    let marker = format!("{{distgate_blocked_fun,m,0,{}}}", printed_bin(&"01".repeat(16)));
+    assert_eq!(edited.unwrap(), format!("{{6,#Pid<'a@h'.1.0.7>,'',sink}} {{call,{marker}}}"));
+
+    let (j, _) = run(&policy("unknown_fun = \"drop\"\n"), &msg);
+    assert_eq!(j.verdict, Verdict::Drop);
+    let (j, _) = run(&policy("unknown_fun = \"close\"\n"), &msg);
+    assert!(matches!(&j.verdict, Verdict::Close { reason, reply: None } if reason.contains("#Fun<m.0.")), "{j:?}");
+}
+
+#[test]
+fn rewrite_when_the_lambda_is_an_exported_function() {
+    let (j, edited) = run(&policy("unknown_fun = \"rewrite\"\n"), &payload_msg(&tuple(&[atom("call"), local_f()])));
+    assert_eq!(j.findings[0].action, "rewrite");
+    assert_eq!(j.findings[0].detail.as_deref(), Some("fun m:f/1"));
+    assert_eq!(edited.unwrap(), "{6,#Pid<'a@h'.1.0.7>,'',sink} {call,fun m:f/1}");
+}
+
+#[test]
+fn rewrite_falls_back_when_not_provably_the_same_function() {
+    let anon = new_fun(&atom("m"), V1, 1, 1, &[]);
+    let closure = new_fun(&atom("m"), V1, 2, 1, &[int(42)]);
+    let unknown_version = new_fun(&atom("m"), [9; 16], 0, 1, &[]);
+    for (fun, why) in [
+        (anon.clone(), "not an exported function"),
+        (closure, "free variables"),
+        (unknown_version, "source registry does not know"),
+    ] {
+        let (j, edited) = run(&policy("unknown_fun = \"rewrite\"\n"), &payload_msg(&fun));
+        assert_eq!(j.findings[0].rule, "rewrite_fallback");
+        assert_eq!(j.findings[0].action, "replace", "the default fallback");
+        assert!(j.findings[0].detail.as_ref().unwrap().contains(why), "{j:?}");
+        assert!(edited.unwrap().contains("distgate_blocked_fun"));
+    }
+    let (j, _) = run(&policy("unknown_fun = \"rewrite\"\nrewrite_fallback = \"drop\"\n"), &payload_msg(&anon));
+    assert_eq!(j.verdict, Verdict::Drop);
+    let (j, _) = run(&policy("unknown_fun = \"rewrite\"\nrewrite_fallback = \"pass\"\n"), &payload_msg(&anon));
+    assert_eq!(j.verdict, Verdict::Pass);
+    assert_eq!(j.findings[0].action, "pass", "a failed rewrite is audited even when it passes");
+    // An explicit mapping makes the anonymous fun rewritable.
+    let p = policy("unknown_fun = \"rewrite\"\n[policy.p.fun_map]\n\"m:'-anon/0-fun-0-'\" = \"m:g/1\"\n");
+    let (j, edited) = run(&p, &payload_msg(&anon));
+    assert_eq!(j.findings[0].action, "rewrite");
+    assert_eq!(edited.unwrap(), "{6,#Pid<'a@h'.1.0.7>,'',sink} fun m:g/1");
+    // ... but not to a function the target does not export.
+    let p = policy("unknown_fun = \"rewrite\"\n[policy.p.fun_map]\n\"m:'-anon/0-fun-0-'\" = \"m:h/1\"\n");
+    let (j, _) = run(&p, &payload_msg(&anon));
+    assert_eq!(j.findings[0].rule, "rewrite_fallback");
+    assert!(j.findings[0].detail.as_ref().unwrap().contains("does not export"));
+}
+
+#[test]
+fn module_overrides_pick_the_action() {
+    let p = policy("unknown_fun = \"close\"\n[policy.p.modules]\n\"m\" = { unknown_fun = \"replace\" }\n");
+    let (j, _) = run(&p, &payload_msg(&local_f()));
+    assert!(matches!(j.verdict, Verdict::Edits(_)));
+    let other = new_fun(&atom("other"), V1, 0, 0, &[]);
+    let (j, _) = run(&p, &payload_msg(&other));
+    assert!(matches!(j.verdict, Verdict::Close { .. }));
+}
+
+#[test]
+fn funs_anywhere_maps_free_variables_control_and_cache_refs() {
+    let p = policy("unknown_fun = \"rewrite\"\n");
+    // Deep in a map inside a list inside a tuple.
+    let deep = tuple(&[atom("x"), list(&[map(&[(atom("k"), map(&[(int(1), local_f())]))])])]);
+    let (_, edited) = run(&p, &payload_msg(&deep));
+    assert_eq!(edited.unwrap(), "{6,#Pid<'a@h'.1.0.7>,'',sink} {x,[#{k => #{1 => fun m:f/1}}]}");
+    // In the free variables of a fun the target knows: only the inner one is rewritten and
+    // the outer fun's Size follows (the receiver's walker checks it).
+    let outer = new_fun(&atom("shared"), SAME, 0, 1, &[tuple(&[local_f(), atom("pad")])]);
+    let (j, edited) = run(&p, &payload_msg(&outer));
+    assert_eq!(j.findings.len(), 1);
+    assert!(edited.unwrap().contains("#Fun<shared.0.12345>"));
+    let Verdict::Edits(mut e) = j.verdict else { panic!() };
+    let (mut dec, mut w, mut funs, mut out) = (Decoder::default(), Walker::default(), Vec::new(), Vec::new());
+    let frame = payload_msg(&outer);
+    let Decoded::Message(m) = dec.decode(&frame).unwrap() else { panic!() };
+    fun::message_funs(&mut w, &m, &mut funs).unwrap();
+    wire::apply(m.bytes, &funs, &mut e, &mut out).unwrap();
+    assert_eq!(count(&out, &export("m", "f", 1)), 1);
+    assert_eq!(count(&out, &local_f()), 0);
+    // The module atom through the atom cache.
+    let frame = data(&header(&[(300, Some("m"))]), &reg_send(&atom("sink")), Some(&new_fun(&cref(0), V1, 0, 1, &[])));
+    let (j, edited) = run(&p, &frame);
+    assert_eq!(j.findings[0].module, "m");
+    assert_eq!(edited.unwrap(), "{6,#Pid<'a@h'.1.0.7>,'',sink} fun m:f/1");
+    // In a control message: an exit reason.
+    let exit = tuple(&[int(3), pid(1), pid(2), tuple(&[atom("badfun"), local_f()])]);
+    let (_, edited) = run(&p, &data(&header(&[]), &exit, None));
+    assert_eq!(edited.unwrap(), "{3,#Pid<'a@h'.1.0.7>,#Pid<'a@h'.2.0.7>,{badfun,fun m:f/1}}");
+    // An unknown outer fun replaced whole: its unknown inner fun is not edited separately.
+    let outer = new_fun(&atom("m"), V1, 2, 1, &[local_f()]);
+    let (j, edited) = run(&policy("unknown_fun = \"replace\"\n"), &payload_msg(&outer));
+    assert_eq!(j.findings.len(), 1);
+    assert!(edited.unwrap().ends_with(&format!("{{distgate_blocked_fun,m,2,{}}}", printed_bin(&"01".repeat(16)))));
+}
+
+#[test]
+fn export_funs_the_target_does_not_export() {
+    let p = policy("unknown_export = \"replace\"\n");
+    let (j, _) = run(&p, &payload_msg(&export("m", "g", 1)));
+    assert_eq!(j, Judgement::pass(), "exported by the target");
+    let (j, _) = run(&p, &payload_msg(&export("unknown_module", "x", 1)));
+    assert_eq!(j, Judgement::pass(), "the registry does not know the module: not judged");
+    let (j, edited) = run(&p, &payload_msg(&list(&[export("m", "h", 0)])));
+    assert_eq!(j.findings[0].rule, "unknown_export");
+    assert_eq!(j.findings[0].subject, "fun m:h/0");
+    assert_eq!(edited.unwrap(), "{6,#Pid<'a@h'.1.0.7>,'',sink} [{distgate_blocked_fun,m,h,0}]");
+    let (j, _) = run(&policy("unknown_export = \"rewrite\"\n"), &payload_msg(&export("m", "h", 0)));
+    assert_eq!(j.findings[0].rule, "rewrite_fallback");
+}
+
+#[test]
+fn the_worst_decision_wins() {
+    let msg = payload_msg(&tuple(&[local_f(), new_fun(&atom("other"), V1, 0, 0, &[])]));
+    let p = policy("unknown_fun = \"replace\"\n[policy.p.modules]\n\"other\" = { unknown_fun = \"drop\" }\n");
+    let (j, _) = run(&p, &msg);
+    assert_eq!(j.verdict, Verdict::Drop);
+    assert_eq!(j.findings.len(), 2);
+}
+
+// ---- control --------------------------------------------------------------------------------
+
+#[test]
+fn ops_allowed_and_denied() {
+    let link = data(&header(&[]), &tuple(&[int(1), pid(1), pid(2)]), None);
+    let p = policy("[policy.p.control]\ndeny_ops = [\"link\"]\n");
+    let (j, _) = run(&p, &link);
+    assert_eq!(j.verdict, Verdict::Drop);
+    assert_eq!((j.findings[0].rule, j.findings[0].subject.as_str()), ("op", "LINK"));
+    let p = policy("[policy.p.control]\ndeny_ops = [\"link\"]\non_deny = \"close\"\n");
+    assert!(matches!(run(&p, &link).0.verdict, Verdict::Close { .. }));
+    let p = policy("[policy.p.control]\nallow_ops = [\"send\", \"reg_send\"]\n");
+    assert_eq!(run(&p, &link).0.verdict, Verdict::Drop);
+    assert_eq!(run(&p, &payload_msg(&atom("hi"))).0.verdict, Verdict::Pass);
+    let gl = data(&header(&[]), &tuple(&[int(7), pid(1), pid(2)]), None);
+    assert_eq!(run(&policy("preset = \"untrusted\"\n"), &gl).0.verdict, Verdict::Drop, "group_leader under untrusted");
+    assert_eq!(run(&policy(""), &gl).0.verdict, Verdict::Pass);
+}
+
+#[test]
+fn denied_spawn_requests_are_answered() {
+    let p = policy("[policy.p.control]\nspawn_allow = [\"lists:*\"]\n");
+    let ok = data(&header(&[]), &spawn_request("lists", "seq", 2), Some(&list(&[int(1), int(2)])));
+    assert_eq!(run(&p, &ok).0.verdict, Verdict::Pass);
+    // The request's reference and caller through the atom cache: the reply has them inline.
+    let ctl = tuple(&[int(29), reference(&cref(0)), pid_with(&cref(0), 1), pid(2), tuple(&[atom("os"), atom("cmd"), int(1)]), list(&[])]);
+    let frame = data(&header(&[(5, Some("a@h"))]), &ctl, Some(&list(&[bin(b"echo x")])));
+    let (j, _) = run(&p, &frame);
+    let Verdict::Reply(reply) = &j.verdict else { panic!("{j:?}") };
+    assert_eq!((j.findings[0].rule, j.findings[0].subject.as_str(), j.findings[0].action), ("spawn_allow", "os:cmd/1", "deny"));
+    let mut out = Vec::new();
+    wire::control_frame(false, reply, &mut out);
+    let mut receiver = Decoder::default();
+    assert_eq!(
+        receive(&out, &mut receiver),
+        vec![format!("{{31,#Ref<'a@h'.7.3.2.1>,#Pid<'a@h'.1.0.7>,0,{DENIED_REASON}}}")]
+    );
+    // Without the atom cache, the reply goes pass-through.
+    let mut out = Vec::new();
+    wire::control_frame(true, reply, &mut out);
+    assert_eq!(&out[4..6], &[112, 131]);
+    assert_eq!(receive(&out, &mut Decoder::default()).len(), 1);
+    // on_deny = close: the reply is still sent, then the link closes.
+    let p = policy("[policy.p.control]\nspawn_allow = []\non_deny = \"close\"\n");
+    assert!(matches!(run(&p, &frame).0.verdict, Verdict::Close { reply: Some(_), .. }));
+}
+
+fn erpc_call(m: &str, f: &str, args: &[Vec<u8>]) -> Vec<u8> {
+    let payload = list(&[reference(&atom("a@h")), atom(m), atom(f), list(args)]);
+    data(&header(&[]), &spawn_request("erpc", "execute_call", 4), Some(&payload))
+}
+
+#[test]
+fn rpc_through_erpc_and_rex_by_allow_list() {
+    let p = policy("[policy.p.control]\nrpc_allow = [\"m:*\", \"erlang:node/0\"]\nspawn_allow = []\n");
+    // erpc is judged by rpc_allow, not spawn_allow.
+    assert_eq!(run(&p, &erpc_call("m", "f", &[int(1)])).0.verdict, Verdict::Pass);
+    assert_eq!(run(&p, &erpc_call("erlang", "node", &[])).0.verdict, Verdict::Pass);
+    let (j, _) = run(&p, &erpc_call("erlang", "node", &[int(1)]));
+    assert!(matches!(j.verdict, Verdict::Reply(_)));
+    let (j, _) = run(&p, &erpc_call("os", "cmd", &[bin(b"echo x")]));
+    assert_eq!((j.findings[0].rule, j.findings[0].subject.as_str()), ("rpc_allow", "os:cmd/1"));
+    // erpc:cast: execute_cast/3 with [M, F, A].
+    let cast = data(&header(&[]), &spawn_request("erpc", "execute_cast", 3), Some(&list(&[atom("os"), atom("cmd"), list(&[bin(b"x")])])));
+    assert!(matches!(run(&p, &cast).0.verdict, Verdict::Reply(_)));
+    // rex: {'$gen_call', From, {call, M, F, A, GL}} and {'$gen_cast', {cast, M, F, A, GL}}.
+    let from = tuple(&[pid(1), reference(&atom("a@h"))]);
+    let rex_call = |m: &str, f: &str| {
+        payload_to("rex", &tuple(&[atom("$gen_call"), from.clone(), tuple(&[atom("call"), atom(m), atom(f), list(&[]), pid(3)])]))
+    };
+    assert_eq!(run(&p, &rex_call("m", "f")).0.verdict, Verdict::Pass);
+    let (j, _) = run(&p, &rex_call("os", "cmd"));
+    assert_eq!((j.verdict, j.findings[0].rule), (Verdict::Drop, "rpc_allow"));
+    let rex_cast = payload_to("rex", &tuple(&[atom("$gen_cast"), tuple(&[atom("cast"), atom("os"), atom("cmd"), list(&[]), pid(3)])]));
+    assert_eq!(run(&p, &rex_cast).0.verdict, Verdict::Drop);
+    assert_eq!(run(&p, &payload_to("rex", &atom("junk"))).0.verdict, Verdict::Drop, "unrecognised messages to rex");
+    // rex's own feature question when nodes meet.
+    assert_eq!(run(&p, &payload_to("rex", &tuple(&[pid(1), atom("features_request")]))).0.verdict, Verdict::Pass);
+    // Without rpc_allow (and without the preset) rpc is open.
+    assert_eq!(run(&policy(""), &rex_call("os", "cmd")).0.verdict, Verdict::Pass);
+}
+
+fn payload_to(name: &str, payload: &[u8]) -> Vec<u8> {
+    data(&header(&[]), &reg_send(&atom(name)), Some(payload))
+}
+
+#[test]
+fn reg_send_by_registered_name() {
+    let p = policy("[policy.p.control]\nreg_send_allow = [\"dg_*\", \"logger\"]\n");
+    assert_eq!(run(&p, &payload_to("dg_sink", &atom("x"))).0.verdict, Verdict::Pass);
+    assert_eq!(run(&p, &payload_to("logger", &atom("x"))).0.verdict, Verdict::Pass);
+    let (j, _) = run(&p, &payload_to("net_kernel", &atom("x")));
+    assert_eq!((j.verdict, j.findings[0].rule, j.findings[0].module.as_str()), (Verdict::Drop, "reg_send_allow", "net_kernel"));
+    // The name through the atom cache.
+    let frame = data(&header(&[(9, Some("dg_sink"))]), &reg_send(&cref(0)), Some(&atom("x")));
+    assert_eq!(run(&p, &frame).0.verdict, Verdict::Pass);
+}
+
+#[test]
+fn the_untrusted_preset_entry_by_entry() {
+    let p = policy("preset = \"untrusted\"\n[policy.p.control]\nreg_send_allow = [\"*\"]\nspawn_allow = [\"m:f/1\"]\n");
+    let from = tuple(&[pid(1), reference(&atom("a@h"))]);
+    let gen_call = |req: Vec<u8>| tuple(&[atom("$gen_call"), from.clone(), req]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("system message", tuple(&[atom("system"), from.clone(), atom("get_state")]), "untrusted:system_message"),
+        ("replace_state", tuple(&[atom("system"), from.clone(), tuple(&[atom("replace_state"), local_f()])]), "untrusted:system_message"),
+        ("start_child", gen_call(tuple(&[atom("start_child"), tuple(&[atom("id")])])), "untrusted:supervisor_child_call"),
+        ("restart_child", gen_call(tuple(&[atom("restart_child"), atom("id")])), "untrusted:supervisor_child_call"),
+        ("terminate_child", gen_call(tuple(&[atom("terminate_child"), atom("id")])), "untrusted:supervisor_child_call"),
+        ("delete_child", gen_call(tuple(&[atom("delete_child"), atom("id")])), "untrusted:supervisor_child_call"),
+        ("io request", tuple(&[atom("io_request"), pid(1), atom("ref"), tuple(&[atom("put_chars"), atom("unicode"), bin(b"x")])]), "untrusted:io_request"),
+        ("code_server call", tuple(&[atom("code_call"), pid(1), tuple(&[atom("load_binary"), atom("m"), atom("f"), bin(b"")])]), "untrusted:code_loading"),
+    ];
+    for (what, payload, rule) in &cases {
+        // To a registered name, and to a pid (SEND).
+        let (j, _) = run(&p, &payload_to("some_server", payload));
+        assert_eq!((&j.verdict, j.findings[0].rule), (&Verdict::Drop, *rule), "{what} by name");
+        let (j, _) = run(&p, &data(&header(&[]), &send(), Some(payload)));
+        assert_eq!((&j.verdict, j.findings[0].rule), (&Verdict::Drop, *rule), "{what} to a pid");
+        // Without the preset, the same shapes pass.
+        assert_eq!(run(&policy(""), &payload_to("some_server", payload)).0.verdict, Verdict::Pass, "{what}");
+    }
+    // Harmless calls pass.
+    assert_eq!(run(&p, &payload_to("some_server", &gen_call(tuple(&[atom("which_children")])))).0.verdict, Verdict::Pass);
+    assert_eq!(run(&p, &payload_to("some_server", &gen_call(atom("get")))).0.verdict, Verdict::Pass);
+    // Names that stop the node or load code, whatever reg_send_allow says.
+    for name in ["init", "code_server", "erl_prim_loader"] {
+        let (j, _) = run(&p, &payload_to(name, &tuple(&[atom("stop"), atom("stop")])));
+        assert_eq!(j.findings[0].rule, "untrusted:registered_name", "{name}");
+    }
+    // Absent allow-lists allow nothing under the preset...
+    let bare = policy("preset = \"untrusted\"\n");
+    assert_eq!(run(&bare, &payload_to("some_server", &atom("x"))).0.verdict, Verdict::Drop);
+    assert!(matches!(run(&bare, &data(&header(&[]), &spawn_request("m", "f", 1), Some(&list(&[int(1)])))).0.verdict, Verdict::Reply(_)));
+    assert!(matches!(run(&bare, &erpc_call("erlang", "node", &[])).0.verdict, Verdict::Reply(_)));
+    // ... except net_adm:ping's question to net_kernel.
+    let ping = payload_to("net_kernel", &gen_call(tuple(&[atom("is_auth"), atom("a@h")])));
+    assert_eq!(run(&bare, &ping).0.verdict, Verdict::Pass);
+    assert_eq!(run(&bare, &payload_to("net_kernel", &gen_call(tuple(&[atom("connect"), atom("x")])))).0.verdict, Verdict::Drop);
+    // spawn of an allowed MFA passes; of anything else, refused with a reply.
+    assert_eq!(run(&p, &data(&header(&[]), &spawn_request("m", "f", 1), Some(&list(&[int(1)])))).0.verdict, Verdict::Pass);
+    assert!(matches!(run(&p, &data(&header(&[]), &spawn_request("erlang", "apply", 2), Some(&list(&[local_f(), list(&[])])))).0.verdict, Verdict::Reply(_)));
+}
+
+// ---- the direction: stand-ins, held fragments, reload, dry-run ----------------------------------
+
+fn direction(p: Option<Compiled>, stats: Option<Arc<Stats>>) -> (Direction, Arc<RouteHandle>) {
+    let h = Arc::new(RouteHandle::new("a", "b", p.map(Arc::new), source(), target()));
+    let sender = Sender { node: "a@h".into(), creation: 7 };
+    (Direction::new(Some(h.clone()), stats, 1, 0, sender, Limits::default()), h)
+}
+
+/// Feed frame data through a direction; returns what it forwards (frames with lengths) and
+/// what it sends back.
+fn feed(d: &mut Direction, dec: &mut Decoder, frames: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>, Option<String>) {
+    let (mut fwd, mut back) = (Vec::new(), Vec::new());
+    for f in frames {
+        match d.frame(dec, f, Instant::now()).unwrap() {
+            FrameAct::Forward => fwd.extend_from_slice(&with_len(f)),
+            FrameAct::Absorb => {}
+            FrameAct::Replace { forward, back: b } => {
+                fwd.extend_from_slice(&forward);
+                back.extend_from_slice(&b.unwrap_or_default());
+            }
+            FrameAct::Close { reason, back: b } => {
+                back.extend_from_slice(&b.unwrap_or_default());
+                return (fwd, back, Some(reason));
+            }
+        }
+    }
+    (fwd, back, None)
+}
+
+/// 200 atoms the dropped message introduces; the next message uses them all as old refs.
+fn many_atoms() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let names: Vec<String> = (0..200).map(|i| format!("dg_atom_{i}")).collect();
+    let defs: Vec<(u16, Option<&str>)> = names.iter().enumerate().map(|(i, n)| (i as u16 * 7 % 2048, Some(n.as_str()))).collect();
+    let olds: Vec<(u16, Option<&str>)> = defs.iter().map(|(s, _)| (*s, None)).collect();
+    let atoms: Vec<Vec<u8>> = (0..200).map(|i| cref(i as u8)).collect();
+    (header(&defs), header(&olds), list(&atoms), tuple(&[atom("after"), list(&atoms)]))
+}
+
+#[test]
+fn a_dropped_message_leaves_its_atom_cache_entries_behind() {
+    let stats = Arc::new(Stats::default());
+    let (mut d, _) = direction(Some(policy("unknown_fun = \"drop\"\n")), Some(stats.clone()));
+    let (defs, olds, atoms, after) = many_atoms();
+    let dropped = data(&defs, &reg_send(&atom("sink")), Some(&tuple(&[local_f(), atoms])));
+    let later = data(&olds, &reg_send(&atom("sink")), Some(&after));
+    let (fwd, back, closed) = feed(&mut d, &mut Decoder::default(), &[dropped, later]);
+    assert!(back.is_empty() && closed.is_none());
+    let got = receive(&fwd, &mut Decoder::default());
+    assert_eq!(got.len(), 2, "the stand-in and the later message");
+    assert_eq!(got[0], "{6,#Pid<'a@h'.0.0.7>,'',undefined} []");
+    assert!(got[1].starts_with("{6,#Pid<'a@h'.1.0.7>,'',sink} {'after',[dg_atom_0,dg_atom_1,"), "{}", got[1]);
+    assert!(got[1].ends_with("dg_atom_199]}"));
+    assert_eq!(stats.get("policy:drop"), 1);
+    // A dropped message whose header defines nothing needs no stand-in.
+    let (mut d, _) = direction(Some(policy("unknown_fun = \"drop\"\n")), None);
+    let (fwd, _, _) = feed(&mut d, &mut Decoder::default(), &[payload_msg(&local_f())]);
+    assert!(fwd.is_empty());
+}
+
+#[test]
+fn a_denied_spawn_request_is_dropped_and_answered() {
+    let (mut d, _) = direction(Some(policy("[policy.p.control]\nspawn_allow = []\n")), None);
+    let req = data(&header(&[(1, Some("os")), (2, Some("cmd"))]), &spawn_request("os", "cmd", 1), Some(&list(&[bin(b"echo x")])));
+    let (fwd, back, _) = feed(&mut d, &mut Decoder::default(), &[req]);
+    assert_eq!(receive(&fwd, &mut Decoder::default()), vec!["{6,#Pid<'a@h'.0.0.7>,'',undefined} []"]);
+    assert_eq!(receive(&back, &mut Decoder::default()), vec![format!("{{31,#Ref<'a@h'.7.3.2.1>,#Pid<'a@h'.1.0.7>,0,{DENIED_REASON}}}")]);
+}
+
+#[test]
+fn fragmented_messages_are_held_judged_and_re_emitted_with_atoms_inline() {
+    let (defs, olds, atoms, after) = many_atoms();
+    // Before the sequence: slot 1500 is defined as early_atom.
+    let pre = data(&header(&[(1500, Some("early_atom"))]), &reg_send(&atom("sink")), Some(&cref(0)));
+    // The big message's header defines 200 new entries and refers to slot 1500 (ref 200).
+    let mut big_hdr_entries: Vec<(u16, Option<&str>)> = Vec::new();
+    let names: Vec<String> = (0..200).map(|i| format!("dg_atom_{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        big_hdr_entries.push((i as u16 * 7 % 2048, Some(n.as_str())));
+    }
+    big_hdr_entries.push((1500, None));
+    assert_eq!(header(&big_hdr_entries[..200]), defs);
+    let big = vec![7u8; 300_000];
+    let payload = tuple(&[bin(&big), local_f(), atoms.clone(), new_fun(&atom("shared"), SAME, 0, 1, &[local_f()]), cref(200)]);
+    let frags = fragments(77, &header(&big_hdr_entries), &reg_send(&atom("sink")), &payload, 65_536);
+    assert!(frags.len() > 4);
+    // Another message in the middle of the sequence, using the entries its first fragment
+    // defined; then one redefining slot 0 (dg_atom_0's) and slot 1500 before the sequence
+    // ends; after it, one using both slots.
+    let middle = data(&olds, &reg_send(&atom("sink")), Some(&after));
+    let redefine = data(
+        &header(&[(0, Some("something_else")), (1500, Some("late_atom"))]),
+        &reg_send(&atom("sink")),
+        Some(&tuple(&[cref(0), cref(1)])),
+    );
+    let after_all = data(&header(&[(0, None), (1500, None)]), &reg_send(&atom("sink")), Some(&tuple(&[cref(0), cref(1)])));
+    let mut stream = vec![pre, frags[0].clone(), frags[1].clone(), middle, redefine];
+    stream.extend(frags[2..].iter().cloned());
+    stream.push(after_all);
+
+    // Without a policy: forwarded as is. The reference for what the receiver must see.
+    let (mut plain, _) = direction(None, None);
+    let (fwd, _, _) = feed(&mut plain, &mut Decoder::default(), &stream);
+    let expected = receive(&fwd, &mut Decoder::default());
+    assert_eq!(expected.len(), 5);
+    assert!(expected[3].ends_with(",early_atom}"), "the big one keeps the meaning its header had");
+    assert!(expected[4].ends_with("{something_else,late_atom}"));
+
+    // With a pass-everything policy: the same messages, the big one when its last fragment
+    // arrives, a stand-in where its first fragment was.
+    let (mut d, _) = direction(Some(policy("")), None);
+    let (fwd, _, _) = feed(&mut d, &mut Decoder::default(), &stream);
+    assert_eq!(d.held(), 0);
+    let mut got = receive(&fwd, &mut Decoder::default());
+    assert_eq!(got.remove(1), "{6,#Pid<'a@h'.0.0.7>,'',undefined} []", "the stand-in for the first fragment");
+    assert_eq!(got, expected, "same messages, same order, same atoms");
+    // Headers defining entries went by meanwhile: the re-emission has its atoms inline.
+    assert_eq!(first_fragment_header(&fwd, 77), vec![0]);
+
+    // Rewriting: the funs inside (one nested in a known fun) become fun m:f/1.
+    let (mut d, _) = direction(Some(policy("unknown_fun = \"rewrite\"\n")), None);
+    let (fwd, _, _) = feed(&mut d, &mut Decoder::default(), &stream);
+    let mut got = receive(&fwd, &mut Decoder::default());
+    got.remove(1);
+    assert_eq!(got[..3], expected[..3]);
+    assert_eq!(got[4], expected[4]);
+    let big_one = &got[3];
+    assert!(big_one.contains(",fun m:f/1,[dg_atom_0,"), "{}", &big_one[big_one.len() - 3000..]);
+    assert!(big_one.ends_with("#Fun<shared.0.12345>,early_atom}"));
+    // `~w` does not print free variables: count the export funs in the bytes (the top-level
+    // one and the one inside the known fun's free variables).
+    assert_eq!(count(&fwd, &export("m", "f", 1)), 2);
+    // Re-emitted as fragments of at most 64 KiB under the original sequence id.
+    let mut n = 0;
+    for item in Frames::new(&fwd, 1 << 30) {
+        let d = item.unwrap().data.unwrap();
+        assert!(d.len() <= 18 + 65_536);
+        if d[1] == 69 || d[1] == 70 {
+            assert_eq!(u64::from_be_bytes(d[2..10].try_into().unwrap()), 77);
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} fragments");
+
+    // Dropping it: only the stand-in was forwarded for it.
+    let (mut d, _) = direction(Some(policy("unknown_fun = \"drop\"\n")), None);
+    let (fwd, _, _) = feed(&mut d, &mut Decoder::default(), &stream);
+    let mut got = receive(&fwd, &mut Decoder::default());
+    got.remove(1);
+    assert_eq!(got, [&expected[..3], &expected[4..]].concat());
+}
+
+#[test]
+fn reload_applies_from_the_next_frame_and_dry_run_forwards_unchanged() {
+    let stats = Arc::new(Stats::default());
+    let (mut d, h) = direction(None, Some(stats.clone()));
+    let mut dec = Decoder::default();
+    let msg = payload_msg(&local_f());
+    assert_eq!(d.frame(&mut dec, &msg, Instant::now()).unwrap(), FrameAct::Forward);
+    h.store(Some(Arc::new(policy("unknown_fun = \"replace\"\n"))));
+    assert!(matches!(d.frame(&mut dec, &msg, Instant::now()).unwrap(), FrameAct::Replace { .. }));
+    h.store(Some(Arc::new(policy("unknown_fun = \"replace\"\ndry_run = true\n"))));
+    assert_eq!(d.frame(&mut dec, &msg, Instant::now()).unwrap(), FrameAct::Forward);
+    assert_eq!((stats.get("policy:replace"), stats.get("policy:dry_run:replace")), (1, 1));
+    // Dry-run does not hold fragments either.
+    let frags = fragments(5, &header(&[]), &reg_send(&atom("sink")), &tuple(&[bin(&[0; 100_000]), local_f()]), 65_536);
+    for f in &frags {
+        assert_eq!(d.frame(&mut dec, f, Instant::now()).unwrap(), FrameAct::Forward);
+    }
+    assert_eq!(stats.get("policy:dry_run:replace"), 2, "judged when complete");
+    h.store(None);
+    assert_eq!(d.frame(&mut dec, &msg, Instant::now()).unwrap(), FrameAct::Forward);
+}
+
+#[test]
+fn a_sequence_held_when_the_policy_is_removed_is_still_re_emitted() {
+    let (mut d, h) = direction(Some(policy("")), None);
+    let mut dec = Decoder::default();
+    let frags = fragments(9, &header(&[(4, Some("hello"))]), &reg_send(&atom("sink")), &tuple(&[bin(&[1; 70_000]), cref(0)]), 65_536);
+    let (fwd0, _, _) = feed(&mut d, &mut dec, &frags[..1]);
+    h.store(None);
+    let (fwd1, _, _) = feed(&mut d, &mut dec, &frags[1..]);
+    let mut all = fwd0;
+    all.extend_from_slice(&fwd1);
+    let got = receive(&all, &mut Decoder::default());
+    assert_eq!(got.len(), 2);
+    assert!(got[1].ends_with(",hello}"), "{}", &got[1][got[1].len() - 20..]);
+    // Nothing changed the receiver's cache meanwhile: the message goes with its own header.
+    assert_eq!(first_fragment_header(&fwd1, 9), header(&[(4, Some("hello"))]));
+}
+
+#[test]
+fn audit_lines_are_json() {
+    let p = policy("unknown_fun = \"replace\"\n");
+    let (j, _) = run(&p, &payload_msg(&local_f()));
+    let site = super::audit::Site { link: 3, route: "a->b", direction: "down->up" };
+    let line = super::audit::line(&p, &site, 6, &j, 0, false);
+    assert_eq!(
+        line,
+        format!(
+            "{{\"link\":3,\"route\":\"a->b\",\"direction\":\"down->up\",\"policy\":\"p\",\"op\":\"REG_SEND\",\
+             \"rule\":\"unknown_fun\",\"module\":\"m\",\"fun\":\"#Fun<m.0.{}>\",\"action\":\"replace\",\
+             \"message\":\"edit\",\"dry_run\":false}}",
+            "01".repeat(16)
+        )
+    );
+}
+
+#[test]
+fn many_funs_and_many_edits_stay_linear() {
+    // 20,000 unknown funs in one message (a quadratic rewrite would take seconds).
+    let funs: Vec<Vec<u8>> = (0..20_000).map(|_| local_f()).collect();
+    let msg = payload_msg(&list(&funs));
+    let t = Instant::now();
+    let (j, edited) = run(&policy("unknown_fun = \"rewrite\"\n"), &msg);
+    assert_eq!(j.findings.len(), 20_000);
+    assert!(edited.unwrap().matches("fun m:f/1").count() == 20_000);
+    assert!(t.elapsed().as_secs() < 5, "{:?}", t.elapsed());
+}
+
+#[test]
+fn snapshot_type_is_what_the_registry_serves() {
+    // The engine takes snapshots as the registry hands them out.
+    let r = target();
+    let s: &Snapshot = &r.load();
+    assert!(s.knows("m", &V2).is_some());
+}
