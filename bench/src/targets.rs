@@ -114,14 +114,27 @@ fn wait_listening(addr: SocketAddr, limit: Duration) -> bool {
     false
 }
 
-/// The policy hook: distgate's runtime has no policy engine yet (policy issue); until it does,
-/// a "policy on" target cannot be built and is reported as unavailable.
-pub fn apply_policy(_spec: &mut Spec, on: bool) -> Result<(), String> {
+/// The policy a "policy on" target judges senders → sinks frames with, passing everything
+/// the load sends: every control rule consulted (allow-lists), every message walked for funs
+/// and every fun looked up (a module rule that never matches makes fun actions matter; the
+/// registries are empty, so each fun is unknown and passes by the default action).
+pub const BENCH_POLICY: &str = "unknown_fun = \"pass\"\n\
+    [policy.bench.modules]\n\"no_such_module_*\" = { unknown_fun = \"replace\", unknown_export = \"replace\" }\n\
+    [policy.bench.control]\nreg_send_allow = [\"*\"]\nspawn_allow = [\"*:*\"]\nrpc_allow = [\"*:*\"]\n";
+
+/// The policy hook: with `on`, frames from side 0 (senders) to side 1 (sinks) are judged by
+/// [`BENCH_POLICY`].
+pub fn apply_policy(spec: &mut Spec, on: bool) -> Result<(), String> {
     if on {
-        Err("the policy engine is not in distgate::runtime::Spec yet (policy issue open)".into())
-    } else {
-        Ok(())
+        use distgate::policy::{Compiled, PolicyTable, RouteHandle};
+        use std::sync::Arc;
+        let p = Compiled::parse("bench", BENCH_POLICY)?;
+        let empty = Arc::new(distgate::registry::Registry::new("bench"));
+        let mut t = PolicyTable::default();
+        t.insert(0, 1, Arc::new(RouteHandle::new("senders", "sinks", Some(Arc::new(p)), empty.clone(), empty)));
+        spec.policies = t;
     }
+    Ok(())
 }
 
 impl Fleet {
@@ -180,6 +193,7 @@ impl Fleet {
             threads,
             driver,
             epmd_timeout: Duration::from_secs(5),
+            policies: Default::default(),
         };
         apply_policy(&mut spec, policy)?;
         let rt = Runtime::start(spec).map_err(|e| format!("distgate: {e}"))?;

@@ -26,6 +26,7 @@
 //! fails that side's digest and no link comes up.
 
 use crate::handshake::{self, flag, Challenge, SendName};
+use crate::policy::{self, FrameAct, LinkPolicy};
 use distgate_codec::frame::{split, Split};
 use distgate_codec::message::{Decoder, FragLimits};
 use distgate_codec::term::Limits;
@@ -110,6 +111,8 @@ pub struct LinkParams {
     pub down_cookie: Cookie,
     pub up_cookie: Cookie,
     pub limits: LinkLimits,
+    /// The route's policy handles (none: frames are decoded and forwarded, not judged).
+    pub policy: LinkPolicy,
 }
 
 /// Why a link closed. Labels are stable metric labels; `detail` is for the log.
@@ -189,6 +192,8 @@ pub struct Link {
     last_rx: [Instant; 2],
     /// One decoder per direction: index 0 decodes down→up, 1 up→down.
     decoders: Option<Box<[Decoder; 2]>>,
+    /// Policy state per direction (same indices), when the link has any policy handle.
+    policy: Option<Box<[policy::Direction; 2]>>,
     negotiated: u64,
     /// The close event was emitted (the state is taken out while a message is handled, so
     /// the state alone cannot say).
@@ -204,7 +209,7 @@ fn idx(leg: Leg) -> usize {
 
 impl Link {
     pub fn new(params: LinkParams, now: Instant) -> Self {
-        Link { params, state: State::AwaitSendName, started: now, last_rx: [now; 2], decoders: None, negotiated: 0, close_sent: false }
+        Link { params, state: State::AwaitSendName, started: now, last_rx: [now; 2], decoders: None, policy: None, negotiated: 0, close_sent: false }
     }
 
     pub fn id(&self) -> u64 {
@@ -309,7 +314,7 @@ impl Link {
                 return buf.len();
             }
             if matches!(self.state, State::Forwarding) {
-                return pos + self.forward(leg, &buf[pos..], pos, out);
+                return pos + self.forward(leg, &buf[pos..], pos, now, out);
             }
             let Some((msg, used)) = handshake::split(&buf[pos..]) else {
                 if buf.len() - pos > 4096 {
@@ -440,6 +445,14 @@ impl Link {
                 out.owned(Leg::Down, b);
                 let l = self.params.limits;
                 self.decoders = Some(Box::new([Decoder::new(l.term, l.fragments), Decoder::new(l.term, l.fragments)]));
+                let p = &self.params.policy;
+                if !p.is_empty() {
+                    // The sender of each direction, for the pid of a stand-in message.
+                    let down = policy::wire::Sender { node: sn.name.clone(), creation: sn.creation.unwrap_or(0) };
+                    let up_sender = policy::wire::Sender { node: up.name.clone(), creation: up.creation };
+                    let dir = |i: usize, s| policy::Direction::new(p.dirs[i].clone(), p.stats.clone(), self.params.id, i, s, l.term);
+                    self.policy = Some(Box::new([dir(0, down), dir(1, up_sender)]));
+                }
                 self.state = State::Forwarding;
                 out.events.push(Event::Established { down_name: sn.name, up_name: up.name, flags: self.negotiated });
                 Ok(())
@@ -461,10 +474,13 @@ impl Link {
     }
 
     /// Forward every complete frame of `buf` (at offset `base` of the caller's slice) to the
-    /// other leg, each parsed by the codec on the way. Returns bytes consumed.
-    fn forward(&mut self, leg: Leg, buf: &[u8], base: usize, out: &mut Output) -> usize {
+    /// other leg, each parsed by the codec on the way and, where a policy applies, judged.
+    /// Frames that pass go out as ranges of the input; a frame the policy replaces goes out as
+    /// owned bytes in its place, so order is kept. Returns bytes consumed.
+    fn forward(&mut self, leg: Leg, buf: &[u8], base: usize, now: Instant, out: &mut Output) -> usize {
         let mut pos = 0;
         let dst = leg.other();
+        let i = idx(leg);
         let mut run_start = None::<usize>;
         let max = self.params.limits.max_frame;
         while pos < buf.len() {
@@ -473,22 +489,54 @@ impl Link {
                 Ok(Split::Tick) => {
                     run_start.get_or_insert(pos);
                     pos += 4;
-                    out.frames[idx(leg)] += 1;
+                    out.frames[i] += 1;
                 }
                 Ok(Split::Frame { len }) => {
                     let frame = &buf[pos + 4..pos + 4 + len];
                     let decoders = self.decoders.as_mut().expect("decoders exist while forwarding");
-                    if let Err(e) = decoders[idx(leg)].decode(frame) {
-                        // Flush what was already accepted, then close: nothing allowed is lost.
+                    let act = match self.policy.as_mut() {
+                        Some(dirs) => dirs[i].frame(&mut decoders[i], frame, now),
+                        None => decoders[i].decode(frame).map(|_| FrameAct::Forward),
+                    };
+                    let act = match act {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Flush what was already accepted, then close: nothing allowed is lost.
+                            if let Some(s) = run_start.take() {
+                                out.writes.push((dst, Chunk::Input(base + s..base + pos)));
+                            }
+                            self.close(out, "bad_frame", Some(leg), format!("frame at stream offset +{pos}: {e}"), true);
+                            return buf.len();
+                        }
+                    };
+                    if act != FrameAct::Forward {
                         if let Some(s) = run_start.take() {
                             out.writes.push((dst, Chunk::Input(base + s..base + pos)));
                         }
-                        self.close(out, "bad_frame", Some(leg), format!("frame at stream offset +{pos}: {e}"), true);
-                        return buf.len();
                     }
-                    run_start.get_or_insert(pos);
+                    match act {
+                        FrameAct::Forward => {
+                            run_start.get_or_insert(pos);
+                        }
+                        FrameAct::Absorb => {}
+                        FrameAct::Replace { forward, back } => {
+                            if !forward.is_empty() {
+                                out.owned(dst, forward);
+                            }
+                            if let Some(b) = back {
+                                out.owned(leg, b);
+                            }
+                        }
+                        FrameAct::Close { reason, back } => {
+                            if let Some(b) = back {
+                                out.owned(leg, b);
+                            }
+                            self.close(out, "policy", Some(leg), reason, true);
+                            return buf.len();
+                        }
+                    }
                     pos += 4 + len;
-                    out.frames[idx(leg)] += 1;
+                    out.frames[i] += 1;
                 }
                 Err(e) => {
                     if let Some(s) = run_start.take() {
@@ -518,6 +566,7 @@ mod tests {
             down_cookie: Cookie::new(b"down"),
             up_cookie: Cookie::new(b"up"),
             limits: LinkLimits::default(),
+            policy: LinkPolicy::default(),
         }
     }
 
@@ -536,8 +585,12 @@ mod tests {
 
     /// Drive a full handshake with fake peers; returns the link and down's/up's view.
     fn handshake(down_cookie: &[u8], up_cookie: &[u8]) -> (Link, Output, Vec<Event>) {
+        handshake_with(params(), down_cookie, up_cookie)
+    }
+
+    fn handshake_with(params: LinkParams, down_cookie: &[u8], up_cookie: &[u8]) -> (Link, Output, Vec<Event>) {
         let now = Instant::now();
-        let mut l = Link::new(params(), now);
+        let mut l = Link::new(params, now);
         let mut out = Output::default();
         let mut b = Vec::new();
         SendName { flags: FLAGS, creation: Some(11), name: "a@h".into() }.encode(11, &mut b);
@@ -631,5 +684,88 @@ mod tests {
         l.on_bytes(Leg::Down, &b, now, &mut out);
         assert_eq!(out.writes, vec![(Leg::Up, Chunk::Input(0..4))]);
         assert!(matches!(&out.events[0], Event::Close { reason, flush: true } if reason.label == "bad_frame"));
+    }
+
+    /// `131 68 0 Control [Payload]` with its length.
+    fn dist_frame(control: &[u8], payload: Option<&[u8]>) -> Vec<u8> {
+        let mut d = vec![131, 68, 0];
+        d.extend_from_slice(control);
+        d.extend_from_slice(payload.unwrap_or_default());
+        let mut f = (d.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&d);
+        f
+    }
+
+    fn reg_send(name: &str) -> Vec<u8> {
+        use crate::policy::wire::{encode_int, encode_pid};
+        let mut c = vec![104, 4];
+        encode_int(6, &mut c);
+        encode_pid("a@h", 1, 0, 11, &mut c);
+        distgate_codec::rewrite::encode_atom("", &mut c);
+        distgate_codec::rewrite::encode_atom(name, &mut c);
+        dist_frame(&c, Some(&[106]))
+    }
+
+    #[test]
+    fn policy_verdicts_replace_frames_in_place_and_answers_go_back_to_the_sender() {
+        use crate::policy::wire::{encode_int, encode_pid, encode_ref};
+        use crate::policy::{Compiled, RouteHandle};
+        let p = Compiled::parse("p", "[policy.p.control]\nreg_send_allow = [\"ok_*\"]\nspawn_allow = []\n").unwrap();
+        let reg = Arc::new(crate::registry::Registry::new("r"));
+        let h = Arc::new(RouteHandle::new("a", "b", Some(Arc::new(p)), reg.clone(), reg));
+        let with_policy = LinkParams { policy: LinkPolicy { dirs: [Some(h), None], stats: None }, ..params() };
+        let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
+        assert!(l.is_forwarding());
+        // A spawn request of os:cmd/1.
+        let mut c = vec![104, 6];
+        encode_int(29, &mut c);
+        encode_ref("a@h", 11, &[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3], &mut c);
+        encode_pid("a@h", 5, 0, 11, &mut c);
+        encode_pid("a@h", 6, 0, 11, &mut c);
+        c.extend_from_slice(&[104, 3]);
+        distgate_codec::rewrite::encode_atom("os", &mut c);
+        distgate_codec::rewrite::encode_atom("cmd", &mut c);
+        encode_int(1, &mut c);
+        c.push(106);
+        let spawn = dist_frame(&c, Some(&[106]));
+        let frames = [reg_send("ok_1"), reg_send("denied"), reg_send("ok_2"), spawn, reg_send("ok_3")];
+        let mut buf = Vec::new();
+        let mut at = Vec::new();
+        for f in &frames {
+            at.push(buf.len()..buf.len() + f.len());
+            buf.extend_from_slice(f);
+        }
+        let mut out = Output::default();
+        assert_eq!(l.on_bytes(Leg::Down, &buf, Instant::now(), &mut out), buf.len());
+        assert!(out.events.is_empty(), "{:?}", out.events);
+        // Passing frames stay ranges of the input; the denied message (whose header defines
+        // nothing) is left out; the refused spawn request is answered on the down leg.
+        assert_eq!(out.writes.len(), 4, "{:?}", out.writes);
+        assert_eq!(out.writes[0], (Leg::Up, Chunk::Input(at[0].clone())));
+        assert_eq!(out.writes[1], (Leg::Up, Chunk::Input(at[2].clone())));
+        let Chunk::Owned(reply) = &out.writes[2].1 else { panic!("{:?}", out.writes[2]) };
+        assert_eq!(out.writes[2].0, Leg::Down);
+        let mut dec = Decoder::default();
+        let distgate_codec::message::Decoded::Message(m) = dec.decode(&reply[4..]).unwrap() else { panic!() };
+        assert_eq!(m.control.op(), 31);
+        assert_eq!(out.writes[3], (Leg::Up, Chunk::Input(at[4].clone())));
+        assert_eq!(out.frames[0], 5);
+        // The other direction has no policy: forwarded as it came.
+        let mut out = Output::default();
+        let f = reg_send("denied");
+        l.on_bytes(Leg::Up, &f, Instant::now(), &mut out);
+        assert_eq!(out.writes, vec![(Leg::Down, Chunk::Input(0..f.len()))]);
+        // on_deny = "close": what passed before is flushed, then the link closes.
+        let p = Compiled::parse("p", "[policy.p.control]\nreg_send_allow = [\"ok_*\"]\non_deny = \"close\"\n").unwrap();
+        let reg = Arc::new(crate::registry::Registry::new("r"));
+        let h = Arc::new(RouteHandle::new("a", "b", Some(Arc::new(p)), reg.clone(), reg));
+        let with_policy = LinkParams { policy: LinkPolicy { dirs: [Some(h), None], stats: None }, ..params() };
+        let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
+        let mut out = Output::default();
+        let buf = [reg_send("ok_1"), reg_send("denied"), reg_send("ok_2")].concat();
+        assert_eq!(l.on_bytes(Leg::Down, &buf, Instant::now(), &mut out), buf.len());
+        assert_eq!(out.writes, vec![(Leg::Up, Chunk::Input(at[0].clone()))]);
+        assert!(matches!(&out.events[0], Event::Close { reason, flush: true } if reason.label == "policy" && reason.detail.contains("reg_send_allow")));
+        assert!(l.is_closed());
     }
 }

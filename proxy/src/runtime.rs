@@ -13,6 +13,7 @@
 use crate::driver::{self, CoreHandle, DriverKind};
 use crate::epmd::{self, NodeInfo, Request};
 use crate::link::{Cookie, LinkLimits};
+use crate::policy::{LinkPolicy, PolicyTable};
 use crate::stats::Stats;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -47,6 +48,11 @@ pub struct Spec {
     pub threads: usize,
     pub driver: DriverKind,
     pub epmd_timeout: Duration,
+    /// The policy handle of each route direction, by side indices; empty: nothing is judged.
+    /// Links take their route's handles when they open; storing a new policy into a handle
+    /// ([`crate::policy::RouteHandle::store`], [`PolicyTable::reload`]) applies to
+    /// established links from their next frame.
+    pub policies: PolicyTable,
 }
 
 /// A dedicated proxy port: diallers of side `from` reach node `alive` of side `to` here.
@@ -60,6 +66,8 @@ pub struct Route {
     pub target: Mutex<SocketAddr>,
     pub down_cookie: Cookie,
     pub up_cookie: Cookie,
+    /// The policy handles links on this port use.
+    pub policy: LinkPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +93,7 @@ pub(crate) struct Shared {
     stopping: AtomicBool,
     epmd_timeout: Duration,
     pub stats: Arc<Stats>,
+    policies: PolicyTable,
 }
 
 /// A running distgate. Dropping it stops it (see [`Runtime::shutdown`]).
@@ -127,6 +136,7 @@ impl Runtime {
             stopping: AtomicBool::new(false),
             epmd_timeout: spec.epmd_timeout,
             stats,
+            policies: spec.policies.clone(),
         });
         let mut responder_threads = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
@@ -151,6 +161,8 @@ impl Runtime {
     /// which. Established links are untouched; new EPMD lookups see the new routes. Sides,
     /// listeners, threads and driver need a restart (`Config::restart_required` names them).
     pub fn reload(&self, spec: &Spec) {
+        // Policies and registries apply to established links too, from their next frame.
+        self.shared.policies.adopt(&spec.policies);
         if spec.sides.len() != self.shared.sides.len()
             || spec.sides.iter().zip(&self.shared.sides).any(|(a, b)| a.name != b.spec.name)
         {
@@ -158,6 +170,11 @@ impl Runtime {
             return;
         }
         self.shared.routes_allowed.store(Arc::new(spec.routes.clone()));
+    }
+
+    /// The policy handles this runtime was started with (for a reload).
+    pub fn policies(&self) -> &PolicyTable {
+        &self.shared.policies
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -409,6 +426,7 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         target: Mutex::new(target),
         down_cookie: sh.sides[from].spec.cookie.clone(),
         up_cookie: sh.sides[to].spec.cookie.clone(),
+        policy: sh.policies.link(from, to, sh.stats.clone()),
     });
     let core = sh.next_core.fetch_add(1, Ordering::Relaxed) % sh.cores.len();
     sh.cores[core].listen(l, route.clone())?;
@@ -509,6 +527,7 @@ impl Spec {
                 Driver::Mio => DriverKind::Poll,
             },
             epmd_timeout: Duration::from_secs(5),
+            policies: PolicyTable::from_config(cfg, &crate::policy::registries_from_config(cfg)),
         })
     }
 }

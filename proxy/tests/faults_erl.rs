@@ -36,6 +36,7 @@ fn start() -> Runtime {
         threads: 2,
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(5),
+        policies: Default::default(),
     })
     .expect("distgate starts")
 }

@@ -36,6 +36,7 @@ fn start() -> Runtime {
         threads: 1,
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(5),
+        policies: Default::default(),
     })
     .unwrap()
 }

@@ -37,6 +37,7 @@ fn spec(driver: DriverKind, sides: Vec<SideSpec>) -> Spec {
         threads: 2,
         driver,
         epmd_timeout: Duration::from_secs(5),
+        policies: Default::default(),
     }
 }
 

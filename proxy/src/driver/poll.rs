@@ -225,6 +225,7 @@ impl Core {
                 down_cookie: route.down_cookie.clone(),
                 up_cookie: route.up_cookie.clone(),
                 limits: self.limits,
+                policy: route.policy.clone(),
             };
             let c = self.alloc(Slot::Free);
             if let Err(e) = self.poll.registry().register(&mut sock, token(c, 1), Interest::READABLE | Interest::WRITABLE) {

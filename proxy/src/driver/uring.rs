@@ -852,6 +852,7 @@ impl Core {
             down_cookie: route.down_cookie.clone(),
             up_cookie: route.up_cookie.clone(),
             limits: self.limits,
+            policy: route.policy.clone(),
         };
         Stats::add(&self.stats.links_accepted, 1);
         Stats::add(&self.stats.links_open, 1);
