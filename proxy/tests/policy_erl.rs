@@ -1,0 +1,352 @@
+//! Policy with real OTP nodes: two clusters running different versions of a module `m`
+//! (two builds by erlc), a registry per cluster built from those builds, and distgate between
+//! them judging the A → B direction.
+//!
+//! Each test starts its own distgate and nodes. Node A has `m` v1 loaded, node B `m` v2; both
+//! have `dgt` (test helpers, one build, so the same MD5 on both sides: funs of `dgt` are known
+//! to B's registry). B keeps what it receives in registered "sink" processes and the test
+//! reads them there, over the node's control channel, not over distribution.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use distgate::driver::DriverKind;
+use distgate::link::{Cookie, LinkLimits};
+use distgate::policy::{Compiled, PolicyTable, RouteHandle};
+use distgate::registry::{Limits, Registry, Source};
+use distgate::runtime::{Runtime, SideSpec, Spec};
+use distgate_testkit::erl;
+use distgate_testkit::{Node, NodeOptions, TempDir};
+
+const COOKIE_A: &str = "policy_cookie_a";
+const COOKIE_B: &str = "policy_cookie_b";
+
+/// The two versions differ in what they return, so a call says which version ran.
+fn m_source(v: &str) -> String {
+    format!(
+        r#"-module(m).
+-export([f/1, g/1, export_like/0, anon/0, closure/1, version/0]).
+version() -> {v}.
+f(X) -> {{{v}, X}}.
+g(X) -> {{{v}_g, X}}.
+%% OTP 25+: a local fun whose lambda entry names f/1 itself.
+export_like() -> fun f/1.
+anon() -> fun(X) -> {{{v}_anon, X}} end.
+closure(Y) -> fun(X) -> {{{v}_closure, X, Y}} end.
+"#
+    )
+}
+
+const DGT: &str = r#"-module(dgt).
+-export([sink/1, wait/3, call/2, wrap/1, atoms/2]).
+%% A registered process keeping every message it receives, in order.
+sink(Name) ->
+    Pid = spawn(fun() -> loop([]) end),
+    true = register(Name, Pid),
+    ok.
+loop(Acc) ->
+    receive
+        {'$dgt_get', From} -> From ! {'$dgt_got', lists:reverse(Acc)}, loop(Acc);
+        Msg -> loop([Msg | Acc])
+    end.
+%% What the sink holds, once it holds at least N messages or after Ms milliseconds.
+wait(Name, N, Ms) ->
+    Name ! {'$dgt_get', self()},
+    L = receive {'$dgt_got', Got} -> Got end,
+    case length(L) >= N orelse Ms =< 0 of
+        true -> L;
+        false -> timer:sleep(20), wait(Name, N, Ms - 20)
+    end.
+call(F, X) -> try F(X) catch C:R -> {caught, C, R} end.
+%% A closure of this (shared) module holding another fun as a free variable.
+wrap(F) -> fun(X) -> {wrapped, F(X)} end.
+%% Atoms nobody has used yet: Prefix_1 .. Prefix_N.
+atoms(Prefix, N) -> [list_to_atom(Prefix ++ "_" ++ integer_to_list(I)) || I <- lists:seq(1, N)].
+"#;
+
+struct Setup {
+    rt: Runtime,
+    a: Node,
+    b: Node,
+    handle: Arc<RouteHandle>,
+    _dir: TempDir,
+}
+
+fn compile(dir: &std::path::Path, module: &str, src: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = dir.join(format!("{module}.erl"));
+    std::fs::write(&file, src).unwrap();
+    erl::compile(&[&file], dir).unwrap();
+    std::fs::remove_file(&file).unwrap();
+}
+
+fn registry(name: &str, dirs: &[&std::path::Path]) -> Arc<Registry> {
+    let r = Registry::new(name);
+    let sources: Vec<Source> = dirs.iter().map(|d| Source::Dir(d.to_path_buf())).collect();
+    let report = r.refresh(&sources, &Limits::default());
+    assert!(report.ok(), "{:?}", report.errors);
+    Arc::new(r)
+}
+
+/// A `[policy.p]` body compiled as distgate compiles a configured one.
+fn policy(body: &str) -> Arc<Compiled> {
+    Arc::new(Compiled::parse("p", body).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn setup(policy_body: Option<&str>) -> Setup {
+    capture_audit();
+    let dir = TempDir::new("dg_policy_erl");
+    let (da, db, common) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("common"));
+    compile(&da, "m", &m_source("v1"));
+    compile(&db, "m", &m_source("v2"));
+    compile(&common, "dgt", DGT);
+    let (ra, rb) = (registry("a", &[&da, &common]), registry("b", &[&db, &common]));
+    let handle = Arc::new(RouteHandle::new("a", "b", policy_body.map(policy), ra.clone(), rb.clone()));
+    let mut table = PolicyTable::default();
+    table.insert(0, 1, handle.clone());
+    table.insert(1, 0, Arc::new(RouteHandle::new("b", "a", None, rb, ra)));
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    let side = |name: &str, cookie: &str| SideSpec {
+        name: name.into(),
+        cookie: Cookie::new(cookie.as_bytes()),
+        epmd_listen: Some(std::net::SocketAddr::new(lo, 0)),
+        upstream_epmd: None,
+        proxy_ip: lo,
+    };
+    let spec = Spec {
+        sides: vec![side("a", COOKIE_A), side("b", COOKIE_B)],
+        routes: vec![(0, 1), (1, 0)],
+        limits: LinkLimits { handshake_timeout: Duration::from_secs(5), ..LinkLimits::default() },
+        link_buffer: 4 << 20,
+        threads: 2,
+        driver: DriverKind::Poll,
+        epmd_timeout: Duration::from_secs(5),
+        policies: table,
+    };
+    let rt = Runtime::start(spec).expect("distgate starts");
+    let node = |prefix: &str, side: &str, cookie: &str, code: &std::path::Path| {
+        let epmd = rt.responder_addr(side).unwrap().port();
+        let extra_args = vec!["-pa".into(), code.display().to_string(), "-pa".into(), common.display().to_string()];
+        Node::start_with(prefix, NodeOptions { cookie: cookie.into(), epmd_port: Some(epmd), extra_args, ..NodeOptions::default() })
+    };
+    let a = node("pola", "a", COOKIE_A, &da);
+    let b = node("polb", "b", COOKIE_B, &db);
+    a.eval(&format!("B = {}.", b.atom()));
+    b.eval("ok = dgt:sink(dg_sink).");
+    // Connect first: messages sent while a connection is still being set up are encoded
+    // without atom-cache references, and the tests want the cache in use.
+    assert_eq!(a.eval("net_adm:ping(B)."), "pong");
+    assert_eq!(a.eval("m:version()."), "v1");
+    assert_eq!(b.eval("m:version()."), "v2");
+    Setup { rt, a, b, handle, _dir: dir }
+}
+
+// ---- audit lines, captured from tracing -------------------------------------------------------
+
+static AUDIT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct AuditWriter;
+impl Write for AuditWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        AUDIT.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_audit() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("distgate::audit=warn"))
+            .with_writer(|| AuditWriter)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+/// Audit lines (their JSON objects) mentioning `needle`.
+fn audit_lines(needle: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&AUDIT.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    text.lines().filter(|l| l.contains(needle)).filter_map(|l| l.find('{').map(|i| l[i..].to_string())).collect()
+}
+
+/// Send from A to B's sink, wait for `n` messages there, and evaluate `then` on B with the
+/// messages bound to `Got`.
+fn deliver(s: &Setup, send: &str, n: usize, then: &str) -> String {
+    s.a.eval(send);
+    s.b.eval(&format!("Got = dgt:wait(dg_sink, {n}, 5000), {then}"))
+}
+
+// ---- tests -------------------------------------------------------------------------------------
+
+#[test]
+fn pass_lets_the_fun_through_and_b_raises_badfun() {
+    // The risk distgate exists for: v1's fun reaches a node running v2.
+    let s = setup(Some("unknown_fun = \"pass\"\n"));
+    let r = deliver(&s, "{dg_sink, B} ! {msg, m:export_like()}.", 1, "[{msg, F}] = Got, dgt:call(F, 21).");
+    assert!(r.starts_with("{caught,error,{badfun,"), "{r}");
+    assert_eq!(s.rt.stats().get("policy:rewrite"), 0);
+}
+
+#[test]
+fn rewrite_sends_fun_m_f_1_which_runs_bs_version_and_reload_applies_to_the_open_link() {
+    let s = setup(Some("[policy.p.modules]\n\"m\" = { unknown_fun = \"rewrite\" }\n"));
+    let r = deliver(
+        &s,
+        "{dg_sink, B} ! {msg, m:export_like()}.",
+        1,
+        "[{msg, F}] = Got, {lists:flatten(io_lib:format(\"~w\", [F])), erlang:fun_info(F, type), dgt:call(F, 21)}.",
+    );
+    assert_eq!(r, "{\"fun m:f/1\",{type,external},{v2,21}}");
+    assert_eq!(s.rt.stats().get("policy:rewrite"), 1);
+    let line = &audit_lines("\"action\":\"rewrite\"")[0];
+    assert!(line.contains("\"route\":\"a->b\"") && line.contains("\"op\":\"REG_SEND\"") && line.contains("\"module\":\"m\""), "{line}");
+    assert!(line.contains("\"detail\":\"fun m:f/1\""), "{line}");
+    // Not provably the same function: the anonymous fun and the closure get the fallback
+    // (replace, by default).
+    let r = s.b.eval("[{msg, _}] = dgt:wait(dg_sink, 1, 0), ok.");
+    assert_eq!(r, "ok");
+    s.a.eval("{dg_sink, B} ! {anon, m:anon()}, {dg_sink, B} ! {closure, m:closure(7)}.");
+    let r = s.b.eval("[_, {anon, X}, {closure, Y}] = dgt:wait(dg_sink, 3, 5000), {element(1, X), element(1, Y)}.");
+    assert_eq!(r, "{distgate_blocked_fun,distgate_blocked_fun}");
+    // A reload: the open link applies the new policy from its next frame.
+    let links = s.rt.stats().links_established.load(std::sync::atomic::Ordering::Relaxed);
+    s.handle.store(Some(policy("unknown_fun = \"pass\"\n")));
+    s.a.eval("{dg_sink, B} ! {again, m:export_like()}.");
+    let r = s.b.eval("{again, F2} = lists:last(dgt:wait(dg_sink, 4, 5000)), element(1, dgt:call(F2, 1)).");
+    assert_eq!(r, "caught");
+    assert_eq!(s.rt.stats().links_established.load(std::sync::atomic::Ordering::Relaxed), links, "same link");
+}
+
+#[test]
+fn drop_skips_the_message_and_later_ones_reuse_its_atoms() {
+    let s = setup(Some("[policy.p.modules]\n\"m\" = { unknown_fun = \"drop\" }\n"));
+    // 300 atoms first introduced by the dropped message; the next messages use them all
+    // (through the atom cache, as references to entries the dropped message defined).
+    s.a.eval(
+        "Atoms = dgt:atoms(\"dg_drop_atom\", 300), \
+         {dg_sink, B} ! {dropped, m:export_like(), Atoms}, \
+         {dg_sink, B} ! {kept, Atoms}, \
+         {dg_sink, B} ! {kept_too, lists:reverse(Atoms)}.",
+    );
+    let r = s.b.eval(
+        "timer:sleep(300), [{kept, L1}, {kept_too, L2}] = dgt:wait(dg_sink, 2, 5000), \
+         {L1 =:= dgt:atoms(\"dg_drop_atom\", 300), L2 =:= lists:reverse(L1)}.",
+    );
+    assert_eq!(r, "{true,true}");
+    assert_eq!(s.a.eval("nodes()."), format!("[{}]", s.b.atom()), "the link stayed up");
+    assert_eq!(s.rt.stats().get("policy:drop"), 1);
+    assert_eq!(s.rt.stats().get("close:bad_frame"), 0);
+}
+
+#[test]
+fn replace_delivers_the_marker_naming_the_fun() {
+    let s = setup(Some("unknown_fun = \"replace\"\n"));
+    let md5 = s.a.eval("string:lowercase(binary_to_list(binary:encode_hex(m:module_info(md5)))).");
+    let index = s.a.eval("{new_index, I} = erlang:fun_info(m:export_like(), new_index), I.");
+    let r = deliver(&s, "{dg_sink, B} ! {msg, [#{k => m:export_like()}]}.", 1, "[{msg, [#{k := M}]}] = Got, M.");
+    assert_eq!(r, format!("{{distgate_blocked_fun,m,{index},<<{md5}>>}}"));
+    assert_eq!(s.rt.stats().get("policy:replace"), 1);
+}
+
+#[test]
+fn a_denied_spawn_request_gets_an_error_promptly_and_allowed_ones_run() {
+    let s = setup(Some("[policy.p.control]\nspawn_allow = [\"dgt:*\"]\n"));
+    let r = s.a.eval(
+        "T0 = erlang:monotonic_time(millisecond), \
+         R = erlang:spawn_request(B, os, cmd, [\"echo x\"], [monitor]), \
+         receive {spawn_reply, R, Res, Why} -> {Res, Why, erlang:monotonic_time(millisecond) - T0 < 2000} \
+         after 5000 -> timeout end.",
+    );
+    assert_eq!(r, "{error,distgate_denied,true}");
+    // spawn/4 to another node waits for the reply and raises its error.
+    assert_eq!(s.a.eval("try spawn(B, os, cmd, [\"echo x\"]) catch error:E4 -> E4 end."), "distgate_denied");
+    // spawn/2 of a fun is a spawn_request of erlang:apply/2: refused too.
+    let r = s.a.eval("R2 = erlang:spawn_request(B, fun() -> ok end, []), receive {spawn_reply, R2, Res2, W2} -> {Res2, W2} after 5000 -> timeout end.");
+    assert_eq!(r, "{error,distgate_denied}");
+    let r = s.a.eval(
+        "R3 = erlang:spawn_request(B, dgt, call, [fun erlang:node/1, self()], []), \
+         receive {spawn_reply, R3, ok, P3} -> node(P3) after 5000 -> timeout end.",
+    );
+    assert_eq!(r, s.b.atom());
+    assert_eq!(s.rt.stats().get("policy:deny"), 3);
+    assert!(audit_lines("\"rule\":\"spawn_allow\"").iter().any(|l| l.contains("\"fun\":\"os:cmd/1\"")));
+    assert_eq!(s.a.eval("nodes()."), format!("[{}]", s.b.atom()));
+}
+
+#[test]
+fn the_untrusted_preset_blocks_rpc_and_dangerous_messages_and_allows_listed_erpc() {
+    // (setup's net_adm:ping passes: the preset allows net_kernel's is_auth.)
+    let s = setup(Some("preset = \"untrusted\"\n[policy.p.control]\nrpc_allow = [\"m:*\"]\nreg_send_allow = [\"dg_*\"]\n"));
+    let r = s.a.eval(
+        "T0 = erlang:monotonic_time(millisecond), R = rpc:call(B, os, cmd, [\"echo x\"]), \
+         {R, erlang:monotonic_time(millisecond) - T0 < 2000}.",
+    );
+    assert_eq!(r, "{{badrpc,{'EXIT',distgate_denied}},true}");
+    assert_eq!(s.a.eval("erpc:call(B, m, f, [1])."), "{v2,1}");
+    assert_eq!(s.a.eval("try erpc:call(B, erlang, node, []) catch error:E -> E end."), "{erpc,distgate_denied}");
+    // sys messages, io requests and supervisor child calls never reach a process, whatever
+    // reg_send_allow says; plain messages do; names outside the allow-list get nothing.
+    s.b.eval("ok = dgt:sink(other_name).");
+    s.a.eval(
+        "{dg_sink, B} ! {system, {self(), make_ref()}, get_state}, \
+         {dg_sink, B} ! {io_request, self(), make_ref(), {put_chars, unicode, <<\"x\">>}}, \
+         {dg_sink, B} ! {'$gen_call', {self(), make_ref()}, {start_child, {id, {os, cmd, [\"x\"]}, temporary, 1, worker, []}}}, \
+         {other_name, B} ! not_allowed, \
+         {dg_sink, B} ! plain.",
+    );
+    assert_eq!(s.b.eval("dgt:wait(dg_sink, 1, 5000)."), "[plain]");
+    assert_eq!(s.b.eval("timer:sleep(200), dgt:wait(other_name, 0, 0)."), "[]");
+    let labels = s.rt.stats().labelled();
+    assert!(labels.get("policy:drop").copied().unwrap_or(0) >= 4, "{labels:?}");
+    assert_eq!(labels.get("policy:deny").copied(), Some(2), "{labels:?}");
+    for rule in ["untrusted:system_message", "untrusted:io_request", "untrusted:supervisor_child_call", "reg_send_allow", "rpc_allow"] {
+        assert!(!audit_lines(&format!("\"rule\":\"{rule}\"")).is_empty(), "{rule}");
+    }
+}
+
+#[test]
+fn funs_deep_in_maps_in_free_variables_and_in_a_fragmented_message() {
+    let s = setup(Some("[policy.p.modules]\n\"m\" = { unknown_fun = \"rewrite\" }\n"));
+    // Deep in maps and lists.
+    let r = deliver(
+        &s,
+        "{dg_sink, B} ! #{k => [{x, #{deep => m:export_like()}}]}.",
+        1,
+        "[#{k := [{x, #{deep := F}}]}] = Got, dgt:call(F, 21).",
+    );
+    assert_eq!(r, "{v2,21}");
+    // In the free variables of a fun B knows (dgt is the same build on both sides): only the
+    // inner fun is rewritten, and the outer fun's Size is fixed.
+    s.a.eval("{dg_sink, B} ! {wrapped, dgt:wrap(m:export_like())}.");
+    let r = s.b.eval("{wrapped, W} = lists:last(dgt:wait(dg_sink, 2, 5000)), dgt:call(W, 21).");
+    assert_eq!(r, "{wrapped,{v2,21}}");
+    // In a message over 1 MB (OTP sends it in 64 KiB fragments), with atoms it introduces,
+    // which the next message reuses.
+    s.a.eval(
+        "Big = binary:copy(<<\"0123456789abcdef\">>, 100000), Atoms = dgt:atoms(\"dg_big_atom\", 250), \
+         {dg_sink, B} ! {big, Big, m:export_like(), Atoms}, {dg_sink, B} ! {after_big, Atoms}.",
+    );
+    let r = s.b.eval(
+        "[{big, Bin, F3, A3}, {after_big, A4}] = lists:nthtail(2, dgt:wait(dg_sink, 4, 10000)), \
+         {byte_size(Bin), erlang:md5(Bin) =:= erlang:md5(binary:copy(<<\"0123456789abcdef\">>, 100000)), \
+          dgt:call(F3, 21), A3 =:= dgt:atoms(\"dg_big_atom\", 250), A4 =:= A3}.",
+    );
+    assert_eq!(r, "{1600000,true,{v2,21},true,true}");
+    assert_eq!(s.rt.stats().get("policy:rewrite"), 3);
+    assert_eq!(s.a.eval("nodes()."), format!("[{}]", s.b.atom()));
+}
+
+#[test]
+fn dry_run_decides_and_audits_but_forwards_unchanged() {
+    let s = setup(Some("dry_run = true\nunknown_fun = \"replace\"\n"));
+    let r = deliver(&s, "{dg_sink, B} ! {msg, m:export_like()}.", 1, "[{msg, F}] = Got, element(1, dgt:call(F, 21)).");
+    assert_eq!(r, "caught", "forwarded unchanged: B raises badfun");
+    assert_eq!(s.rt.stats().get("policy:dry_run:replace"), 1);
+    assert_eq!(s.rt.stats().get("policy:replace"), 0);
+    assert!(audit_lines("\"dry_run\":true").iter().any(|l| l.contains("\"action\":\"replace\"")));
+}
