@@ -707,14 +707,14 @@ fn fun_end_check(buf: &[u8], start: usize, end: usize) -> Result<()> {
 }
 
 /// How the fast path measures one tag's header (see [`skip_header`]). Every header it handles
-/// is `base` fixed bytes (tag included) plus some multiple of a big-endian length or count
-/// field that starts right after the tag. Let `x` be the 32 bits after the tag, big-endian.
+/// is `base` fixed bytes (tag included), then as many bytes of text or digits as a big-endian
+/// length field right after the tag says, if it has one. Let `x` be the 32 bits after the tag,
+/// big-endian: a field of `width` bytes is exactly `x >> (32 - 8 * width)`, so one shift gives
+/// the variable part (a shift of 32 gives 0, for a tag whose field counts children or that has
+/// none).
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct Len {
-    /// The variable part of the length is `((x << 1) >> shift) & mask`: the field, already
-    /// multiplied by its unit (1 byte of text or digits; 4 bytes per reference word), or 0.
-    mask: u32,
     base: u8,
     shift: u8,
     /// What else the tag needs (`PLAIN`: nothing).
@@ -747,59 +747,52 @@ const WITH_NODE: u8 = 1;
 /// Everything else: the general decoder's business (`node_term_len` says 0).
 const SLOW: u8 = 2;
 
-/// One tag's entries: `kind`, fixed bytes, the field's width in bytes (0 to 4), bytes per unit
-/// of the field in the length (0, 1 or 4), children as `kids_base + kids_mul * field`, and
-/// whether it is a UTF-8 atom (see [`Count`]).
-const fn entry(kind: u8, base: u8, width: u32, unit: u32, kids_base: u8, kids_mul: u8, utf8: bool) -> (Len, Count) {
+/// One tag's entries: `kind`, fixed bytes, the field's width in bytes (0 to 4), whether the
+/// field counts bytes that follow (else children, or nothing), children as
+/// `kids_base + kids_mul * field`, and whether it is a UTF-8 atom (see [`Count`]).
+const fn entry(kind: u8, base: u8, width: u32, bytes: bool, kids_base: u8, kids_mul: u8, utf8: bool) -> (Len, Count) {
     let field_shift = 32 - 8 * width;
-    let field_mask = if width == 0 { 0 } else { u32::MAX >> (32 - 8 * width) };
-    // (x << 1) >> (field_shift + 1 - log2(unit)) is the field times its unit, with low garbage
-    // bits cleared by the mask.
-    let (shift, mask) = match unit {
-        0 => (32, 0),
-        1 => (field_shift + 1, field_mask),
-        _ => (field_shift + 1 - 2, field_mask << 2),
-    };
+    let shift = if bytes { field_shift } else { 32 };
     (
-        Len { mask, base, shift: shift as u8, kind, _pad: 0 },
+        Len { base, shift: shift as u8, kind, _pad: 0 },
         Count { field_shift: field_shift as u8, kids_base, kids_mul, ascii: utf8 as u8, max: u32::MAX },
     )
 }
 
 /// An atom's entry: at most 255 bytes of text.
 const fn atom_entry(base: u8, width: u32, utf8: bool) -> (Len, Count) {
-    let (l, mut c) = entry(PLAIN, base, width, 1, 0, 0, utf8);
+    let (l, mut c) = entry(PLAIN, base, width, true, 0, 0, utf8);
     c.max = 255;
     (l, c)
 }
 
 /// The tags the fast path measures, with their entries.
 const FAST_TAGS: [(u8, (Len, Count)); 18] = [
-    (tag::SMALL_INTEGER, entry(PLAIN, 2, 0, 0, 0, 0, false)),
-    (tag::INTEGER, entry(PLAIN, 5, 0, 0, 0, 0, false)),
-    (tag::NEW_FLOAT, entry(PLAIN, 9, 0, 0, 0, 0, false)),
-    (tag::NIL, entry(PLAIN, 1, 0, 0, 0, 0, false)),
-    (tag::SMALL_TUPLE, entry(PLAIN, 2, 1, 0, 0, 1, false)),
-    (tag::LARGE_TUPLE, entry(PLAIN, 5, 4, 0, 0, 1, false)),
-    (tag::LIST, entry(PLAIN, 5, 4, 0, 1, 1, false)),
-    (tag::MAP, entry(PLAIN, 5, 4, 0, 0, 2, false)),
-    (tag::STRING, entry(PLAIN, 3, 2, 1, 0, 0, false)),
-    (tag::BINARY, entry(PLAIN, 5, 4, 1, 0, 0, false)),
-    (tag::SMALL_BIG, entry(PLAIN, 3, 1, 1, 0, 0, false)),
+    (tag::SMALL_INTEGER, entry(PLAIN, 2, 0, false, 0, 0, false)),
+    (tag::INTEGER, entry(PLAIN, 5, 0, false, 0, 0, false)),
+    (tag::NEW_FLOAT, entry(PLAIN, 9, 0, false, 0, 0, false)),
+    (tag::NIL, entry(PLAIN, 1, 0, false, 0, 0, false)),
+    (tag::SMALL_TUPLE, entry(PLAIN, 2, 1, false, 0, 1, false)),
+    (tag::LARGE_TUPLE, entry(PLAIN, 5, 4, false, 0, 1, false)),
+    (tag::LIST, entry(PLAIN, 5, 4, false, 1, 1, false)),
+    (tag::MAP, entry(PLAIN, 5, 4, false, 0, 2, false)),
+    (tag::STRING, entry(PLAIN, 3, 2, true, 0, 0, false)),
+    (tag::BINARY, entry(PLAIN, 5, 4, true, 0, 0, false)),
+    (tag::SMALL_BIG, entry(PLAIN, 3, 1, true, 0, 0, false)),
     (tag::ATOM, atom_entry(3, 2, false)),
     (tag::SMALL_ATOM, atom_entry(2, 1, false)),
     (tag::SMALL_ATOM_UTF8, atom_entry(2, 1, true)),
     (tag::ATOM_UTF8, atom_entry(3, 2, true)),
     // The index is the field; its bound is the walk's.
-    (tag::ATOM_CACHE_REF, entry(PLAIN, 2, 1, 0, 0, 0, false)),
+    (tag::ATOM_CACHE_REF, entry(PLAIN, 2, 1, false, 0, 0, false)),
     // Measured by `node_term_len`.
-    (tag::NEW_PID, entry(WITH_NODE, 0, 0, 0, 0, 0, false)),
-    (tag::NEWER_REFERENCE, entry(WITH_NODE, 0, 0, 0, 0, 0, false)),
+    (tag::NEW_PID, entry(WITH_NODE, 0, 0, false, 0, 0, false)),
+    (tag::NEWER_REFERENCE, entry(WITH_NODE, 0, 0, false, 0, 0, false)),
 ];
 
 /// The fast path's tables, by tag byte.
 static FAST: ([Len; 256], [Count; 256]) = {
-    let slow = entry(SLOW, 0, 0, 0, 0, 0, false);
+    let slow = entry(SLOW, 0, 0, false, 0, 0, false);
     let mut len = [slow.0; 256];
     let mut count = [slow.1; 256];
     let mut i = 0;
@@ -838,7 +831,7 @@ fn skip_header(tag: u8, w: u128, pos: usize, end: usize, refs: u64) -> Option<(u
     let (l, c) = (FAST.0[tag as usize], FAST.1[tag as usize]);
     let x = (w as u32).swap_bytes() as u64;
     // `pos + base` does not wait for the field; only the last add does.
-    let next = (pos as u64 + l.base as u64) + (((x << 1) >> l.shift) & l.mask as u64);
+    let next = (pos as u64 + l.base as u64) + (x >> l.shift);
     let f = x >> c.field_shift;
     let kids = c.kids_base as u64 + f * c.kids_mul as u64;
     if l.kind != PLAIN {
