@@ -178,18 +178,20 @@ impl Direction {
         let mut funs = recycle(std::mem::take(&mut self.funs));
         // Funs are looked at when an action could apply to them, and for a held message,
         // whose re-emission may patch their Size.
-        let collected = if held.is_some() || (p.funs_matter && may_hold_funs(msg)) {
+        let collected = if held.is_some() {
             fun::message_funs(&mut self.walker, msg, &mut funs)
+        } else if p.funs_matter {
+            collect_funs(&mut self.walker, msg, &mut funs)
         } else {
             Ok(())
         };
         let result = collected.and_then(|()| {
-            // The registries are consulted only for funs (a policy implies a handle).
-            let snaps = match &self.handle {
-                Some(h) if !funs.is_empty() => Some((h.target.load().load(), h.source.load().load())),
-                _ => None,
-            };
-            let regs = snaps.as_ref().map(|(t, s)| Registries { target: t, source: Some(s) });
+            // The registries are consulted only for funs (a policy implies a handle), the
+            // source's only to rewrite.
+            let handle = self.handle.as_ref().filter(|_| !funs.is_empty());
+            let target = handle.map(|h| h.target.load().load());
+            let source = || handle.map(|h| h.source.load().snapshot());
+            let regs = target.as_ref().map(|t| Registries { target: t, source: &source });
             let j = engine::judge(p, msg, &funs, regs, &mut self.walker);
             if !j.findings.is_empty() {
                 let site = Site { link: self.link, route: &self.route, direction: self.name };
@@ -272,15 +274,24 @@ impl Direction {
     }
 }
 
-/// Could `msg` carry a fun? A small message without any fun tag byte cannot: there a
-/// memchr over its bytes is cheaper than the walk (and with the atom cache, atom texts are not
-/// in the body, so the tag bytes are rarer). Large messages are walked: the walk skips a
-/// binary in one step, where memchr would read every byte of it.
-fn may_hold_funs(msg: &Message<'_>) -> bool {
+/// Every fun of `msg`, like `fun::message_funs`, skipping a part that cannot hold one: the
+/// control term (small, and a fun there is rare) or a payload of at most 512 bytes, when no fun
+/// tag byte occurs in it. There a memchr is cheaper than the walk (and with the atom cache,
+/// atom texts are not in the body, so the tag bytes are rarer). Larger payloads are walked:
+/// the walk steps over a binary at once, where memchr would read every byte of it.
+fn collect_funs<'a>(w: &mut Walker, msg: &Message<'a>, out: &mut Vec<FunSite<'a>>) -> distgate_codec::Result<()> {
     const SMALL: usize = 512;
-    let end = msg.payload.as_ref().map_or(msg.control_range.end, |r| r.end);
-    let body = &msg.bytes[msg.control_range.start..end];
-    body.len() > SMALL || distgate_codec::scan::may_contain_fun(body)
+    let may_hold = |r: &std::ops::Range<usize>, small_only: bool| {
+        (!small_only && r.len() > SMALL) || distgate_codec::scan::may_contain_fun(&msg.bytes[r.clone()])
+    };
+    w.set_cache_refs(msg.refs.table().map(|t| t.nrefs));
+    if may_hold(&msg.control_range, true) {
+        fun::collect(w, msg.bytes, msg.control_range.clone(), fun::Part::Control, out)?;
+    }
+    if let Some(p) = msg.payload.as_ref().filter(|p| may_hold(p, false)) {
+        fun::collect(w, msg.bytes, p.clone(), fun::Part::Payload, out)?;
+    }
+    Ok(())
 }
 
 /// The edits the engine made could not be applied: never expected (they are whole terms);

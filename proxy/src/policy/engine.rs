@@ -8,6 +8,7 @@
 //! matter), then every fun, control and payload alike, in the order they appear.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use distgate_codec::control::{op, op_name, Control};
 use distgate_codec::fun::{FunKind, FunSite};
@@ -90,8 +91,9 @@ impl Judgement {
 pub struct Registries<'s> {
     /// The target cluster's: which module versions it runs, what it exports.
     pub target: &'s Snapshot,
-    /// The sending cluster's: what a fun's lambda is (name, free variables), for rewrites.
-    pub source: Option<&'s Snapshot>,
+    /// The sending cluster's: what a fun's lambda is (name, free variables). Needed only to
+    /// rewrite, so it is fetched only then.
+    pub source: &'s dyn Fn() -> Option<Arc<Snapshot>>,
 }
 
 /// Judge `msg`. `funs` are its fun sites (`distgate_codec::fun::message_funs`); `regs` may be
@@ -386,7 +388,8 @@ fn rewrite_target(p: &Compiled, nf: &NewFun<'_>, module: &str, regs: Registries<
     if nf.num_free != 0 {
         return Err("the fun has free variables");
     }
-    let version = regs.source.and_then(|s| s.knows(module, nf.uniq)).ok_or("the source registry does not know this module version")?;
+    let source = (regs.source)();
+    let version = source.as_deref().and_then(|s| s.knows(module, nf.uniq)).ok_or("the source registry does not know this module version")?;
     let lambda = version.lambda(nf.index).ok_or("no such lambda in the module version")?;
     if lambda.num_free != 0 || lambda.fun_arity() != Some(nf.arity as u32) {
         return Err("the lambda does not match the fun");

@@ -277,13 +277,14 @@ fn policy(text: &str) -> Compiled {
 /// the receiver would print it.
 fn run(p: &Compiled, frame: &[u8]) -> (Judgement, Option<String>) {
     let (src, dst) = (source(), target());
-    let (s, t) = (src.load(), dst.load());
+    let (s, t) = (src.snapshot(), dst.load());
     let mut dec = Decoder::default();
     let Decoded::Message(m) = dec.decode(frame).unwrap() else { panic!("not a message") };
     let mut w = Walker::default();
     let mut funs = Vec::new();
     fun::message_funs(&mut w, &m, &mut funs).unwrap();
-    let regs = Registries { target: &t, source: Some(&s) };
+    let source = || Some(s.clone());
+    let regs = Registries { target: &t, source: &source };
     let j = judge(p, &m, &funs, Some(regs), &mut w);
     let edited = match &j.verdict {
         Verdict::Edits(e) => {
