@@ -2,91 +2,10 @@
 //! `/metrics` scraped and checked against the traffic sent, SIGHUP with a broken and then a
 //! changed file, SIGTERM draining and bringing nodedown.
 
+use distgate_testkit::daemon::{free_port, sample, scrape, Daemon};
 use distgate_testkit::{Node, NodeOptions, TempDir};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Distgate {
-    child: Child,
-    lines: Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Distgate {
-    fn start(config: &std::path::Path) -> Distgate {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_distgate"))
-            .args(["run", "-c"])
-            .arg(config)
-            .env("DISTGATE_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("distgate starts");
-        let (tx, rx) = channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let mut d = Distgate { child, lines: rx, log: Vec::new() };
-        d.wait_for("distgate running");
-        d
-    }
-
-    /// Wait for a log line containing `what` (the readiness signal; no sleeping).
-    fn wait_for(&mut self, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.log.push(l.clone());
-                    if l.contains(what) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!("no log line with {what:?}; log so far:\n{}", self.log.join("\n")),
-            }
-        }
-    }
-
-    /// Send a signal with kill(1): no `unsafe` outside the io_uring driver, tests included.
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Distgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    body
-}
-
-/// The value of a sample `name{labels}` in Prometheus text (labels given as they print).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
-}
+const BIN: &str = env!("CARGO_BIN_EXE_distgate");
 
 fn config(dir: &TempDir, ea: u16, eb: u16, metrics: u16, route: bool) -> std::path::PathBuf {
     let route = if route { "[[route]]\nfrom = \"a\"\nto = \"b\"\n" } else { "" };
@@ -105,7 +24,7 @@ fn run_with_a_file_metrics_reload_and_sigterm() {
     let dir = TempDir::new("dg_ops");
     let (ea, eb, mp) = (free_port(), free_port(), free_port());
     let cfg = config(&dir, ea, eb, mp, true);
-    let mut dg = Distgate::start(&cfg);
+    let mut dg = Daemon::start(BIN, &cfg);
     let a = Node::start_with("oa", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
     let b = Node::start_with("ob", NodeOptions { cookie: "ops_cookie_b".into(), epmd_port: Some(eb), ..NodeOptions::default() });
     a.eval(&format!("B = {}.", b.atom()));
@@ -140,9 +59,80 @@ fn run_with_a_file_metrics_reload_and_sigterm() {
 
     // SIGTERM: the link is closed (nodedown on both sides) and distgate exits cleanly.
     dg.signal("TERM");
-    let status = dg.child.wait().unwrap();
+    let status = dg.wait();
     assert!(status.success(), "{status:?}");
     let gone = "W = fun Wait(0) -> nodes(); Wait(K) -> case nodes() of [] -> []; _ -> receive after 50 -> Wait(K - 1) end end end, W(200).";
     assert_eq!(a.eval(gone), "[]");
     assert_eq!(b.eval(gone), "[]");
+}
+
+/// A config whose route a → b is judged by a policy letting REG_SENDs reach only `allowed`
+/// (and the names nodes use among themselves when they meet).
+fn policy_config(dir: &TempDir, ea: u16, eb: u16, metrics: u16, allowed: &[&str]) -> std::path::PathBuf {
+    let names: Vec<String> = allowed.iter().chain(&["net_kernel", "global_*"]).map(|n| format!("\"{n}\"")).collect();
+    let text = format!(
+        "[[cluster]]\nname = \"a\"\ncookie = \"ops_cookie_a\"\nlisten = \"127.0.0.1:{ea}\"\n\n\
+         [[cluster]]\nname = \"b\"\ncookie = \"ops_cookie_b\"\nlisten = \"127.0.0.1:{eb}\"\n\n\
+         [[route]]\nfrom = \"a\"\nto = \"b\"\npolicy = \"gate\"\n\n\
+         [policy.gate.control]\nreg_send_allow = [{}]\n\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n[runtime]\nthreads = 2\ndriver = \"mio\"\n",
+        names.join(", ")
+    );
+    let p = dir.path().join("distgate.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Issue 6: SIGHUP under traffic changes what the policy lets through on the open link; the
+/// link is neither dropped nor re-made, and the traffic flowing meanwhile arrives whole and
+/// in order.
+#[test]
+fn reload_under_traffic_changes_a_policy_outcome_with_no_link_dropped() {
+    let dir = TempDir::new("dg_ops_reload");
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let cfg = policy_config(&dir, ea, eb, mp, &["dg_count"]);
+    let mut dg = Daemon::start(BIN, &cfg);
+    let a = Node::start_with("ra", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
+    let b = Node::start_with("rb", NodeOptions { cookie: "ops_cookie_b".into(), epmd_port: Some(eb), ..NodeOptions::default() });
+    a.eval(&format!("B = {}.", b.atom()));
+    // dg_count checks that {seq, N} arrive as 1, 2, 3, …; dg_other keeps what it gets.
+    b.eval(
+        "register(dg_count, spawn(fun() -> L = fun Loop(N, Ok) -> receive \
+           {seq, M} -> Loop(M, Ok andalso M =:= N + 1); \
+           {sync, F} -> F ! synced, Loop(N, Ok); \
+           {get, F} -> F ! {count, N, Ok}, Loop(N, Ok) end end, L(0, true) end)).",
+    );
+    b.eval("register(dg_other, spawn(fun() -> L = fun Loop(Got) -> receive {get, F} -> F ! {other, lists:reverse(Got)}, Loop(Got); X -> Loop([X | Got]) end end, L([]) end)).");
+    assert_eq!(a.eval("net_adm:ping(B)."), "pong");
+    // A watcher on A that would see the link go down, and a pump sending {seq, N} every ms.
+    a.eval("register(watch, spawn(fun() -> monitor_node(B, true), L = fun Loop(Downs) -> receive {get, F} -> F ! {downs, Downs}, Loop(Downs); {nodedown, _} = D -> Loop([D | Downs]) end end, L([]) end)).");
+    a.eval("register(pump, spawn(fun() -> P = fun Loop(N) -> receive {stop, F} -> F ! {sent, N} after 1 -> {dg_count, B} ! {seq, N + 1}, Loop(N + 1) end end, P(0) end)).");
+    // Sent to dg_other, then a sync through dg_count on the same link: when the sync is
+    // answered, what dg_other will ever get of it is in its mailbox.
+    let probe = |tag: &str| {
+        let r = a.eval(&format!("{{dg_other, B}} ! {tag}, {{dg_count, B}} ! {{sync, self()}}, receive synced -> ok after 10000 -> timeout end."));
+        assert_eq!(r, "ok");
+        // Bindings persist from one eval to the next: a fresh variable per probe.
+        b.eval(&format!("dg_other ! {{get, self()}}, receive {{other, Got_{tag}}} -> Got_{tag} after 5000 -> timeout end."))
+    };
+    assert_eq!(probe("before"), "[]", "refused by the first policy");
+
+    policy_config(&dir, ea, eb, mp, &["dg_count", "dg_other"]);
+    dg.signal("HUP");
+    dg.wait_for("SIGHUP: configuration reloaded");
+    assert_eq!(probe("later"), "[later]", "let through by the reloaded policy, on the same link");
+
+    let sent = a.eval("pump ! {stop, self()}, receive {sent, N} -> N after 10000 -> timeout end.");
+    let sent: u64 = sent.parse().unwrap_or_else(|_| panic!("pump: {sent}"));
+    assert!(sent > 0);
+    let got = b.eval(&format!(
+        "W = fun Wait(0) -> dg_count ! {{get, self()}}, receive C -> C end; \
+                 Wait(K) -> dg_count ! {{get, self()}}, receive {{count, {sent}, _}} = C -> C; _ -> receive after 20 -> Wait(K - 1) end end end, W(500)."
+    ));
+    assert_eq!(got, format!("{{count,{sent},true}}"), "every message of the pump, in order");
+    assert_eq!(a.eval("watch ! {get, self()}, receive {downs, D} -> D end."), "[]", "no nodedown on A");
+    let m = scrape(mp);
+    assert_eq!(sample(&m, "distgate_links_total{event=\"established\"}"), 1.0, "one link, never re-made");
+    assert_eq!(sample(&m, "distgate_links{state=\"open\"}"), 1.0);
+    assert_eq!(sample(&m, "distgate_policy_actions_total{action=\"drop\"}"), 1.0, "only the first probe was dropped\n{m}");
 }

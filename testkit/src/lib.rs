@@ -11,6 +11,8 @@
 //!   connection into handshake and framed stream, per direction.
 //! * [`capture`] — one call to record a scripted A→B exchange, plus
 //!   [`capture::RICH_SCENARIO`].
+//! * [`daemon`] — the `distgate` binary run with a config file, its log
+//!   lines as readiness signals, signals, `/metrics` scraped.
 //! * [`corpus`] — random terms encoded by erl, and asking erl to decode.
 //!
 //! Everything is std-only and every wait has a deadline: a hang becomes a
@@ -18,6 +20,7 @@
 
 pub mod capture;
 pub mod corpus;
+pub mod daemon;
 pub mod erl;
 pub mod node;
 pub mod relay;

@@ -1,0 +1,110 @@
+//! The `distgate` binary run as an operator runs it: a child process whose log lines are
+//! the readiness signals (no sleeping), signals sent with kill(1), `/metrics` scraped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// A running `distgate run -c FILE`, killed when dropped.
+pub struct Daemon {
+    child: Child,
+    lines: Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `bin run -c config` with `DISTGATE_LOG=info` and waits for "distgate running".
+    pub fn start(bin: &str, config: &Path) -> Daemon {
+        let mut child = Command::new(bin)
+            .args(["run", "-c"])
+            .arg(config)
+            .env("DISTGATE_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("distgate starts");
+        let (tx, rx) = channel();
+        let err = child.stderr.take().expect("stderr is piped");
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let mut d = Daemon { child, lines: rx, log: Vec::new() };
+        d.wait_for("distgate running");
+        d
+    }
+
+    /// Waits (30 s at most) for a log line containing `what` and returns it; panics with the
+    /// log so far when none comes.
+    pub fn wait_for(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.log.push(l.clone());
+                    if l.contains(what) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no log line with {what:?}; log so far:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
+    /// Every log line read so far (by [`Daemon::wait_for`]) plus those waiting now.
+    pub fn log(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l);
+        }
+        &self.log
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`) with kill(1): no `unsafe` in tests.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().expect("wait for distgate")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET /metrics` on 127.0.0.1:`port`: the whole HTTP response (asserted to be a 200).
+pub fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+/// The value of the sample `series` (name and labels as they print, `a_total{x="y"}`) in
+/// Prometheus text; panics, showing the text, when there is none.
+pub fn sample(text: &str, series: &str) -> f64 {
+    sample_or(text, series).unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+}
+
+/// [`sample`], or `None` when the series is absent.
+pub fn sample_or(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
