@@ -78,6 +78,52 @@ impl<'a> Visitor<'a> for Collect<'_, 'a> {
     }
 }
 
+/// Where the outermost funs of a walked term lie, found during a walk done anyway (the
+/// decoder's payload walk, see [`crate::message::Decoder::set_mark_funs`]), so that a caller
+/// interested in funs need not walk the payload a second time: most messages carry none, and
+/// then the marks are empty; a fun inside another fun's free variables is inside its
+/// enclosing mark ([`collect`] over a mark finds both).
+#[derive(Debug, Default, Clone)]
+pub struct FunMarks {
+    marks: Vec<Range<usize>>,
+    depth: u32,
+}
+
+impl FunMarks {
+    pub fn clear(&mut self) {
+        self.marks.clear();
+        self.depth = 0;
+    }
+    /// The outermost funs' extents, in order.
+    pub fn marks(&self) -> &[Range<usize>] {
+        &self.marks
+    }
+}
+
+impl Visitor<'_> for FunMarks {
+    #[inline(always)]
+    fn wants(tag: u8) -> bool {
+        matches!(tag, crate::tag::NEW_FUN | crate::tag::FUN | crate::tag::EXPORT)
+    }
+    #[inline]
+    fn enter(&mut self, at: usize, _term: &Term<'_>) -> Result<()> {
+        if self.depth == 0 {
+            self.marks.push(at..at);
+        }
+        self.depth += 1;
+        Ok(())
+    }
+    #[inline]
+    fn leave(&mut self, _at: usize, end: usize) {
+        self.depth = self.depth.saturating_sub(1);
+        if self.depth == 0 {
+            if let Some(m) = self.marks.last_mut() {
+                m.end = end;
+            }
+        }
+    }
+}
+
 /// Append every fun in the term at `range` of `buf` to `out`.
 ///
 /// No prefilter: this used to skip the walk when no fun tag byte (112, 113, 117) occurs in the
@@ -168,5 +214,48 @@ mod tests {
         assert_eq!(got, [(f1, f1_end, 0), (e1, f2, 1), (f2, f2_end, 1), (e2, e2_end, 0), (f3, f3_end, 0)]);
         assert!(matches!(out[0].kind, FunKind::New(f) if f.num_free == 2));
         assert!(matches!(out[1].kind, FunKind::Export(e) if e.module.is("a") && e.arity == 0));
+    }
+
+    /// The decoder's marks are the outermost funs `collect` finds, and collecting over the
+    /// marks finds every fun a whole-payload walk finds; a payload without funs has no marks.
+    #[test]
+    fn decoder_marks_are_the_outermost_funs() {
+        use crate::message::{Decoded, Decoder};
+        // 112 (p) as an integer: a fun tag byte that is not a fun.
+        let frame_with = |payload: &dyn Fn(&mut Vec<u8>)| {
+            // Pass-through, SEND {2, '', Pid}, then the payload.
+            let mut f = vec![112, 131, 104, 3, 97, 2, 119, 0, 88];
+            atom(&mut f, "n@h");
+            f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 131]);
+            payload(&mut f);
+            f
+        };
+        let funs = frame_with(&|b| {
+            b.extend_from_slice(&[104, 3, 97, 112]);
+            new_fun(b, 2, |b| {
+                export(b, "a", "b", 0);
+                new_fun(b, 1, |b| b.extend_from_slice(&[97, 42]));
+            });
+            b.extend_from_slice(&[116, 0, 0, 0, 1]);
+            atom(b, "k");
+            export(b, "m", "f", 1);
+        });
+        let none = frame_with(&|b| b.extend_from_slice(&[104, 2, 97, 112, 97, 113]));
+        let mut dec = Decoder::default();
+        let Decoded::Message(m) = dec.decode(&none).unwrap() else { panic!("not a message") };
+        assert_eq!(m.payload_funs, None, "marking is off by default");
+        dec.set_mark_funs(true);
+        let Decoded::Message(m) = dec.decode(&none).unwrap() else { panic!("not a message") };
+        assert_eq!(m.payload_funs, Some(&[][..]));
+        let Decoded::Message(m) = dec.decode(&funs).unwrap() else { panic!("not a message") };
+        let (mut w, mut whole, mut marked) = (Walker::default(), Vec::new(), Vec::new());
+        collect(&mut w, m.bytes, m.payload.clone().unwrap(), Part::Payload, &mut whole).unwrap();
+        let outer: Vec<_> = whole.iter().filter(|s| s.nesting == 0).map(|s| s.range()).collect();
+        assert_eq!(outer.len(), 2);
+        assert_eq!(m.payload_funs.unwrap(), &outer[..]);
+        for r in m.payload_funs.unwrap() {
+            collect(&mut w, m.bytes, r.clone(), Part::Payload, &mut marked).unwrap();
+        }
+        assert_eq!(marked, whole);
     }
 }

@@ -20,6 +20,7 @@
 use crate::atom_cache::{AtomCache, RefTable};
 use crate::control::{self, Control};
 use crate::error::{DistErrorKind, Error, ErrorKind, Result};
+use crate::fun::FunMarks;
 use crate::tag;
 use crate::term::{u64_at, u8_at, Limits, Walker};
 use core::ops::Range;
@@ -96,6 +97,10 @@ pub struct Message<'a> {
     pub control: Control<'a>,
     pub framing: Framing,
     pub refs: Refs<'a>,
+    /// With [`Decoder::set_mark_funs`] on: the extents of the payload's outermost funs (see
+    /// [`crate::fun::FunMarks`]); `None` when marking is off. Funs in the control term are
+    /// not marked (the control is decoded, not walked).
+    pub payload_funs: Option<&'a [Range<usize>]>,
 }
 
 /// What a frame turned out to be.
@@ -127,6 +132,8 @@ pub struct Decoder {
     /// A finished sequence's buffer, kept so the returned message can borrow it; recycled on
     /// the next call.
     done: Option<Seq>,
+    /// Fun marks of the last payload walked, when marking is on.
+    fun_marks: Option<FunMarks>,
 }
 
 impl Default for Decoder {
@@ -145,7 +152,21 @@ impl Decoder {
             seqs: Vec::new(),
             buffered: 0,
             done: None,
+            fun_marks: None,
         }
+    }
+
+    /// Record, during the payload walk every decode does anyway, where the payload's funs are
+    /// ([`Message::payload_funs`]): a policy that looks at funs then skips a second walk of
+    /// payloads without any. Off by default (the walk is then the plain validating one).
+    pub fn set_mark_funs(&mut self, on: bool) {
+        if on != self.fun_marks.is_some() {
+            self.fun_marks = on.then(FunMarks::default);
+        }
+    }
+
+    pub fn marks_funs(&self) -> bool {
+        self.fun_marks.is_some()
     }
 
     /// Bytes held for incomplete fragmented messages.
@@ -173,7 +194,7 @@ impl Decoder {
         if first == tag::PASS_THROUGH {
             let body = &frame[1..];
             self.walker.set_cache_refs(None);
-            let m = decode_body(&mut self.walker, body, 0, true, None, Framing::PassThrough, Refs::None)
+            let m = decode_body(&mut self.walker, self.fun_marks.as_mut(), body, 0, true, None, Framing::PassThrough, Refs::None)
                 .map_err(|e| e.shifted(1))?;
             return Ok(Decoded::Message(m));
         }
@@ -186,7 +207,7 @@ impl Decoder {
                 let hdr_end = self.cache.apply(body, 0, &mut self.table).map_err(|e| e.shifted(2))?;
                 self.walker.set_cache_refs(Some(self.table.nrefs));
                 let refs = Refs::Live { cache: &self.cache, table: &self.table };
-                let m = decode_body(&mut self.walker, body, hdr_end, false, Some(0..hdr_end), Framing::DistHeader, refs)
+                let m = decode_body(&mut self.walker, self.fun_marks.as_mut(), body, hdr_end, false, Some(0..hdr_end), Framing::DistHeader, refs)
                     .map_err(|e| e.shifted(2))?;
                 Ok(Decoded::Message(m))
             }
@@ -213,6 +234,7 @@ impl Decoder {
             let refs = Refs::Live { cache: &self.cache, table: &self.table };
             let m = decode_body(
                 &mut self.walker,
+                self.fun_marks.as_mut(),
                 body,
                 hdr_end,
                 false,
@@ -277,6 +299,7 @@ impl Decoder {
         let refs = Refs::Snapshot { table: &done.table, texts: &done.texts };
         let m = decode_body(
             &mut self.walker,
+            self.fun_marks.as_mut(),
             &done.buf,
             hdr_end,
             false,
@@ -294,8 +317,10 @@ pub fn header_len(buf: &[u8]) -> Result<usize> {
 }
 
 /// Decode control (and payload extent) starting at `at` in `body`.
+#[allow(clippy::too_many_arguments)]
 fn decode_body<'a>(
     w: &mut Walker,
+    marks: Option<&'a mut FunMarks>,
     body: &'a [u8],
     at: usize,
     versioned: bool,
@@ -315,11 +340,18 @@ fn decode_body<'a>(
     let c_at = expect_version(at)?;
     let (control, c_end) = control::decode(w, body, c_at)?;
     let op = control.op();
+    let mut marks = marks;
+    if let Some(m) = marks.as_deref_mut() {
+        m.clear();
+    }
     let payload = if c_end == body.len() {
         None
     } else {
         let p_at = expect_version(c_end)?;
-        let p_end = w.walk(body, p_at, &mut crate::term::Skip)?;
+        let p_end = match marks.as_deref_mut() {
+            Some(m) => w.walk(body, p_at, m)?,
+            None => w.walk(body, p_at, &mut crate::term::Skip)?,
+        };
         if p_end != body.len() {
             return Err(Error::new(p_end, ErrorKind::Trailing { extra: body.len() - p_end }));
         }
@@ -331,5 +363,6 @@ fn decode_body<'a>(
         }
         _ => {}
     }
-    Ok(Message { bytes: body, header, control_range: c_at..c_end, payload, control, framing, refs })
+    let payload_funs = marks.map(|m| &*m).map(FunMarks::marks);
+    Ok(Message { bytes: body, header, control_range: c_at..c_end, payload, control, framing, refs, payload_funs })
 }

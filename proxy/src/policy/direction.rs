@@ -111,6 +111,8 @@ impl Direction {
     pub fn frame(&mut self, dec: &mut Decoder, frame: &[u8], now: Instant) -> distgate_codec::Result<FrameAct> {
         let guard = self.handle.as_ref().map(|h| h.policy.load());
         let policy: Option<&Compiled> = guard.as_ref().and_then(|g| g.as_deref());
+        // The decoder marks payload funs during its own walk when a policy looks at funs.
+        dec.set_mark_funs(policy.is_some_and(|p| p.funs_matter));
         if policy.is_none() && self.held.is_empty() {
             dec.decode(frame)?;
             return Ok(FrameAct::Forward);
@@ -274,11 +276,12 @@ impl Direction {
     }
 }
 
-/// Every fun of `msg`, like `fun::message_funs`, skipping a part that cannot hold one: the
-/// control term (small, and a fun there is rare) or a payload of at most 512 bytes, when no fun
-/// tag byte occurs in it. There a memchr is cheaper than the walk (and with the atom cache,
-/// atom texts are not in the body, so the tag bytes are rarer). Larger payloads are walked:
-/// the walk steps over a binary at once, where memchr would read every byte of it.
+/// Every fun of `msg`, like `fun::message_funs`, walking only what can hold one: the control
+/// term when a fun tag byte occurs in it (it is small, and a fun there is rare), and in the
+/// payload only the funs the decoder marked during its own walk (none, for most messages).
+/// Without marks (marking off), a payload of at most 512 bytes is skipped when no fun tag
+/// byte occurs in it, and larger ones are walked: the walk steps over a binary at once, where
+/// memchr would read every byte of it.
 fn collect_funs<'a>(w: &mut Walker, msg: &Message<'a>, out: &mut Vec<FunSite<'a>>) -> distgate_codec::Result<()> {
     const SMALL: usize = 512;
     let may_hold = |r: &std::ops::Range<usize>, small_only: bool| {
@@ -288,8 +291,14 @@ fn collect_funs<'a>(w: &mut Walker, msg: &Message<'a>, out: &mut Vec<FunSite<'a>
     if may_hold(&msg.control_range, true) {
         fun::collect(w, msg.bytes, msg.control_range.clone(), fun::Part::Control, out)?;
     }
-    if let Some(p) = msg.payload.as_ref().filter(|p| may_hold(p, false)) {
-        fun::collect(w, msg.bytes, p.clone(), fun::Part::Payload, out)?;
+    match (msg.payload_funs, msg.payload.as_ref()) {
+        (Some(marks), _) => {
+            for m in marks {
+                fun::collect(w, msg.bytes, m.clone(), fun::Part::Payload, out)?;
+            }
+        }
+        (None, Some(p)) if may_hold(p, false) => fun::collect(w, msg.bytes, p.clone(), fun::Part::Payload, out)?,
+        (None, _) => {}
     }
     Ok(())
 }
