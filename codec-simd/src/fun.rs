@@ -38,11 +38,19 @@ impl FunSite<'_> {
     }
 }
 
-struct Collect<'v, 'a> {
+pub(crate) struct Collect<'v, 'a> {
     out: &'v mut Vec<FunSite<'a>>,
     /// Indices (into `out`) of the funs entered and not yet left, innermost last.
     open: Vec<usize>,
     part: Part,
+}
+
+impl<'v, 'a> Collect<'v, 'a> {
+    /// A visitor appending the funs of the walked term to `out` (the decoder uses it for
+    /// [`crate::message::Decoder::decode_collecting`]).
+    pub(crate) fn new(out: &'v mut Vec<FunSite<'a>>, part: Part) -> Self {
+        Collect { out, open: Vec::new(), part }
+    }
 }
 
 impl<'a> Visitor<'a> for Collect<'_, 'a> {
@@ -78,52 +86,6 @@ impl<'a> Visitor<'a> for Collect<'_, 'a> {
     }
 }
 
-/// Where the outermost funs of a walked term lie, found during a walk done anyway (the
-/// decoder's payload walk, see [`crate::message::Decoder::set_mark_funs`]), so that a caller
-/// interested in funs need not walk the payload a second time: most messages carry none, and
-/// then the marks are empty; a fun inside another fun's free variables is inside its
-/// enclosing mark ([`collect`] over a mark finds both).
-#[derive(Debug, Default, Clone)]
-pub struct FunMarks {
-    marks: Vec<Range<usize>>,
-    depth: u32,
-}
-
-impl FunMarks {
-    pub fn clear(&mut self) {
-        self.marks.clear();
-        self.depth = 0;
-    }
-    /// The outermost funs' extents, in order.
-    pub fn marks(&self) -> &[Range<usize>] {
-        &self.marks
-    }
-}
-
-impl Visitor<'_> for FunMarks {
-    #[inline(always)]
-    fn wants(tag: u8) -> bool {
-        matches!(tag, crate::tag::NEW_FUN | crate::tag::FUN | crate::tag::EXPORT)
-    }
-    #[inline]
-    fn enter(&mut self, at: usize, _term: &Term<'_>) -> Result<()> {
-        if self.depth == 0 {
-            self.marks.push(at..at);
-        }
-        self.depth += 1;
-        Ok(())
-    }
-    #[inline]
-    fn leave(&mut self, _at: usize, end: usize) {
-        self.depth = self.depth.saturating_sub(1);
-        if self.depth == 0 {
-            if let Some(m) = self.marks.last_mut() {
-                m.end = end;
-            }
-        }
-    }
-}
-
 /// Append every fun in the term at `range` of `buf` to `out`.
 ///
 /// No prefilter: this used to skip the walk when no fun tag byte (112, 113, 117) occurs in the
@@ -132,7 +94,7 @@ impl Visitor<'_> for FunMarks {
 /// with only funs wanted the walk costs what a plain validating walk does. The scan cost more
 /// than it saved (term-heavy walk+funs 19% slower with it, binary-heavy 67%).
 pub fn collect<'a>(w: &mut Walker, buf: &'a [u8], range: Range<usize>, part: Part, out: &mut Vec<FunSite<'a>>) -> Result<()> {
-    let mut c = Collect { out, open: Vec::new(), part };
+    let mut c = Collect::new(out, part);
     w.walk(buf, range.start, &mut c)?;
     Ok(())
 }
@@ -216,12 +178,11 @@ mod tests {
         assert!(matches!(out[1].kind, FunKind::Export(e) if e.module.is("a") && e.arity == 0));
     }
 
-    /// The decoder's marks are the outermost funs `collect` finds, and collecting over the
-    /// marks finds every fun a whole-payload walk finds; a payload without funs has no marks.
+    /// Funs collected by the decoder during its own payload walk are exactly what a separate
+    /// walk of the payload finds; a payload without funs (but with fun tag bytes) gives none.
     #[test]
-    fn decoder_marks_are_the_outermost_funs() {
+    fn the_decoder_collects_payload_funs_in_its_own_walk() {
         use crate::message::{Decoded, Decoder};
-        // 112 (p) as an integer: a fun tag byte that is not a fun.
         let frame_with = |payload: &dyn Fn(&mut Vec<u8>)| {
             // Pass-through, SEND {2, '', Pid}, then the payload.
             let mut f = vec![112, 131, 104, 3, 97, 2, 119, 0, 88];
@@ -240,22 +201,17 @@ mod tests {
             atom(b, "k");
             export(b, "m", "f", 1);
         });
+        // 112 and 113 (p, q) as integers: fun tag bytes that are not funs.
         let none = frame_with(&|b| b.extend_from_slice(&[104, 2, 97, 112, 97, 113]));
         let mut dec = Decoder::default();
-        let Decoded::Message(m) = dec.decode(&none).unwrap() else { panic!("not a message") };
-        assert_eq!(m.payload_funs, None, "marking is off by default");
-        dec.set_mark_funs(true);
-        let Decoded::Message(m) = dec.decode(&none).unwrap() else { panic!("not a message") };
-        assert_eq!(m.payload_funs, Some(&[][..]));
-        let Decoded::Message(m) = dec.decode(&funs).unwrap() else { panic!("not a message") };
-        let (mut w, mut whole, mut marked) = (Walker::default(), Vec::new(), Vec::new());
+        let mut got = Vec::new();
+        assert!(matches!(dec.decode_collecting(&none, Some(&mut got)).unwrap(), Decoded::Message(_)));
+        assert!(got.is_empty());
+        let mut got = Vec::new();
+        let Decoded::Message(m) = dec.decode_collecting(&funs, Some(&mut got)).unwrap() else { panic!("not a message") };
+        let (mut w, mut whole) = (Walker::default(), Vec::new());
         collect(&mut w, m.bytes, m.payload.clone().unwrap(), Part::Payload, &mut whole).unwrap();
-        let outer: Vec<_> = whole.iter().filter(|s| s.nesting == 0).map(|s| s.range()).collect();
-        assert_eq!(outer.len(), 2);
-        assert_eq!(m.payload_funs.unwrap(), &outer[..]);
-        for r in m.payload_funs.unwrap() {
-            collect(&mut w, m.bytes, r.clone(), Part::Payload, &mut marked).unwrap();
-        }
-        assert_eq!(marked, whole);
+        assert_eq!(whole.len(), 4);
+        assert_eq!(got, whole);
     }
 }

@@ -20,7 +20,7 @@
 use crate::atom_cache::{AtomCache, RefTable};
 use crate::control::{self, Control};
 use crate::error::{DistErrorKind, Error, ErrorKind, Result};
-use crate::fun::FunMarks;
+use crate::fun::{Collect, FunSite, Part};
 use crate::tag;
 use crate::term::{u64_at, u8_at, Limits, Walker};
 use core::ops::Range;
@@ -97,10 +97,6 @@ pub struct Message<'a> {
     pub control: Control<'a>,
     pub framing: Framing,
     pub refs: Refs<'a>,
-    /// With [`Decoder::set_mark_funs`] on: the extents of the payload's outermost funs (see
-    /// [`crate::fun::FunMarks`]); `None` when marking is off. Funs in the control term are
-    /// not marked (the control is decoded, not walked).
-    pub payload_funs: Option<&'a [Range<usize>]>,
 }
 
 /// What a frame turned out to be.
@@ -132,8 +128,6 @@ pub struct Decoder {
     /// A finished sequence's buffer, kept so the returned message can borrow it; recycled on
     /// the next call.
     done: Option<Seq>,
-    /// Fun marks of the last payload walked, when marking is on.
-    fun_marks: Option<FunMarks>,
 }
 
 impl Default for Decoder {
@@ -152,21 +146,7 @@ impl Decoder {
             seqs: Vec::new(),
             buffered: 0,
             done: None,
-            fun_marks: None,
         }
-    }
-
-    /// Record, during the payload walk every decode does anyway, where the payload's funs are
-    /// ([`Message::payload_funs`]): a policy that looks at funs then skips a second walk of
-    /// payloads without any. Off by default (the walk is then the plain validating one).
-    pub fn set_mark_funs(&mut self, on: bool) {
-        if on != self.fun_marks.is_some() {
-            self.fun_marks = on.then(FunMarks::default);
-        }
-    }
-
-    pub fn marks_funs(&self) -> bool {
-        self.fun_marks.is_some()
     }
 
     /// Bytes held for incomplete fragmented messages.
@@ -186,6 +166,14 @@ impl Decoder {
 
     /// Decode one frame's data (empty: tick). Offsets in errors are relative to `frame`.
     pub fn decode<'a>(&'a mut self, frame: &'a [u8]) -> Result<Decoded<'a>> {
+        self.decode_collecting(frame, None)
+    }
+
+    /// [`Decoder::decode`], also appending to `funs` every fun in the payload of a completed
+    /// message, found during the payload walk the decode does anyway (the policy's funs
+    /// without a second walk; funs in the control term are not collected: it is decoded, not
+    /// walked).
+    pub fn decode_collecting<'a>(&'a mut self, frame: &'a [u8], funs: Option<&mut Vec<FunSite<'a>>>) -> Result<Decoded<'a>> {
         self.done = None;
         if frame.is_empty() {
             return Ok(Decoded::Tick);
@@ -194,7 +182,7 @@ impl Decoder {
         if first == tag::PASS_THROUGH {
             let body = &frame[1..];
             self.walker.set_cache_refs(None);
-            let m = decode_body(&mut self.walker, self.fun_marks.as_mut(), body, 0, true, None, Framing::PassThrough, Refs::None)
+            let m = decode_body(&mut self.walker, funs, body, 0, true, None, Framing::PassThrough, Refs::None)
                 .map_err(|e| e.shifted(1))?;
             return Ok(Decoded::Message(m));
         }
@@ -207,17 +195,17 @@ impl Decoder {
                 let hdr_end = self.cache.apply(body, 0, &mut self.table).map_err(|e| e.shifted(2))?;
                 self.walker.set_cache_refs(Some(self.table.nrefs));
                 let refs = Refs::Live { cache: &self.cache, table: &self.table };
-                let m = decode_body(&mut self.walker, self.fun_marks.as_mut(), body, hdr_end, false, Some(0..hdr_end), Framing::DistHeader, refs)
+                let m = decode_body(&mut self.walker, funs, body, hdr_end, false, Some(0..hdr_end), Framing::DistHeader, refs)
                     .map_err(|e| e.shifted(2))?;
                 Ok(Decoded::Message(m))
             }
-            tag::DIST_FRAG_HEADER => self.first_fragment(frame),
-            tag::DIST_FRAG_CONT => self.continuation(frame),
+            tag::DIST_FRAG_HEADER => self.first_fragment(frame, funs),
+            tag::DIST_FRAG_CONT => self.continuation(frame, funs),
             other => Err(Error::dist(1, DistErrorKind::BadFrameStart(other))),
         }
     }
 
-    fn first_fragment<'a>(&'a mut self, frame: &'a [u8]) -> Result<Decoded<'a>> {
+    fn first_fragment<'a>(&'a mut self, frame: &'a [u8], funs: Option<&mut Vec<FunSite<'a>>>) -> Result<Decoded<'a>> {
         let seq = u64_at(frame, 2)?;
         let frag_id = u64_at(frame, 10)?;
         if frag_id == 0 {
@@ -234,7 +222,7 @@ impl Decoder {
             let refs = Refs::Live { cache: &self.cache, table: &self.table };
             let m = decode_body(
                 &mut self.walker,
-                self.fun_marks.as_mut(),
+                funs,
                 body,
                 hdr_end,
                 false,
@@ -273,7 +261,7 @@ impl Decoder {
         Ok(())
     }
 
-    fn continuation<'a>(&'a mut self, frame: &'a [u8]) -> Result<Decoded<'a>> {
+    fn continuation<'a>(&'a mut self, frame: &'a [u8], funs: Option<&mut Vec<FunSite<'a>>>) -> Result<Decoded<'a>> {
         let seq = u64_at(frame, 2)?;
         let frag_id = u64_at(frame, 10)?;
         let Some(i) = self.seqs.iter().position(|s| s.id == seq) else {
@@ -299,7 +287,7 @@ impl Decoder {
         let refs = Refs::Snapshot { table: &done.table, texts: &done.texts };
         let m = decode_body(
             &mut self.walker,
-            self.fun_marks.as_mut(),
+            funs,
             &done.buf,
             hdr_end,
             false,
@@ -320,7 +308,7 @@ pub fn header_len(buf: &[u8]) -> Result<usize> {
 #[allow(clippy::too_many_arguments)]
 fn decode_body<'a>(
     w: &mut Walker,
-    marks: Option<&'a mut FunMarks>,
+    funs: Option<&mut Vec<FunSite<'a>>>,
     body: &'a [u8],
     at: usize,
     versioned: bool,
@@ -340,16 +328,12 @@ fn decode_body<'a>(
     let c_at = expect_version(at)?;
     let (control, c_end) = control::decode(w, body, c_at)?;
     let op = control.op();
-    let mut marks = marks;
-    if let Some(m) = marks.as_deref_mut() {
-        m.clear();
-    }
     let payload = if c_end == body.len() {
         None
     } else {
         let p_at = expect_version(c_end)?;
-        let p_end = match marks.as_deref_mut() {
-            Some(m) => w.walk(body, p_at, m)?,
+        let p_end = match funs {
+            Some(out) => w.walk(body, p_at, &mut Collect::new(out, Part::Payload))?,
             None => w.walk(body, p_at, &mut crate::term::Skip)?,
         };
         if p_end != body.len() {
@@ -363,6 +347,5 @@ fn decode_body<'a>(
         }
         _ => {}
     }
-    let payload_funs = marks.map(|m| &*m).map(FunMarks::marks);
-    Ok(Message { bytes: body, header, control_range: c_at..c_end, payload, control, framing, refs, payload_funs })
+    Ok(Message { bytes: body, header, control_range: c_at..c_end, payload, control, framing, refs })
 }

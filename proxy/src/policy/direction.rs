@@ -111,18 +111,24 @@ impl Direction {
     pub fn frame(&mut self, dec: &mut Decoder, frame: &[u8], now: Instant) -> distgate_codec::Result<FrameAct> {
         let guard = self.handle.as_ref().map(|h| h.policy.load());
         let policy: Option<&Compiled> = guard.as_ref().and_then(|g| g.as_deref());
-        // The decoder marks payload funs during its own walk when a policy looks at funs.
-        dec.set_mark_funs(policy.is_some_and(|p| p.funs_matter));
         if policy.is_none() && self.held.is_empty() {
             dec.decode(frame)?;
             return Ok(FrameAct::Forward);
         }
         let first_fragment = frame.get(..2) == Some(&[131, 69][..]);
+        // When the policy looks at funs, the decoder collects the payload's during the walk
+        // it does anyway: no second walk.
+        let payload_funs = policy.is_some_and(|p| p.funs_matter);
+        let mut funs = recycle(std::mem::take(&mut self.funs));
         // Matched in place: a decoded message is a large value, not worth moving.
-        let decoded = dec.decode(frame);
+        let decoded = dec.decode_collecting(frame, payload_funs.then_some(&mut funs));
         let decoded = match &decoded {
             Ok(d) => d,
-            Err(e) => return Err(*e),
+            Err(e) => {
+                let e = *e;
+                self.funs = recycle(funs);
+                return Err(e);
+            }
         };
         match decoded {
             Decoded::Tick => Ok(FrameAct::Forward),
@@ -160,7 +166,8 @@ impl Direction {
                         None
                     }
                 };
-                let act = self.message(msg, policy, held, now);
+                let act = self.message(msg, policy, held, now, &mut funs, payload_funs);
+                self.funs = recycle(funs);
                 if self.scratch.capacity() > 1 << 20 {
                     self.scratch = Vec::new();
                 }
@@ -170,23 +177,30 @@ impl Direction {
     }
 
     /// `held`: `Some(cache_unchanged)` for a held sequence that just completed.
-    fn message(&mut self, msg: &Message<'_>, policy: Option<&Compiled>, held: Option<bool>, now: Instant) -> distgate_codec::Result<FrameAct> {
+    /// `funs` holds the payload's funs when the decoder collected them (`payload_funs`).
+    fn message<'a>(
+        &mut self,
+        msg: &Message<'a>,
+        policy: Option<&Compiled>,
+        held: Option<bool>,
+        now: Instant,
+        funs: &mut Vec<FunSite<'a>>,
+        payload_funs: bool,
+    ) -> distgate_codec::Result<FrameAct> {
         let Some(p) = policy else {
             return match held {
                 Some(unchanged) => self.reemit(msg, unchanged, Vec::new()),
                 None => Ok(FrameAct::Forward),
             };
         };
-        let mut funs = recycle(std::mem::take(&mut self.funs));
         // Funs are looked at when an action could apply to them, and for a held message,
         // whose re-emission may patch their Size.
-        let collected = if held.is_some() {
-            fun::message_funs(&mut self.walker, msg, &mut funs)
-        } else if p.funs_matter {
-            collect_funs(&mut self.walker, msg, &mut funs)
+        let collected = if held.is_some() || p.funs_matter {
+            collect_funs(&mut self.walker, msg, funs, payload_funs)
         } else {
             Ok(())
         };
+        let funs = &*funs;
         let result = collected.and_then(|()| {
             // The registries are consulted only for funs (a policy implies a handle), the
             // source's only to rewrite.
@@ -194,14 +208,14 @@ impl Direction {
             let target = handle.map(|h| h.target.load().load());
             let source = || handle.map(|h| h.source.load().snapshot());
             let regs = target.as_ref().map(|t| Registries { target: t, source: &source });
-            let j = engine::judge(p, msg, &funs, regs, &mut self.walker);
+            let j = engine::judge(p, msg, funs, regs, &mut self.walker);
             if !j.findings.is_empty() {
                 let site = Site { link: self.link, route: &self.route, direction: self.name };
                 audit::record(p, self.stats.as_deref(), &site, msg.control.op(), &j, p.dry_run, now);
             }
             if p.dry_run {
                 return match held {
-                    Some(unchanged) => self.reemit_with(msg, unchanged, &funs, Vec::new()),
+                    Some(unchanged) => self.reemit_with(msg, unchanged, funs, Vec::new()),
                     None => Ok(FrameAct::Forward),
                 };
             }
@@ -211,11 +225,11 @@ impl Direction {
                 b
             };
             Ok(match (j.verdict, held) {
-                (Verdict::Pass, Some(unchanged)) => self.reemit_with(msg, unchanged, &funs, Vec::new())?,
+                (Verdict::Pass, Some(unchanged)) => self.reemit_with(msg, unchanged, funs, Vec::new())?,
                 (Verdict::Pass, None) => FrameAct::Forward,
-                (Verdict::Edits(edits), Some(unchanged)) => self.reemit_with(msg, unchanged, &funs, edits)?,
+                (Verdict::Edits(edits), Some(unchanged)) => self.reemit_with(msg, unchanged, funs, edits)?,
                 (Verdict::Edits(mut edits), None) => {
-                    if wire::apply(msg.bytes, &funs, &mut edits, &mut self.scratch).is_err() {
+                    if wire::apply(msg.bytes, funs, &mut edits, &mut self.scratch).is_err() {
                         return Ok(internal_close());
                     }
                     let mut forward = Vec::with_capacity(self.scratch.len() + 32);
@@ -227,7 +241,6 @@ impl Direction {
                 (Verdict::Close { reason, reply }, _) => FrameAct::Close { reason, back: reply.map(back) },
             })
         });
-        self.funs = recycle(funs);
         result
     }
 
@@ -276,29 +289,26 @@ impl Direction {
     }
 }
 
-/// Every fun of `msg`, like `fun::message_funs`, walking only what can hold one: the control
-/// term when a fun tag byte occurs in it (it is small, and a fun there is rare), and in the
-/// payload only the funs the decoder marked during its own walk (none, for most messages).
-/// Without marks (marking off), a payload of at most 512 bytes is skipped when no fun tag
-/// byte occurs in it, and larger ones are walked: the walk steps over a binary at once, where
-/// memchr would read every byte of it.
-fn collect_funs<'a>(w: &mut Walker, msg: &Message<'a>, out: &mut Vec<FunSite<'a>>) -> distgate_codec::Result<()> {
+/// Every fun of `msg`, like `fun::message_funs`, in the order they appear, walking only what
+/// can hold one. The payload's funs are already in `out` when the decoder collected them
+/// (`payload_collected`); otherwise a payload of at most 512 bytes is walked only when a fun
+/// tag byte occurs in it, larger ones always (the walk steps over a binary at once, where
+/// memchr would read every byte of it). The control term (small, a fun there rare) is walked
+/// only when a fun tag byte occurs in it; its funs go first.
+fn collect_funs<'a>(w: &mut Walker, msg: &Message<'a>, out: &mut Vec<FunSite<'a>>, payload_collected: bool) -> distgate_codec::Result<()> {
     const SMALL: usize = 512;
-    let may_hold = |r: &std::ops::Range<usize>, small_only: bool| {
-        (!small_only && r.len() > SMALL) || distgate_codec::scan::may_contain_fun(&msg.bytes[r.clone()])
-    };
+    let may_hold = |r: &std::ops::Range<usize>| distgate_codec::scan::may_contain_fun(&msg.bytes[r.clone()]);
     w.set_cache_refs(msg.refs.table().map(|t| t.nrefs));
-    if may_hold(&msg.control_range, true) {
-        fun::collect(w, msg.bytes, msg.control_range.clone(), fun::Part::Control, out)?;
-    }
-    match (msg.payload_funs, msg.payload.as_ref()) {
-        (Some(marks), _) => {
-            for m in marks {
-                fun::collect(w, msg.bytes, m.clone(), fun::Part::Payload, out)?;
-            }
+    if !payload_collected {
+        if let Some(p) = msg.payload.as_ref().filter(|p| p.len() > SMALL || may_hold(p)) {
+            fun::collect(w, msg.bytes, p.clone(), fun::Part::Payload, out)?;
         }
-        (None, Some(p)) if may_hold(p, false) => fun::collect(w, msg.bytes, p.clone(), fun::Part::Payload, out)?,
-        (None, _) => {}
+    }
+    if may_hold(&msg.control_range) {
+        let before = out.len();
+        fun::collect(w, msg.bytes, msg.control_range.clone(), fun::Part::Control, out)?;
+        let n = out.len() - before;
+        out.rotate_right(n);
     }
     Ok(())
 }
