@@ -110,6 +110,9 @@ pub fn op_name(op: u8) -> &'static str {
 /// A decoded control message. Fields keep their extents; pids are typed where OTP always
 /// sends a pid, other fields (names, reasons, tokens, refs) are [`Field`]s.
 #[derive(Debug, Clone, Copy, PartialEq)]
+// Variants are borrowed views of one message, decoded per frame into a local: boxing the
+// large ones would allocate per message.
+#[allow(clippy::large_enum_variant)]
 pub enum Control<'a> {
     Link { from: Pid<'a>, to: Pid<'a> },
     Send { unused: Field<'a>, to: Field<'a> },

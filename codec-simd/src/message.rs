@@ -100,6 +100,8 @@ pub struct Message<'a> {
 }
 
 /// What a frame turned out to be.
+// A view returned per frame and matched in place: boxing the message would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 pub enum Decoded<'a> {
     Tick,
     /// A complete message.

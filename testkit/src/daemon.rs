@@ -106,5 +106,5 @@ pub fn sample_or(text: &str, series: &str) -> Option<f64> {
 
 /// A free TCP port on 127.0.0.1 (bound and released: good enough for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    crate::node::free_port()
 }

@@ -467,6 +467,14 @@ fn log_text(log: &Mutex<String>) -> String {
     log.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
+/// A port that was free a moment ago (bind to 0, read it back, release it).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("testkit: no free port: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,10 +494,3 @@ mod tests {
     }
 }
 
-/// A port that was free a moment ago (bind to 0, read it back, release it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("testkit: no free port: {e}"))
-}

@@ -161,6 +161,23 @@ impl CoreHandle {
     }
 }
 
+/// What both drivers do when a link reports it is established: count it and log it.
+fn on_established(stats: &Stats, core: usize, link: u64, down: &str, up: &str, flags: u64) {
+    Stats::add(&stats.links_established, 1);
+    tracing::info!(core, link, down = %down, up = %up, flags = format!("{flags:#x}"), "link up");
+}
+
+/// What both drivers do when a link asks to be closed, before their own teardown: count the
+/// reason and log it (an ordinary end at info, anything else at warn).
+fn on_close(stats: &Stats, core: usize, link: u64, node: &str, reason: &crate::link::CloseReason) {
+    stats.count(&format!("close:{}", reason.label));
+    if matches!(reason.label, "peer_closed" | "shutdown") {
+        tracing::info!(core, link, node = %node, reason = %reason, "link closed");
+    } else {
+        tracing::warn!(core, link, node = %node, reason = %reason, "link closed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,3 +222,4 @@ mod tests {
         }
     }
 }
+

@@ -380,7 +380,7 @@ impl Core {
             c.link.on_closed(leg, &e, &mut self.out);
         }
         let mut events = events;
-        events.extend(self.out.events.drain(..));
+        events.append(&mut self.out.events);
         for ev in events {
             match ev {
                 Event::DialUp => {
@@ -404,17 +404,10 @@ impl Core {
                     }
                 }
                 Event::Established { down_name, up_name, flags } => {
-                    Stats::add(&self.stats.links_established, 1);
-                    tracing::info!(core = self.id, link = c.link.id(), down = %down_name, up = %up_name, flags = format!("{flags:#x}"), "link up");
+                    super::on_established(&self.stats, self.id, c.link.id(), &down_name, &up_name, flags);
                 }
                 Event::Close { reason, flush: want_flush } => {
-                    self.stats.count(&format!("close:{}", reason.label));
-                    let quiet = matches!(reason.label, "peer_closed" | "shutdown");
-                    if quiet {
-                        tracing::info!(core = self.id, link = c.link.id(), node = %c.route.alive, reason = %reason, "link closed");
-                    } else {
-                        tracing::warn!(core = self.id, link = c.link.id(), node = %c.route.alive, reason = %reason, "link closed");
-                    }
+                    super::on_close(&self.stats, self.id, c.link.id(), &c.route.alive, &reason);
                     for l in c.legs.iter_mut() {
                         let _ = flush(l);
                     }

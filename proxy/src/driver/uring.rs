@@ -1176,17 +1176,10 @@ impl Core {
             match ev {
                 Event::DialUp => self.dial(slot),
                 Event::Established { down_name, up_name, flags } => {
-                    Stats::add(&self.stats.links_established, 1);
-                    tracing::info!(core = self.id, link = c.link.id(), down = %down_name, up = %up_name, flags = format!("{flags:#x}"), "link up");
+                    super::on_established(&self.stats, self.id, c.link.id(), &down_name, &up_name, flags);
                 }
                 Event::Close { reason, flush: want_flush } => {
-                    self.stats.count(&format!("close:{}", reason.label));
-                    let quiet = matches!(reason.label, "peer_closed" | "shutdown");
-                    if quiet {
-                        tracing::info!(core = self.id, link = c.link.id(), node = %c.route.alive, reason = %reason, "link closed");
-                    } else {
-                        tracing::warn!(core = self.id, link = c.link.id(), node = %c.route.alive, reason = %reason, "link closed");
-                    }
+                    super::on_close(&self.stats, self.id, c.link.id(), &c.route.alive, &reason);
                     if want_flush && c.legs.iter().any(|l| l.queued() > 0 && l.sock.is_some() && l.connected) {
                         c.closing = true;
                     } else {
