@@ -23,6 +23,7 @@
 //! fragment as before, unjudged if it completes under a policy; one that began under a
 //! policy is re-emitted even if the policy is removed meanwhile.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -79,6 +80,9 @@ pub struct Direction {
     cache_epoch: u64,
     walker: Walker,
     funs: Vec<FunSite<'static>>,
+    /// The policy last seen on the handle, and the handle's generation then.
+    current: Option<Arc<Compiled>>,
+    seen: u64,
     scratch: Vec<u8>,
 }
 
@@ -99,6 +103,8 @@ impl Direction {
             walker: Walker::new(limits),
             funs: Vec::new(),
             scratch: Vec::new(),
+            current: None,
+            seen: u64::MAX,
         }
     }
 
@@ -109,8 +115,22 @@ impl Direction {
 
     /// Decode `frame` with `dec` (this direction's decoder) and decide what to forward.
     pub fn frame(&mut self, dec: &mut Decoder, frame: &[u8], now: Instant) -> distgate_codec::Result<FrameAct> {
-        let guard = self.handle.as_ref().map(|h| h.policy.load());
-        let policy: Option<&Compiled> = guard.as_ref().and_then(|g| g.as_deref());
+        // The policy in force: this direction's own Arc, refreshed when the handle's
+        // generation moved (a reload), so from the next frame on.
+        if let Some(h) = &self.handle {
+            let g = h.generation.load(Ordering::Acquire);
+            if g != self.seen {
+                self.current = h.policy.load_full();
+                self.seen = g;
+            }
+        }
+        let current = self.current.take();
+        let r = self.frame_with(current.as_deref(), dec, frame, now);
+        self.current = current;
+        r
+    }
+
+    fn frame_with(&mut self, policy: Option<&Compiled>, dec: &mut Decoder, frame: &[u8], now: Instant) -> distgate_codec::Result<FrameAct> {
         if policy.is_none() && self.held.is_empty() {
             dec.decode(frame)?;
             return Ok(FrameAct::Forward);

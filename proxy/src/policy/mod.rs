@@ -20,6 +20,7 @@ pub mod engine;
 pub mod wire;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -37,6 +38,10 @@ pub struct RouteHandle {
     pub from: String,
     pub to: String,
     pub(crate) policy: ArcSwapOption<Compiled>,
+    /// Bumped after every [`RouteHandle::store`]: a link direction keeps its own `Arc` of the
+    /// policy and reloads it only when this changed — one plain atomic load per frame, and no
+    /// shared reference count touched by every core.
+    pub(crate) generation: AtomicU64,
     /// The sending cluster's registry (what a fun's lambda is).
     pub(crate) source: ArcSwap<Registry>,
     /// The receiving cluster's registry (which versions it runs, what it exports).
@@ -49,6 +54,7 @@ impl RouteHandle {
             from: from.into(),
             to: to.into(),
             policy: ArcSwapOption::new(policy),
+            generation: AtomicU64::new(0),
             source: ArcSwap::new(source),
             target: ArcSwap::new(target),
         }
@@ -58,6 +64,8 @@ impl RouteHandle {
     /// it from their next frame.
     pub fn store(&self, policy: Option<Arc<Compiled>>) {
         self.policy.store(policy);
+        // Release: a direction that sees the new generation loads the policy stored above.
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub fn current(&self) -> Option<Arc<Compiled>> {
