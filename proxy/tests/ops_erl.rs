@@ -117,6 +117,15 @@ fn reload_under_traffic_changes_a_policy_outcome_with_no_link_dropped() {
     };
     assert_eq!(probe("before"), "[]", "refused by the first policy");
 
+    // An invalid file (an unknown key in the policy) is refused as a whole: the old policy
+    // keeps judging.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, good.replace("reg_send_allow", "reg_send_alow")).unwrap();
+    dg.signal("HUP");
+    let l = dg.wait_for("SIGHUP: invalid configuration");
+    assert!(l.contains("reg_send_alow"), "{l}");
+    assert_eq!(probe("still"), "[]", "still refused: the old policy stays");
+
     policy_config(&dir, ea, eb, mp, &["dg_count", "dg_other"]);
     dg.signal("HUP");
     dg.wait_for("SIGHUP: configuration reloaded");
@@ -134,5 +143,5 @@ fn reload_under_traffic_changes_a_policy_outcome_with_no_link_dropped() {
     let m = scrape(mp);
     assert_eq!(sample(&m, "distgate_links_total{event=\"established\"}"), 1.0, "one link, never re-made");
     assert_eq!(sample(&m, "distgate_links{state=\"open\"}"), 1.0);
-    assert_eq!(sample(&m, "distgate_policy_actions_total{action=\"drop\"}"), 1.0, "only the first probe was dropped\n{m}");
+    assert_eq!(sample(&m, "distgate_policy_actions_total{action=\"drop\"}"), 2.0, "only the two refused probes were dropped\n{m}");
 }
