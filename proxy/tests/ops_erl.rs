@@ -145,3 +145,31 @@ fn reload_under_traffic_changes_a_policy_outcome_with_no_link_dropped() {
     assert_eq!(sample(&m, "distgate_links{state=\"open\"}"), 1.0);
     assert_eq!(sample(&m, "distgate_policy_actions_total{action=\"drop\"}"), 2.0, "only the two refused probes were dropped\n{m}");
 }
+
+/// `[log] format = "json"`: every line distgate logs is one JSON object with a level, a
+/// timestamp and the message, so a log shipper can parse it; the cookie never shows.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = TempDir::new("dg_ops_json");
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let cfg = config(&dir, ea, eb, mp, true);
+    let text = std::fs::read_to_string(&cfg).unwrap() + "\n[log]\nformat = \"json\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let mut dg = Daemon::start(BIN, &cfg);
+    // A broken reload logs an error with the reasons (file, line, column), as JSON too.
+    std::fs::write(&cfg, "[[cluster]]\nname = \"a\"\ntreads = 2\n").unwrap();
+    dg.signal("HUP");
+    dg.wait_for("SIGHUP: invalid configuration");
+    let lines = dg.log().to_vec();
+    assert!(lines.len() >= 2, "{lines:?}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+        assert!(v["fields"]["message"].is_string(), "{l}");
+        assert!(!l.contains("ops_cookie"), "a cookie in the log: {l}");
+    }
+    let warn = lines.iter().find(|l| l.contains("SIGHUP: invalid configuration")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(warn).unwrap();
+    assert_eq!(v["level"], "ERROR", "{warn}");
+    assert!(warn.contains("distgate.toml:3:1") && warn.contains("treads"), "{warn}");
+}
