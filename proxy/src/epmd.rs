@@ -168,6 +168,16 @@ pub fn parse_names(text: &str) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// The first address of a configured `host:port` (an `upstream_epmd`).
+pub fn resolve_host_port(hp: &distgate_config::HostPort) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    (hp.host.as_str(), hp.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("upstream_epmd {hp}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("upstream_epmd {hp} has no address"))
+}
+
 /// Register `info` with an EPMD; the registration lasts while the returned stream is open.
 pub fn alive2(addr: SocketAddr, info: &NodeInfo, timeout: Duration) -> io::Result<(TcpStream, u32)> {
     let mut s = connect(addr, timeout)?;

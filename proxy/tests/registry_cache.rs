@@ -91,8 +91,8 @@ fn corrupt_caches_are_refused_with_a_reason() {
     assert_eq!(kind(b"not a cache at all, just text"), CacheErrorKind::BadMagic);
     assert_eq!(kind(b""), CacheErrorKind::BadMagic);
     let mut other_version = good.clone();
-    other_version[8..12].copy_from_slice(&2u32.to_be_bytes());
-    assert_eq!(kind(&reseal(other_version)), CacheErrorKind::UnsupportedVersion(2));
+    other_version[8..12].copy_from_slice(&3u32.to_be_bytes());
+    assert_eq!(kind(&reseal(other_version)), CacheErrorKind::UnsupportedVersion(3));
     let mut flipped = good.clone();
     flipped[40] ^= 1;
     assert_eq!(kind(&flipped), CacheErrorKind::Checksum);

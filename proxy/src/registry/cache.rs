@@ -1,20 +1,29 @@
 //! The registry cache file: every known version written out so a restart starts warm.
 //!
-//! Format (all integers big-endian):
+//! Format (all integers big-endian). Version 1 holds one registry (`registry show
+//! --write-cache`); version 2 one section per cluster (the runtime's `[registry] cache_file`):
 //!
 //! ```text
 //! magic    8 bytes  "DGREGCF\n"
-//! version  u32      1
-//! count    u32      number of entries
-//! entry × count:
+//! version  u32      1                          | 2
+//! body              entries                    | u32 count, then per cluster:
+//!                                              |   name     u16 length + UTF-8
+//!                                              |   sources  16 bytes (what the cluster's
+//!                                              |            registry was configured with)
+//!                                              |   entries
+//! checksum 16 bytes  MD5 of everything before it
+//!
+//! entries: u32 count, then per version:
 //!   module   u16 length + UTF-8
 //!   md5      16 bytes
 //!   origin   u16 length + UTF-8
 //!   exports  u32 count, each: name (u16 length + UTF-8), arity u8
 //!   lambdas  u32 count, each: name (u16 length + UTF-8), arity u32, index u32,
 //!                             num_free u32, old_uniq u32
-//! checksum 16 bytes  MD5 of everything before it
 //! ```
+//!
+//! [`decode`] reads either version (a version 2 file as all its sections together);
+//! [`decode_clusters`] reads either into sections (version 1 as one unnamed section).
 //!
 //! Reading is all-or-nothing: a wrong magic, another version, a checksum that does not match
 //! (a torn or edited file), or any count or length that does not fit the bytes left is a
@@ -34,6 +43,8 @@ use super::{Lambda, LoadError, LoadErrorKind, ModuleVersion, Snapshot};
 
 pub const MAGIC: &[u8; 8] = b"DGREGCF\n";
 pub const VERSION: u32 = 1;
+/// The format with one section per cluster.
+pub const VERSION_CLUSTERS: u32 = 2;
 const CHECKSUM: usize = 16;
 const HEADER: usize = 8 + 4 + 4;
 
@@ -70,7 +81,7 @@ impl fmt::Display for CacheError {
         write!(f, "at byte {}: ", self.offset)?;
         match &self.kind {
             BadMagic => write!(f, "not a distgate registry cache (bad magic)"),
-            UnsupportedVersion(v) => write!(f, "cache format version {v}, this build reads {VERSION}"),
+            UnsupportedVersion(v) => write!(f, "cache format version {v}, this build reads {VERSION} and {VERSION_CLUSTERS}"),
             TooShort => write!(f, "too short to be a cache file"),
             Checksum => write!(f, "checksum mismatch (corrupt or truncated)"),
             Truncated { what } => write!(f, "{what} runs past the end"),
@@ -94,44 +105,95 @@ fn put_str16(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..n]);
 }
 
-/// The cache file's bytes for every version of `snapshot`.
+/// The cache file's bytes (format 1) for every version of `snapshot`.
 pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&(snapshot.version_count() as u32).to_be_bytes());
-    for v in snapshot.all_versions() {
-        put_str16(&mut out, &v.module);
-        out.extend_from_slice(&v.md5);
-        put_str16(&mut out, &v.origin);
-        let exports = v.export_list();
-        out.extend_from_slice(&(exports.len() as u32).to_be_bytes());
-        for (name, arity) in exports {
-            put_str16(&mut out, name);
-            out.push(arity);
-        }
-        out.extend_from_slice(&(v.lambdas().len() as u32).to_be_bytes());
-        for l in v.lambdas() {
-            put_str16(&mut out, &l.name);
-            for x in [l.arity, l.index, l.num_free, l.old_uniq] {
-                out.extend_from_slice(&x.to_be_bytes());
-            }
-        }
+    put_entries(&mut out, snapshot);
+    seal(out)
+}
+
+/// One cluster's part of a format 2 cache.
+#[derive(Debug, Clone, Copy)]
+pub struct SectionRef<'a> {
+    pub cluster: &'a str,
+    /// A fingerprint of the sources the registry was configured with: a section whose
+    /// fingerprint differs from the cluster's configuration now is not used.
+    pub sources: [u8; 16],
+    pub snapshot: &'a Snapshot,
+}
+
+/// One cluster's part of a cache, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub cluster: String,
+    pub sources: [u8; 16],
+    pub versions: Vec<ModuleVersion>,
+}
+
+/// The cache file's bytes (format 2) for these clusters.
+pub fn encode_clusters(sections: &[SectionRef<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION_CLUSTERS.to_be_bytes());
+    out.extend_from_slice(&(sections.len() as u32).to_be_bytes());
+    for s in sections {
+        put_str16(&mut out, s.cluster);
+        out.extend_from_slice(&s.sources);
+        put_entries(&mut out, s.snapshot);
     }
+    seal(out)
+}
+
+fn seal(mut out: Vec<u8>) -> Vec<u8> {
     let sum: [u8; 16] = Md5::digest(&out).into();
     out.extend_from_slice(&sum);
     out
 }
 
-/// Writes the cache for `snapshot` to `path`, atomically (temporary file, then rename).
+fn put_entries(out: &mut Vec<u8>, snapshot: &Snapshot) {
+    out.extend_from_slice(&(snapshot.version_count() as u32).to_be_bytes());
+    for v in snapshot.all_versions() {
+        put_str16(out, &v.module);
+        out.extend_from_slice(&v.md5);
+        put_str16(out, &v.origin);
+        let exports = v.export_list();
+        out.extend_from_slice(&(exports.len() as u32).to_be_bytes());
+        for (name, arity) in exports {
+            put_str16(out, name);
+            out.push(arity);
+        }
+        out.extend_from_slice(&(v.lambdas().len() as u32).to_be_bytes());
+        for l in v.lambdas() {
+            put_str16(out, &l.name);
+            for x in [l.arity, l.index, l.num_free, l.old_uniq] {
+                out.extend_from_slice(&x.to_be_bytes());
+            }
+        }
+    }
+}
+
+/// Writes the cache (format 1) for `snapshot` to `path`, atomically (temporary file, then
+/// rename).
 pub fn write(snapshot: &Snapshot, path: &Path) -> std::io::Result<()> {
-    let bytes = encode(snapshot);
+    write_bytes(&encode(snapshot), path)
+}
+
+/// Writes a format 2 cache for these clusters to `path`, atomically.
+pub fn write_clusters(sections: &[SectionRef<'_>], path: &Path) -> std::io::Result<()> {
+    write_bytes(&encode_clusters(sections), path)
+}
+
+/// `bytes` to `path` through `PATH.tmp.PID`, synced, then renamed over `PATH`: a crash
+/// mid-write leaves the previous file intact. Writers within one process must not overlap.
+fn write_bytes(bytes: &[u8], path: &Path) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp.{}", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -141,10 +203,16 @@ pub fn write(snapshot: &Snapshot, path: &Path) -> std::io::Result<()> {
     result
 }
 
-/// Reads and decodes a cache file (at most `max` bytes).
+/// Reads and decodes a cache file (at most `max` bytes): every version it holds.
 pub fn read_file(path: &Path, max: u64) -> Result<Vec<ModuleVersion>, LoadError> {
     let bytes = super::scan::read_limited(path, max)?;
     decode(&bytes).map_err(|e| LoadError::new(path, LoadErrorKind::Cache(e)))
+}
+
+/// Reads and decodes a cache file (at most `max` bytes) into its sections.
+pub fn read_clusters(path: &Path, max: u64) -> Result<Vec<Section>, LoadError> {
+    let bytes = super::scan::read_limited(path, max)?;
+    decode_clusters(&bytes).map_err(|e| LoadError::new(path, LoadErrorKind::Cache(e)))
 }
 
 struct Reader<'a> {
@@ -193,8 +261,15 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes cache bytes (checksum first, then every field checked).
+/// Decodes cache bytes of either format (checksum first, then every field checked): every
+/// version, sections one after the other.
 pub fn decode(bytes: &[u8]) -> Result<Vec<ModuleVersion>, CacheError> {
+    Ok(decode_clusters(bytes)?.into_iter().flat_map(|s| s.versions).collect())
+}
+
+/// Decodes cache bytes into sections; a format 1 cache is one section with an empty name and
+/// a zero fingerprint.
+pub fn decode_clusters(bytes: &[u8]) -> Result<Vec<Section>, CacheError> {
     let err = |offset, kind| CacheError { offset, kind };
     if bytes.len() < 8 || &bytes[..8] != MAGIC {
         return Err(err(0, CacheErrorKind::BadMagic));
@@ -203,7 +278,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<ModuleVersion>, CacheError> {
         return Err(err(bytes.len(), CacheErrorKind::TooShort));
     }
     let version = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_CLUSTERS {
         return Err(err(8, CacheErrorKind::UnsupportedVersion(version)));
     }
     let body_end = bytes.len() - CHECKSUM;
@@ -212,6 +287,28 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<ModuleVersion>, CacheError> {
         return Err(err(body_end, CacheErrorKind::Checksum));
     }
     let mut r = Reader { buf: &bytes[..body_end], pos: 12 };
+    let mut sections = Vec::new();
+    if version == VERSION {
+        let versions = entries(&mut r)?;
+        sections.push(Section { cluster: String::new(), sources: [0; 16], versions });
+    } else {
+        // Smallest section: an empty name, a fingerprint and no entries.
+        let n = r.count("cluster", 2 + 16 + 4)?;
+        for _ in 0..n {
+            let cluster = r.text("cluster name")?.to_string();
+            let mut sources = [0u8; 16];
+            sources.copy_from_slice(r.bytes(16, "sources")?);
+            let versions = entries(&mut r)?;
+            sections.push(Section { cluster, sources, versions });
+        }
+    }
+    if r.pos != body_end {
+        return Err(err(r.pos, CacheErrorKind::Trailing { extra: body_end - r.pos }));
+    }
+    Ok(sections)
+}
+
+fn entries(r: &mut Reader<'_>) -> Result<Vec<ModuleVersion>, CacheError> {
     // Smallest entry: two empty strings, an md5 and two zero counts.
     let n = r.count("entry", 2 + 16 + 2 + 4 + 4)?;
     let mut versions = Vec::with_capacity(n);
@@ -239,9 +336,6 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<ModuleVersion>, CacheError> {
             });
         }
         versions.push(ModuleVersion::new(module, md5, lambdas, exports, origin));
-    }
-    if r.pos != body_end {
-        return Err(err(r.pos, CacheErrorKind::Trailing { extra: body_end - r.pos }));
     }
     Ok(versions)
 }

@@ -37,8 +37,6 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use distgate_codec::beam::{self, Beam};
@@ -51,7 +49,7 @@ use distgate_codec::tag;
 use distgate_codec::term::{self, Atom, Term, Walker};
 use distgate_config::Cookie;
 
-use super::{Limits, LoadError, LoadErrorKind, LoadReport, Md5, ModuleVersion, Registry, Snapshot, SnapshotBuilder, Source};
+use super::{Limits, LoadError, LoadErrorKind, LoadReport, Md5, ModuleVersion, Snapshot, SnapshotBuilder};
 use crate::epmd;
 use crate::handshake::{self, flag};
 
@@ -155,6 +153,8 @@ pub enum LiveError {
     Reply { call: String, what: String },
     /// A loaded version whose object code could not be found or read.
     Module { module: String, md5: Md5, what: String },
+    /// The cluster's nodes could not be listed (no EPMD to ask).
+    Discovery(String),
     /// Preloaded modules (part of the runtime's image) whose `.beam` in
     /// `code:lib_dir(erts)/ebin` is missing or is not the version the runtime carries (some
     /// distributions rebuild those files): their versions stay unknown.
@@ -180,6 +180,7 @@ impl fmt::Display for LiveError {
             LiveError::Rpc { call, reason } => write!(f, "{call} failed on the node: {reason}"),
             LiveError::Reply { call, what } => write!(f, "{call}: unexpected reply: {what}"),
             LiveError::Module { module, md5, what } => write!(f, "module {module} (md5 {}): {what}", beam::hex(md5)),
+            LiveError::Discovery(s) => write!(f, "{s}"),
             LiveError::Preloaded { modules } => write!(
                 f,
                 "{} preloaded modules have no matching object code on the node (the runtime's built-in copies \
@@ -558,6 +559,21 @@ fn check_name(name: &str, what: &str) -> Result<(), LiveError> {
     }
 }
 
+/// A node's name part alone (see [`Session::connect`]).
+fn check_alive(alive: &str) -> Result<(), LiveError> {
+    if alive.is_empty() || alive.chars().count() > 255 {
+        return Err(LiveError::Handshake(format!("the node {alive:?} is not a node name (1 to 255 characters)")));
+    }
+    Ok(())
+}
+
+/// Every node registered with the EPMD at `epmd` (`NAMES`): its name part and where it
+/// listens (the EPMD's IP address, the port it registered).
+pub fn epmd_nodes(epmd: SocketAddr, timeout: Duration) -> Result<Vec<(String, SocketAddr)>, LiveError> {
+    let names = epmd::names(epmd, timeout).map_err(|error| LiveError::Epmd { epmd, error })?;
+    Ok(names.into_iter().map(|(n, port)| (n, SocketAddr::new(epmd.ip(), port))).collect())
+}
+
 /// Reads one 2-byte-length-prefixed handshake message.
 fn read_hs(s: &mut TcpStream, during: &'static str, timeout: Duration) -> Result<Vec<u8>, LiveError> {
     let mut len = [0u8; 2];
@@ -568,9 +584,16 @@ fn read_hs(s: &mut TcpStream, during: &'static str, timeout: Duration) -> Result
 }
 
 impl Session {
-    /// Connects to `node` (`alive@host`) as the hidden node `own_name` and does the handshake.
+    /// Connects to `node` as the hidden node `own_name` and does the handshake. `node` is
+    /// `alive@host`, or `alive` alone to accept whatever host the node names itself with (a
+    /// node found through EPMD `NAMES`, which lists no hosts).
     pub fn connect(node: &str, addr: &LiveAddr, cookie: &Cookie, own_name: &str, limits: &LiveLimits) -> Result<Session, LiveError> {
-        check_name(node, "the node")?;
+        let alive_only = !node.contains('@');
+        if alive_only {
+            check_alive(node)?;
+        } else {
+            check_name(node, "the node")?;
+        }
         check_name(own_name, "our own name")?;
         let sa = resolve(node, addr, limits.connect_timeout)?;
         let mut s = TcpStream::connect_timeout(&sa, limits.connect_timeout)
@@ -609,7 +632,11 @@ impl Session {
 
         let body = read_hs(&mut s, "waiting for the challenge", io)?;
         let ch = handshake::Challenge::parse(&body).map_err(|e| LiveError::Handshake(e.0))?;
-        if ch.name != node {
+        let same = match ch.name.split_once('@') {
+            Some((alive, host)) if alive_only => alive == node && !host.is_empty(),
+            _ => ch.name == node,
+        };
+        if !same {
             return Err(LiveError::Handshake(format!("asked for {node}, but the node is {}", ch.name)));
         }
         let missing = flag::MANDATORY_25 & !ch.flags;
@@ -625,7 +652,7 @@ impl Session {
             Ok(b) => b,
             Err(LiveError::Closed { .. }) => {
                 return Err(LiveError::BadCookie {
-                    node: node.into(),
+                    node: ch.name.clone(),
                     detail: "the node closed the connection after our challenge reply",
                 })
             }
@@ -633,7 +660,7 @@ impl Session {
                 if matches!(error.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) =>
             {
                 return Err(LiveError::BadCookie {
-                    node: node.into(),
+                    node: ch.name.clone(),
                     detail: "the node reset the connection after our challenge reply",
                 })
             }
@@ -641,7 +668,7 @@ impl Session {
         };
         let digest = handshake::parse_ack(&ack).map_err(|e| LiveError::Handshake(e.0))?;
         if !handshake::digest_eq(&digest, &handshake::digest(cookie.expose().as_bytes(), ours)) {
-            return Err(LiveError::BadCookie { node: node.into(), detail: "the node's challenge ack does not match our cookie" });
+            return Err(LiveError::BadCookie { node: ch.name.clone(), detail: "the node's challenge ack does not match our cookie" });
         }
 
         let ref_words = [random_u32().ok_or_else(no_entropy)?, random_u32().ok_or_else(no_entropy)?];
@@ -1152,109 +1179,17 @@ pub fn load_from(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Refreshing in the background
+// Refreshing in the background: moved to `super::refresh`, re-exported here.
 
-enum Cmd {
-    Now(mpsc::Sender<LoadReport>),
-    Stop,
-}
-
-/// A background thread refreshing one registry from its sources on an interval and on demand.
-/// Dropping it stops the thread (after the refresh in progress, if any, which is bounded by
-/// the sources' timeouts) and joins it.
-pub struct Refresher {
-    tx: mpsc::Sender<Cmd>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl fmt::Debug for Refresher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Refresher").finish_non_exhaustive()
-    }
-}
-
-/// Starts refreshing `registry` from `sources` every `interval` (the first refresh at once),
-/// with default [`Limits`].
-pub fn spawn_refresher(registry: Arc<Registry>, sources: Vec<Source>, interval: Duration) -> io::Result<Refresher> {
-    spawn_refresher_with(registry, sources, interval, Limits::default())
-}
-
-/// [`spawn_refresher`] with explicit limits.
-pub fn spawn_refresher_with(
-    registry: Arc<Registry>,
-    sources: Vec<Source>,
-    interval: Duration,
-    limits: Limits,
-) -> io::Result<Refresher> {
-    let (tx, rx) = mpsc::channel::<Cmd>();
-    let name = format!("registry-{}", registry.cluster());
-    let thread = thread::Builder::new().name(name).spawn(move || {
-        let run = || {
-            let r = registry.refresh(&sources, &limits);
-            for e in &r.errors {
-                tracing::warn!(cluster = registry.cluster(), "registry refresh: {e}");
-            }
-            tracing::debug!(cluster = registry.cluster(), files = r.files, added = r.added, errors = r.errors.len(), "registry refreshed");
-            r
-        };
-        let mut next = Instant::now();
-        loop {
-            let wait = next.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    run();
-                    next = Instant::now() + interval;
-                }
-                Ok(Cmd::Now(reply)) => {
-                    let _ = reply.send(run());
-                    next = Instant::now() + interval;
-                }
-                Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-        }
-    })?;
-    Ok(Refresher { tx, thread: Some(thread) })
-}
-
-impl Refresher {
-    /// Refreshes now, on the refresher's thread, and waits for it; the interval restarts from
-    /// here. `None` if the thread is gone.
-    pub fn refresh_now(&self) -> Option<LoadReport> {
-        let (tx, rx) = mpsc::channel();
-        self.tx.send(Cmd::Now(tx)).ok()?;
-        rx.recv().ok()
-    }
-
-    /// Asks for a refresh without waiting for it.
-    pub fn trigger(&self) {
-        let (tx, _rx) = mpsc::channel();
-        let _ = self.tx.send(Cmd::Now(tx));
-    }
-
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.tx.send(Cmd::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Refresher {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+pub use super::refresh::{spawn_refresher, spawn_refresher_with, Refresher};
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use distgate_codec::print::format_term;
     use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::thread;
 
     fn printed(t: &Etf<'_>) -> String {
         let mut b = Vec::new();
@@ -1433,6 +1368,22 @@ mod tests {
         });
         let e = Session::connect("n@127.0.0.1", &LiveAddr::Direct(addr), &cookie, "dg@127.0.0.1", &limits()).unwrap_err();
         assert!(e.to_string().contains("but the node is other@127.0.0.1"), "{e}");
+        // Asked by its name part alone (found through EPMD NAMES): any host, but that name.
+        let (addr, _) = fake_node(|mut s| {
+            read_msg(&mut s);
+            challenge(&mut s, "other@127.0.0.1", !0);
+            let _ = read_msg(&mut s);
+        });
+        let e = Session::connect("n", &LiveAddr::Direct(addr), &cookie, "dg@127.0.0.1", &limits()).unwrap_err();
+        assert!(e.to_string().contains("asked for n, but the node is other@127.0.0.1"), "{e}");
+        let (addr, t) = fake_node(|mut s| {
+            read_msg(&mut s);
+            challenge(&mut s, "n@somewhere.example", !0);
+            let _ = read_msg(&mut s);
+        });
+        let e = Session::connect("n", &LiveAddr::Direct(addr), &cookie, "dg@127.0.0.1", &limits()).unwrap_err();
+        assert!(e.to_string().starts_with("wrong cookie for n@somewhere.example"), "past the name check: {e}");
+        t.join().unwrap();
 
         // not_allowed.
         let (addr, _) = fake_node(|mut s| {
@@ -1469,8 +1420,10 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(2));
 
         // Bad names never reach the network.
-        let e = Session::connect("nohost", &LiveAddr::Direct(addr), &cookie, "dg@h", &limits()).unwrap_err();
-        assert!(e.to_string().contains("not a node name"), "{e}");
+        for (node, own) in [("nohost@", "dg@h"), ("", "dg@h"), ("n@h", "dg")] {
+            let e = Session::connect(node, &LiveAddr::Direct(addr), &cookie, own, &limits()).unwrap_err();
+            assert!(e.to_string().contains("not a node name"), "{node} {own}: {e}");
+        }
     }
 
     /// A fake node that completes the handshake, then plays `script` (frames).

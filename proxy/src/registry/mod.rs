@@ -21,7 +21,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use distgate_codec::beam::{self, Beam, BeamError};
@@ -29,7 +31,11 @@ use distgate_codec::beam::{self, Beam, BeamError};
 pub mod cache;
 pub mod cli;
 pub mod live;
+pub mod refresh;
 pub mod scan;
+pub mod set;
+
+pub use set::RegistrySet;
 
 /// A module MD5 (`module_info(md5)`, the `Uniq` of a NEW_FUN_EXT).
 pub type Md5 = [u8; 16];
@@ -293,7 +299,8 @@ pub enum Source {
     CacheFile(PathBuf),
     /// A running node, joined as the hidden node `own_name` (`name@host`) with the cluster's
     /// `cookie`: its loaded modules and their MD5s, and the object code of versions not known
-    /// yet ([`live`]).
+    /// yet ([`live`]). `node` is `name@host`, or `name` alone for a node found through EPMD
+    /// `NAMES` (whatever host it names itself with is accepted).
     Live { node: String, addr: live::LiveAddr, cookie: distgate_config::Cookie, own_name: String },
 }
 
@@ -348,7 +355,7 @@ impl LoadError {
 }
 
 /// Bounds for reading sources.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest `.beam` or cache file read (bytes on disk).
     pub max_file: u64,
@@ -419,12 +426,48 @@ pub struct Registry {
     /// Serialises refreshes (so two never build from the same base and lose versions); readers
     /// never take it.
     refreshing: Mutex<()>,
+    /// Refreshes done, and errors they reported (for metrics).
+    refreshes: AtomicU64,
+    refresh_errors: AtomicU64,
+    /// On-demand refreshes from the forwarding path ([`Registry::want_refresh`]).
+    pub(crate) demand: refresh::Demand,
 }
 
 impl Registry {
     /// An empty registry for `cluster`.
     pub fn new(cluster: &str) -> Registry {
-        Registry { cluster: cluster.into(), current: ArcSwap::from_pointee(Snapshot::default()), refreshing: Mutex::new(()) }
+        Registry {
+            cluster: cluster.into(),
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            refreshing: Mutex::new(()),
+            refreshes: AtomicU64::new(0),
+            refresh_errors: AtomicU64::new(0),
+            demand: refresh::Demand::new(),
+        }
+    }
+
+    /// Asks this registry's refresher (if one runs, [`refresh::spawn`]) for a refresh, unless
+    /// one was asked for less than the demand gap ago ([`refresh::DEMAND_GAP`]). For the
+    /// forwarding path, when it meets a fun whose module version this registry does not know:
+    /// a few atomic operations, no lock, no allocation. True when the refresher was woken.
+    pub fn want_refresh(&self, now: Instant) -> bool {
+        self.demand.want(now)
+    }
+
+    /// The least time between two refreshes [`Registry::want_refresh`] asks for.
+    pub fn set_demand_gap(&self, gap: Duration) {
+        self.demand.set_gap(gap);
+    }
+
+    /// Refreshes done (every [`Registry::refresh`] and [`Registry::reload`]) and the errors
+    /// they reported, since the registry was made.
+    pub fn refresh_counts(&self) -> (u64, u64) {
+        (self.refreshes.load(Ordering::Relaxed), self.refresh_errors.load(Ordering::Relaxed))
+    }
+
+    /// Counts errors met outside a refresh's sources (finding a live cluster's nodes).
+    pub(crate) fn count_errors(&self, n: usize) {
+        self.refresh_errors.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn cluster(&self) -> &str {
@@ -470,6 +513,8 @@ impl Registry {
         }
         let report = load_sources_known(&mut b, sources, limits, Some(&current));
         self.store(b.build());
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        self.count_errors(report.errors.len());
         report
     }
 }
