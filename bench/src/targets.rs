@@ -194,6 +194,7 @@ impl Fleet {
             driver,
             epmd_timeout: Duration::from_secs(5),
             policies: Default::default(),
+            registries: Default::default(),
         };
         apply_policy(&mut spec, policy)?;
         let rt = Runtime::start(spec).map_err(|e| format!("distgate: {e}"))?;

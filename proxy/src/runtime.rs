@@ -14,12 +14,15 @@ use crate::driver::{self, CoreHandle, DriverKind};
 use crate::epmd::{self, NodeInfo, Request};
 use crate::link::{Cookie, LinkLimits};
 use crate::policy::{LinkPolicy, PolicyTable};
+use crate::registry::live::LiveError;
+use crate::registry::set::FindNodes;
+use crate::registry::RegistrySet;
 use crate::stats::Stats;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -53,6 +56,9 @@ pub struct Spec {
     /// ([`crate::policy::RouteHandle::store`], [`PolicyTable::reload`]) applies to
     /// established links from their next frame.
     pub policies: PolicyTable,
+    /// Every cluster's module registry with its sources, loaded and refreshed once the runtime
+    /// starts (the registries `policies` consults come from here). Default: none.
+    pub registries: Arc<RegistrySet>,
 }
 
 /// A dedicated proxy port: diallers of side `from` reach node `alive` of side `to` here.
@@ -99,6 +105,7 @@ pub(crate) struct Shared {
 /// A running distgate. Dropping it stops it (see [`Runtime::shutdown`]).
 pub struct Runtime {
     shared: Arc<Shared>,
+    registries: Arc<RegistrySet>,
     responder_threads: Vec<thread::JoinHandle<()>>,
     core_threads: Vec<thread::JoinHandle<()>>,
     driver: DriverKind,
@@ -145,7 +152,9 @@ impl Runtime {
             tracing::info!(side = %sh.sides[i].spec.name, addr = %l.local_addr()?, "EPMD responder listening");
             responder_threads.push(thread::Builder::new().name(format!("epmd-{}", sh.sides[i].spec.name)).spawn(move || accept_loop(sh, i, l))?);
         }
-        Ok(Runtime { shared, responder_threads, core_threads, driver })
+        // Directories and the cache load here; live nodes are asked in the background.
+        spec.registries.start(Arc::new(SideNodes(Arc::downgrade(&shared))));
+        Ok(Runtime { shared, registries: spec.registries, responder_threads, core_threads, driver })
     }
 
     /// The bound address of a side's responder (useful when configured with port 0).
@@ -161,8 +170,16 @@ impl Runtime {
     /// which. Established links are untouched; new EPMD lookups see the new routes. Sides,
     /// listeners, threads and driver need a restart (`Config::restart_required` names them).
     pub fn reload(&self, spec: &Spec) {
+        // Registries first: a cluster whose sources did not change keeps its registry (and
+        // what it learnt) and is refreshed now; the others are loaded from their new sources.
+        self.registries.adopt(&spec.registries);
         // Policies and registries apply to established links too, from their next frame.
         self.shared.policies.adopt(&spec.policies);
+        for h in self.shared.policies.handles() {
+            if let (Some(from), Some(to)) = (self.registries.registry(&h.from), self.registries.registry(&h.to)) {
+                h.store_registries(from, to);
+            }
+        }
         if spec.sides.len() != self.shared.sides.len()
             || spec.sides.iter().zip(&self.shared.sides).any(|(a, b)| a.name != b.spec.name)
         {
@@ -175,6 +192,11 @@ impl Runtime {
     /// The policy handles this runtime was started with (for a reload).
     pub fn policies(&self) -> &PolicyTable {
         &self.shared.policies
+    }
+
+    /// The module registries and their refreshers.
+    pub fn registries(&self) -> &Arc<RegistrySet> {
+        &self.registries
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -205,6 +227,7 @@ impl Runtime {
         for t in self.responder_threads.drain(..) {
             let _ = t.join();
         }
+        self.registries.stop();
     }
 
     /// Block until the runtime stops (after [`Runtime::shutdown`] from another thread via a
@@ -221,6 +244,49 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A live cluster's nodes as the running proxy knows them: those registered with the side's
+/// responder, and those its upstream EPMD lists, except distgate's own registrations there
+/// (mirrors of other clusters' nodes, at the dedicated proxy ports): asking those would ask
+/// another cluster.
+struct SideNodes(Weak<Shared>);
+
+impl FindNodes for SideNodes {
+    fn find(&self, cluster: &str, upstream: Option<SocketAddr>, timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)> {
+        let Some(sh) = self.0.upgrade() else { return Vec::new() };
+        let Some(i) = sh.sides.iter().position(|s| s.spec.name == cluster) else { return Vec::new() };
+        let side = &sh.sides[i];
+        let mut out: Vec<(String, SocketAddr)> = side
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, r)| (n.clone(), SocketAddr::new(r.ip, r.info.port)))
+            .collect();
+        if let Some(up) = upstream.or(side.spec.upstream_epmd) {
+            let ours: HashSet<(String, u16)> = sh
+                .routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|r| r.from == i)
+                .map(|r| (r.alive.clone(), r.port))
+                .collect();
+            match crate::registry::live::epmd_nodes(up, timeout) {
+                Ok(nodes) => {
+                    for (n, addr) in nodes {
+                        if !ours.contains(&(n.clone(), addr.port())) && !out.iter().any(|(m, _)| *m == n) {
+                            out.push((n, addr));
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        out.sort();
+        out
     }
 }
 
@@ -476,20 +542,14 @@ impl Spec {
             }
         }
         let cookies = cfg.resolve_cookies().map_err(|e| e.to_string())?;
+        // Made empty here; loaded by Runtime::start, or adopted by a running one on reload.
+        let registries = Arc::new(RegistrySet::from_config(cfg, &cookies)?);
         let mut sides = Vec::new();
         for c in &cfg.clusters {
             let cookie = cookies.get(&c.name).ok_or_else(|| format!("cluster {}: no cookie", c.name))?;
             let upstream_epmd = match c.upstream_epmd.first() {
                 None => None,
-                Some(hp) => {
-                    use std::net::ToSocketAddrs;
-                    let addr = (hp.host.as_str(), hp.port)
-                        .to_socket_addrs()
-                        .map_err(|e| format!("cluster {}: upstream_epmd {hp}: {e}", c.name))?
-                        .next()
-                        .ok_or_else(|| format!("cluster {}: upstream_epmd {hp} has no address", c.name))?;
-                    Some(addr)
-                }
+                Some(hp) => Some(epmd::resolve_host_port(hp).map_err(|e| format!("cluster {}: {e}", c.name))?),
             };
             sides.push(SideSpec {
                 name: c.name.clone(),
@@ -527,7 +587,8 @@ impl Spec {
                 Driver::Mio => DriverKind::Poll,
             },
             epmd_timeout: Duration::from_secs(5),
-            policies: PolicyTable::from_config(cfg, &crate::policy::registries_from_config(cfg)),
+            policies: PolicyTable::from_config(cfg, &registries.registries()),
+            registries,
         })
     }
 }

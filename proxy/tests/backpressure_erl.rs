@@ -31,6 +31,7 @@ fn start() -> Runtime {
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(5),
         policies: Default::default(),
+        registries: Default::default(),
     })
     .unwrap()
 }

@@ -37,6 +37,7 @@ fn start() -> Runtime {
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(5),
         policies: Default::default(),
+        registries: Default::default(),
     })
     .unwrap()
 }

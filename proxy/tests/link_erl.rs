@@ -38,6 +38,7 @@ fn spec(driver: DriverKind, sides: Vec<SideSpec>) -> Spec {
         driver,
         epmd_timeout: Duration::from_secs(5),
         policies: Default::default(),
+        registries: Default::default(),
     }
 }
 

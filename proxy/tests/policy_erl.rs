@@ -123,6 +123,7 @@ fn setup(policy_body: Option<&str>) -> Setup {
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(5),
         policies: table,
+        registries: Default::default(),
     };
     let rt = Runtime::start(spec).expect("distgate starts");
     let node = |prefix: &str, side: &str, cookie: &str, code: &std::path::Path| {

@@ -229,6 +229,10 @@ impl Direction {
             let source = || handle.map(|h| h.source.load().snapshot());
             let regs = target.as_ref().map(|t| Registries { target: t, source: &source });
             let j = engine::judge(p, msg, funs, regs, &mut self.walker);
+            // A fun the target lacks may be one it loaded since its last refresh.
+            if let Some(h) = handle.filter(|_| j.findings.iter().any(|f| matches!(f.rule, "unknown_fun" | "unknown_export" | "rewrite_fallback"))) {
+                h.target_lacks_fun(now);
+            }
             if !j.findings.is_empty() {
                 let site = Site { link: self.link, route: &self.route, direction: self.name };
                 audit::record(p, self.stats.as_deref(), &site, msg.control.op(), &j, p.dry_run, now);

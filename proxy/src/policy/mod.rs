@@ -29,7 +29,7 @@ pub use compile::Compiled;
 pub use direction::{Direction, FrameAct};
 pub use engine::{judge, Finding, Judgement, Registries, Verdict};
 
-use crate::registry::{self, Registry, Source};
+use crate::registry::Registry;
 use crate::stats::Stats;
 
 /// The policy of one route direction, swappable, and the registries it consults.
@@ -70,6 +70,13 @@ impl RouteHandle {
 
     pub fn current(&self) -> Option<Arc<Compiled>> {
         self.policy.load_full()
+    }
+
+    /// The policy met a fun the target's registry does not know (a module version, or an
+    /// export): ask that registry's refresher to look again, at most once per demand gap.
+    /// Lock-free and allocation-free, for the forwarding path.
+    pub fn target_lacks_fun(&self, now: std::time::Instant) {
+        self.target.load().want_refresh(now);
     }
 
     /// Replace the registries (a reload that re-read the clusters' sources).
@@ -149,28 +156,6 @@ impl PolicyTable {
             }
         }
     }
-}
-
-/// One registry per cluster of `cfg`, in cluster order, loaded from `[[cluster]] registry.dirs`
-/// (failing files are logged and skipped). A cluster without directories has an empty
-/// registry: every local fun sent to it counts as unknown.
-pub fn registries_from_config(cfg: &distgate_config::Config) -> Vec<Arc<Registry>> {
-    cfg.clusters
-        .iter()
-        .map(|c| {
-            let reg = Registry::new(&c.name);
-            let sources: Vec<Source> = c.registry.dirs.iter().cloned().map(Source::Dir).collect();
-            if !sources.is_empty() {
-                let report = reg.refresh(&sources, &registry::Limits::default());
-                for e in &report.errors {
-                    tracing::warn!(cluster = %c.name, "registry: {e}");
-                }
-                let snap = reg.load();
-                tracing::info!(cluster = %c.name, modules = snap.module_count(), versions = snap.version_count(), "registry loaded");
-            }
-            Arc::new(reg)
-        })
-        .collect()
 }
 
 /// What a link needs for policy: the handle of each direction (none: not judged) and the
