@@ -126,7 +126,9 @@ fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> 
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()).map_err(|e| format!("signal handler: {e}"))?;
     let rt = distgate::runtime::Runtime::start(spec).map_err(|e| format!("{name}: {e}"))?;
     if cfg.metrics.enabled {
-        let addr = distgate::metrics::serve(cfg.metrics.listen, rt.stats(), rt.driver().name(), None)
+        let regs = rt.registries().clone();
+        let extra: distgate::metrics::Extra = std::sync::Arc::new(move |r: &prometheus::Registry| regs.register_metrics(r));
+        let addr = distgate::metrics::serve(cfg.metrics.listen, rt.stats(), rt.driver().name(), Some(extra))
             .map_err(|e| format!("metrics on {}: {e}", cfg.metrics.listen))?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
@@ -139,7 +141,8 @@ fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> 
         std::thread::park_timeout(std::time::Duration::from_millis(200));
         if hup.swap(false, std::sync::atomic::Ordering::SeqCst) {
             let Some(f) = file else {
-                tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
+                rt.registries().refresh_all();
+                tracing::info!("SIGHUP: running on the embedded default, nothing to reload; registries refreshed");
                 continue;
             };
             // An invalid file keeps the running configuration; the errors say why.
@@ -151,6 +154,7 @@ fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> 
                     for what in current.restart_required(&new) {
                         tracing::warn!(change = %what, "SIGHUP: this change needs a restart; kept the running value");
                     }
+                    // Registries whose sources did not change are refreshed now.
                     rt.reload(&spec);
                     tracing::info!(config = %name, "SIGHUP: configuration reloaded");
                     current = new;
@@ -158,7 +162,8 @@ fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> 
                 Err(e) => {
                     // One log line, every error in it: a multi-line field would split the record.
                     let errors = e.lines().collect::<Vec<_>>().join(" | ");
-                    tracing::error!(config = %name, %errors, "SIGHUP: invalid configuration; keeping the running one")
+                    tracing::error!(config = %name, %errors, "SIGHUP: invalid configuration; keeping the running one");
+                    rt.registries().refresh_all();
                 }
             }
         }

@@ -11,8 +11,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-/// Extra gauges the runtime knows (registry sizes, …), read at scrape time.
-pub type Extra = Arc<dyn Fn() -> Vec<(String, Vec<(String, String)>, i64)> + Send + Sync>;
+/// More families, registered at scrape time by whoever knows them (the module registries:
+/// [`crate::registry::RegistrySet::register_metrics`]). Each registers whole families, so a
+/// family with a label per cluster is one family, not one per cluster.
+pub type Extra = Arc<dyn Fn(&Registry) -> prometheus::Result<()> + Send + Sync>;
 
 /// Render the current metrics in the Prometheus text format.
 pub fn render(stats: &Stats, driver: &str, extra: Option<&Extra>) -> String {
@@ -58,21 +60,15 @@ pub fn render(stats: &Stats, driver: &str, extra: Option<&Extra>) -> String {
         let drv = IntGaugeVec::new(Opts::new("distgate_driver", "The data-plane driver in use (1)"), &["driver"])?;
         drv.with_label_values(&[driver]).set(1);
         r.register(Box::new(drv))?;
-        if let Some(f) = extra {
-            for (name, labels, v) in f() {
-                let keys: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
-                let g = IntGaugeVec::new(Opts::new(name.clone(), name.clone()), &keys)?;
-                let vals: Vec<&str> = labels.iter().map(|(_, v)| v.as_str()).collect();
-                g.with_label_values(&vals).set(v);
-                let _ = r.register(Box::new(g));
-            }
-        }
         let up = IntGauge::new("distgate_up", "1 while distgate runs")?;
         up.set(1);
         r.register(Box::new(up))?;
         Ok(())
     })();
     if let Err(e) = result {
+        tracing::warn!(error = %e, "metrics: a family could not be registered");
+    }
+    if let Some(Err(e)) = extra.map(|f| f(&r)) {
         tracing::warn!(error = %e, "metrics: a family could not be registered");
     }
     let mut out = Vec::new();

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use distgate_codec::beam;
 
-use super::{cache, load_sources, scan, Limits, LoadError, LoadErrorKind, Snapshot, SnapshotBuilder, Source};
+use super::set::{self, EpmdNames, RegistrySet};
+use super::{cache, load_sources, scan, Limits, LoadError, LoadErrorKind, LoadReport, Snapshot, SnapshotBuilder, Source};
 
 #[derive(Debug, Subcommand)]
 pub enum RegistryCmd {
@@ -20,8 +21,13 @@ pub enum RegistryCmd {
         paths: Vec<PathBuf>,
     },
     /// Print what a registry built from these sources knows: per module, each version's MD5,
-    /// lambda and export counts, and where it was found.
+    /// lambda and export counts, and where it was found. With -c (or with no --dir, --cache
+    /// or --write-cache: the embedded default), one registry per cluster of the configuration,
+    /// from its registry.dirs and, for live = true, its nodes, joined as distgate joins them.
     Show {
+        /// A configuration file (docs/config.md).
+        #[arg(short = 'c', long = "config", value_name = "FILE", conflicts_with_all = ["dirs", "caches", "write_cache"])]
+        config: Option<PathBuf>,
         /// A directory of .beam files (walked recursively); repeatable.
         #[arg(long = "dir")]
         dirs: Vec<PathBuf>,
@@ -39,10 +45,21 @@ pub fn run(cmd: RegistryCmd) -> ExitCode {
     let (out, err) = (std::io::stdout(), std::io::stderr());
     let r = match cmd {
         RegistryCmd::Md5 { paths } => md5(&paths, &Limits::default(), &mut out.lock(), &mut err.lock()),
-        RegistryCmd::Show { dirs, caches, write_cache } => {
-            let sources: Vec<Source> =
-                caches.into_iter().map(Source::CacheFile).chain(dirs.into_iter().map(Source::Dir)).collect();
-            show(&sources, write_cache.as_deref(), &Limits::default(), &mut out.lock(), &mut err.lock())
+        RegistryCmd::Show { config, dirs, caches, write_cache } => {
+            if config.is_some() || (dirs.is_empty() && caches.is_empty() && write_cache.is_none()) {
+                let loaded = match &config {
+                    Some(f) => distgate_config::load(f).map(|c| (c, f.display().to_string())),
+                    None => Ok((distgate_config::Config::embedded_default(), distgate_config::EMBEDDED_DEFAULT_NAME.to_string())),
+                };
+                match loaded {
+                    Ok((cfg, name)) => show_config(&cfg, &name, &Limits::default(), &mut out.lock(), &mut err.lock()),
+                    Err(e) => writeln!(err.lock(), "{e}").map(|()| false),
+                }
+            } else {
+                let sources: Vec<Source> =
+                    caches.into_iter().map(Source::CacheFile).chain(dirs.into_iter().map(Source::Dir)).collect();
+                show(&sources, write_cache.as_deref(), &Limits::default(), &mut out.lock(), &mut err.lock())
+            }
         }
     };
     match r {
@@ -109,7 +126,8 @@ pub fn show(
         report(err, e)?;
     }
     let snap = b.build();
-    print_snapshot(&snap, "default", sources, out)?;
+    let from: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+    print_snapshot(&snap, "default", &from, out)?;
     let mut ok = rep.ok();
     if let Some(path) = write_cache {
         if let Err(e) = cache::write(&snap, path) {
@@ -120,9 +138,53 @@ pub fn show(
     Ok(ok)
 }
 
-/// The listing `registry show` prints for one cluster.
-pub fn print_snapshot(snap: &Snapshot, cluster: &str, sources: &[Source], out: &mut dyn Write) -> std::io::Result<()> {
-    let from: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+/// `registry show -c`: per cluster, what its configured sources give now (live nodes are
+/// asked). Errors go to `err` prefixed with the cluster; true when there were none.
+pub fn show_config(cfg: &distgate_config::Config, name: &str, limits: &Limits, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<bool> {
+    // Cookies are read only when a live cluster needs one.
+    let cookies = if cfg.clusters.iter().any(|c| c.registry.live) {
+        match cfg.resolve_cookies() {
+            Ok(c) => c,
+            Err(e) => {
+                writeln!(err, "{e}")?;
+                return Ok(false);
+            }
+        }
+    } else {
+        Default::default()
+    };
+    let regs = match RegistrySet::from_config(cfg, &cookies) {
+        Ok(r) => r,
+        Err(e) => {
+            writeln!(err, "distgate: {name}: {e}")?;
+            return Ok(false);
+        }
+    };
+    let own_name = regs.settings().own_name;
+    let mut ok = true;
+    for plan in regs.plans() {
+        let mut report = LoadReport::default();
+        let sources = set::sources_now(&plan, &own_name, &EpmdNames, limits, &mut report);
+        let mut b = SnapshotBuilder::new();
+        report.errors.extend(load_sources(&mut b, &sources, limits).errors);
+        for e in &report.errors {
+            writeln!(err, "distgate: cluster {}: {e}", plan.name)?;
+        }
+        ok &= report.ok();
+        let mut from: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        if let Some(l) = plan.live.as_ref().filter(|_| !sources.iter().any(|s| matches!(s, Source::Live { .. }))) {
+            from.push(match l.upstream {
+                Some(e) => format!("live: no nodes registered with epmd {e}"),
+                None => "live: no upstream_epmd to ask".into(),
+            });
+        }
+        print_snapshot(&b.build(), &plan.name, &from, out)?;
+    }
+    Ok(ok)
+}
+
+/// The listing `registry show` prints for one cluster; `from` says where it came from.
+pub fn print_snapshot(snap: &Snapshot, cluster: &str, from: &[String], out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
         "cluster {cluster}: {} modules, {} versions (from {})",
