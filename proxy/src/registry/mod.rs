@@ -512,9 +512,10 @@ impl Registry {
             b.add_snapshot(&current);
         }
         let report = load_sources_known(&mut b, sources, limits, Some(&current));
-        self.store(b.build());
+        // Counted before the swap: whoever sees the new snapshot sees its refresh counted.
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         self.count_errors(report.errors.len());
+        self.store(b.build());
         report
     }
 }

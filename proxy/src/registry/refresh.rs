@@ -219,6 +219,10 @@ fn refresh_once(registry: &Registry, plan: &mut Plan) -> LoadReport {
     for e in &r.errors {
         tracing::warn!(cluster, "registry refresh: {e}");
     }
+    // Before the summary line, so that whoever reads it finds the cache written.
+    if let Some(after) = plan.after.as_mut() {
+        after(registry, &r);
+    }
     let snap = registry.load();
     let (modules, versions) = (snap.module_count(), snap.version_count());
     drop(snap);
@@ -226,9 +230,6 @@ fn refresh_once(registry: &Registry, plan: &mut Plan) -> LoadReport {
         tracing::info!(cluster, added = r.added, modules, versions, "registry refreshed: new versions");
     } else {
         tracing::debug!(cluster, files = r.files, errors = r.errors.len(), modules, versions, "registry refreshed");
-    }
-    if let Some(after) = plan.after.as_mut() {
-        after(registry, &r);
     }
     r
 }
