@@ -1,5 +1,5 @@
-//! Registry sources and snapshots: the cache file round-trips every OTP module and refuses
-//! corrupt files cleanly; bad .beam files in a directory are reported (file and chunk) while
+//! Registry sources and snapshots: the cache file (one registry, or a section per cluster)
+//! round-trips every OTP module and refuses corrupt files cleanly; bad .beam files in a directory are reported (file and chunk) while
 //! the rest load; readers keep their snapshot across a refresh.
 
 use std::path::{Path, PathBuf};
@@ -110,6 +110,62 @@ fn corrupt_caches_are_refused_with_a_reason() {
     assert!(matches!(kind(&reseal(trailing)), CacheErrorKind::Trailing { extra: 3 }));
 }
 
+#[test]
+fn cluster_caches_keep_each_clusters_section_and_refuse_corruption() {
+    let otp = otp_snapshot();
+    let mut b = SnapshotBuilder::new();
+    for v in otp.all_versions().filter(|v| v.module.starts_with("gen")) {
+        b.add(v.clone());
+    }
+    let small = b.build();
+    let empty = Snapshot::default();
+    let sections = [
+        cache::SectionRef { cluster: "east", sources: [1; 16], snapshot: otp },
+        cache::SectionRef { cluster: "west", sources: [2; 16], snapshot: &small },
+        cache::SectionRef { cluster: "ünïcode", sources: [3; 16], snapshot: &empty },
+    ];
+    let bytes = cache::encode_clusters(&sections);
+    let back = cache::decode_clusters(&bytes).unwrap();
+    assert_eq!(back.len(), 3);
+    for (s, r) in back.iter().zip(&sections) {
+        assert_eq!((s.cluster.as_str(), s.sources), (r.cluster, r.sources));
+        let ours: Vec<_> = r.snapshot.all_versions().cloned().collect();
+        assert_eq!(s.versions, ours, "{}", s.cluster);
+    }
+    assert!(back[1].versions.len() >= 5, "gen_server, gen_statem, …");
+    // Read as one registry (a Source::CacheFile, `registry show --cache`): every section.
+    assert_eq!(cache::decode(&bytes).unwrap().len(), otp.version_count() + small.version_count());
+    // A format 1 file is one unnamed section.
+    let v1 = cache::decode_clusters(&cache::encode(&small)).unwrap();
+    assert_eq!((v1.len(), v1[0].cluster.as_str(), v1[0].sources), (1, "", [0; 16]));
+    assert_eq!(v1[0].versions.len(), small.version_count());
+
+    // Truncations and flips are refused, as in format 1.
+    for n in (0..bytes.len()).step_by(997).chain([bytes.len() - 1, 12, 16]) {
+        assert!(cache::decode_clusters(&bytes[..n]).is_err(), "truncated at {n}");
+    }
+    for i in (0..bytes.len()).step_by(1009) {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x10;
+        assert!(cache::decode_clusters(&bad).is_err(), "flip at {i}");
+    }
+    // Checksum-valid but hostile: four billion clusters in a tiny file.
+    let mut huge = cache::MAGIC.to_vec();
+    huge.extend_from_slice(&cache::VERSION_CLUSTERS.to_be_bytes());
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    huge.extend_from_slice(&[0; 16]);
+    let e = cache::decode_clusters(&reseal(huge)).unwrap_err();
+    assert!(matches!(e.kind, CacheErrorKind::BadCount { what: "cluster", count: 0xffff_ffff }), "{e}");
+
+    // Written atomically and read back from a file.
+    let tmp = TempDir::new("dg_reg_cache_clusters");
+    let path = tmp.path().join("all.cache");
+    cache::write_clusters(&sections[1..], &path).unwrap();
+    let read = cache::read_clusters(&path, 1 << 30).unwrap();
+    assert_eq!(read.iter().map(|s| s.cluster.as_str()).collect::<Vec<_>>(), ["west", "ünïcode"]);
+    assert!(std::fs::read_dir(tmp.path()).unwrap().count() == 1, "no temporary file left");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
     /// Any body behind a valid magic, version and checksum decodes or fails; it never panics.
@@ -121,6 +177,17 @@ proptest! {
         b.extend_from_slice(&body);
         b.extend_from_slice(&[0; 16]);
         let _ = cache::decode(&reseal(b));
+    }
+
+    /// The same for the per-cluster format.
+    #[test]
+    fn sealed_garbage_never_panics_in_the_cluster_format(body in proptest::collection::vec(any::<u8>(), 0..300), count in 0u32..4) {
+        let mut b = cache::MAGIC.to_vec();
+        b.extend_from_slice(&cache::VERSION_CLUSTERS.to_be_bytes());
+        b.extend_from_slice(&count.to_be_bytes());
+        b.extend_from_slice(&body);
+        b.extend_from_slice(&[0; 16]);
+        let _ = cache::decode_clusters(&reseal(b));
     }
 }
 

@@ -77,3 +77,96 @@ fn show_lists_versions_and_writes_a_cache_that_shows_the_same() {
     assert_eq!(code3, Some(1));
     assert!(err3.contains("reg.cache: registry cache ignored"), "{err3}");
 }
+
+/// A real `epmd` on a port of its own, killed on drop.
+struct Epmd(std::process::Child, u16);
+
+impl Epmd {
+    fn start() -> Epmd {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd starts");
+        Epmd(child, port)
+    }
+}
+
+impl Drop for Epmd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn show_c_prints_each_clusters_configured_sources_and_asks_live_nodes() {
+    let tmp = TempDir::new("dg_reg_show_c");
+    setup(tmp.path());
+    let ebin = tmp.path().join("ebin/nested");
+    // A module only the live node has: compiled elsewhere, loaded on the node from there.
+    let live_src = tmp.path().join("live");
+    std::fs::create_dir_all(&live_src).unwrap();
+    std::fs::write(live_src.join("dg_cli_live.erl"), "-module(dg_cli_live).\n-export([l/0]).\nl() -> fun() -> live end.\n").unwrap();
+    erl::compile(&[live_src.join("dg_cli_live.erl")], &live_src).unwrap();
+    let epmd = Epmd::start();
+    let node = distgate_testkit::Node::start_with(
+        "dgshowc",
+        distgate_testkit::NodeOptions {
+            cookie: "show_c_cookie".into(),
+            epmd_port: Some(epmd.1),
+            extra_args: vec!["-pa".into(), live_src.display().to_string()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(node.eval("code:ensure_loaded(dg_cli_live)."), "{module,dg_cli_live}");
+    let md5 = node.eval("string:lowercase(binary_to_list(binary:encode_hex(dg_cli_live:module_info(md5)))).");
+    let md5 = md5.trim_matches('"');
+    let cfg = tmp.path().join("distgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[cluster]]\nname = \"a\"\ncookie = \"x\"\nlisten = \"127.0.0.1:1\"\nregistry = {{ dirs = [\"{}\"] }}\n\n\
+             [[cluster]]\nname = \"b\"\ncookie = \"show_c_cookie\"\nlisten = \"127.0.0.1:2\"\nupstream_epmd = \"127.0.0.1:{}\"\n\
+             registry = {{ live = true }}\n\n[registry]\nnode_name = \"dgshow\"\n",
+            ebin.display(),
+            epmd.1
+        ),
+    )
+    .unwrap();
+    let (out, err, code) = distgate(&["registry", "show", "-c", cfg.to_str().unwrap()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("cluster a: 2 modules, 2 versions (from dir {})", ebin.display()), "{out}");
+    assert_eq!(lines[1], "dg_cli_a");
+    let b = lines.iter().position(|l| l.starts_with("cluster b: ")).expect("cluster b");
+    assert_eq!(b, 5, "a's listing, then b's: {out}");
+    let b_head = lines[b];
+    assert!(b_head.contains(&format!("(from live {} (127.0.0.1:{}) as dgshow@", node.alive(), node.port())), "{b_head}");
+    // b: what the node has loaded (lists among them), and the live-only module from the node.
+    let at = lines.iter().position(|l| *l == "dg_cli_live").unwrap_or_else(|| panic!("{out}"));
+    assert!(lines[at + 1].starts_with(&format!("  {md5}  lambdas 1  ")), "{}", lines[at + 1]);
+    assert!(lines[at + 1].ends_with(&format!("{}:{}", node.name(), live_src.join("dg_cli_live.beam").display())), "{}", lines[at + 1]);
+    assert!(lines[b..].contains(&"lists"));
+    // Errors name the cluster; the only one allowed is the preloaded modules' (Debian's OTP
+    // ships .beam files for them that differ from the built-in copies).
+    for l in err.lines() {
+        assert!(l.starts_with(&format!("distgate: cluster b: live {}: ", node.name())) && l.contains("preloaded"), "{err}");
+    }
+    assert_eq!(code, Some(if err.is_empty() { 0 } else { 1 }), "{err}");
+    assert!(!out.contains("show_c_cookie") && !err.contains("show_c_cookie"));
+
+    // A wrong cookie: b's listing is empty, the error says so, the status is 1.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("show_c_cookie", "not_the_cookie")).unwrap();
+    let (out, err, code) = distgate(&["registry", "show", "-c", cfg.to_str().unwrap()]);
+    assert!(out.lines().any(|l| l.starts_with("cluster b: 0 modules, 0 versions")), "{out}");
+    assert!(err.contains(&format!("distgate: cluster b: live {}: wrong cookie for {}", node.alive(), node.name())), "{err}");
+    assert!(!err.contains("not_the_cookie"));
+    assert_eq!(code, Some(1));
+
+    // -c with --dir is refused by the argument parser.
+    let (_, err, code) = distgate(&["registry", "show", "-c", cfg.to_str().unwrap(), "--dir", "/tmp"]);
+    assert_eq!(code, Some(2), "{err}");
+}
+
+#[test]
+fn show_without_arguments_lists_the_embedded_defaults_clusters() {
+    let (out, err, code) = distgate(&["registry", "show"]);
+    assert_eq!((out.as_str(), err.as_str(), code), ("cluster local: 0 modules, 0 versions (from nothing)\n", "", Some(0)));
+}
