@@ -8,15 +8,16 @@
 //! a cluster's EPMD are not taken for its nodes, and the binary's /metrics shows the registry
 //! sizes.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use distgate::registry::{cache, Md5, Registry};
 use distgate::runtime::{Runtime, Spec};
+use distgate_testkit::daemon::{free_port, sample, scrape, Daemon};
 use distgate_testkit::erl;
 use distgate_testkit::{Node, NodeOptions, TempDir};
 
@@ -60,10 +61,6 @@ fn compile(dir: &Path, module: &str, src: &str) {
     std::fs::write(&file, src).unwrap();
     erl::compile(&[&file], dir).unwrap();
     std::fs::remove_file(&file).unwrap();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn md5_of(node: &Node, module: &str) -> Md5 {
@@ -310,77 +307,6 @@ fn a_live_cluster_is_not_asked_through_distgates_own_mirrors() {
 
 // ---- the binary --------------------------------------------------------------------------------
 
-struct Distgate {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Distgate {
-    fn start(config: &Path) -> Distgate {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_distgate"))
-            .args(["run", "-c"])
-            .arg(config)
-            .env("DISTGATE_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("distgate starts");
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let mut d = Distgate { child, lines: rx, log: Vec::new() };
-        d.wait_for("distgate running");
-        d
-    }
-
-    fn wait_for(&mut self, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => {
-                    self.log.push(l.clone());
-                    if l.contains(what) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!("no log line with {what:?}; log so far:\n{}", self.log.join("\n")),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Distgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    body
-}
-
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
-}
-
 #[test]
 fn metrics_show_registry_sizes_and_sighup_refreshes() {
     let d = dirs();
@@ -397,7 +323,7 @@ fn metrics_show_registry_sizes_and_sighup_refreshes() {
     );
     let cfg = d.common.parent().unwrap().join("distgate.toml");
     std::fs::write(&cfg, text).unwrap();
-    let mut dg = Distgate::start(&cfg);
+    let mut dg = Daemon::start(env!("CARGO_BIN_EXE_distgate"), &cfg);
     let m = scrape(mp);
     assert_eq!(sample(&m, "distgate_registry_modules{cluster=\"a\"}"), 1.0, "dgt: {m}");
     assert_eq!(sample(&m, "distgate_registry_versions{cluster=\"a\"}"), 1.0);
