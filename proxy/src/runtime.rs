@@ -482,8 +482,8 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         *r.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
         return Ok(r.port);
     }
-    let l = TcpListener::bind(SocketAddr::new(sh.sides[from].spec.proxy_ip, 0))?;
-    let port = l.local_addr()?.port();
+    let listeners = proxy_listeners(SocketAddr::new(sh.sides[from].spec.proxy_ip, 0), sh.cores.len())?;
+    let port = listeners[0].local_addr()?.port();
     let route = Arc::new(Route {
         from,
         to,
@@ -494,11 +494,47 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         up_cookie: sh.sides[to].spec.cookie.clone(),
         policy: sh.policies.link(from, to, sh.stats.clone()),
     });
-    let core = sh.next_core.fetch_add(1, Ordering::Relaxed) % sh.cores.len();
-    sh.cores[core].listen(l, route.clone())?;
-    tracing::info!(from = %sh.sides[from].spec.name, to = %sh.sides[to].spec.name, node = %name, port, %target, core, "proxy port opened");
+    // One listener per core (SO_REUSEPORT: the kernel spreads the connections); a single
+    // listener goes to the next core in turn.
+    let first = sh.next_core.fetch_add(1, Ordering::Relaxed);
+    let n = listeners.len();
+    for (i, l) in listeners.into_iter().enumerate() {
+        sh.cores[(first + i) % sh.cores.len()].listen(l, route.clone())?;
+    }
+    tracing::info!(from = %sh.sides[from].spec.name, to = %sh.sides[to].spec.name, node = %name, port, %target, listeners = n, "proxy port opened");
     routes.insert(key, route);
     Ok(port)
+}
+
+/// Listeners for a new proxy port: with more than one core, one per core on the same port
+/// (SO_REUSEPORT), so that many connections to one remote node — a pool, a benchmark's 1000 —
+/// are spread over every core instead of all landing on the core that owned a single listener.
+/// Where SO_REUSEPORT cannot be had, one listener.
+fn proxy_listeners(addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let bind = |addr: SocketAddr| -> io::Result<TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_reuse_port(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        Ok(s.into())
+    };
+    if cores <= 1 {
+        return Ok(vec![TcpListener::bind(addr)?]);
+    }
+    let first = match bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "SO_REUSEPORT unavailable: one listener per proxy port");
+            return Ok(vec![TcpListener::bind(addr)?]);
+        }
+    };
+    let at = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..cores {
+        all.push(bind(at)?);
+    }
+    Ok(all)
 }
 
 /// The cookie in `~/.erlang.cookie`, created as erl itself would (20 random capital letters,
