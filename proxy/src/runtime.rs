@@ -628,3 +628,35 @@ impl Spec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A proxy port on two cores is two listeners on one port, and connections to it reach
+    /// both (32 connections all hashed to one listener: odds 2^-31).
+    #[test]
+    fn proxy_ports_spread_connections_over_cores() {
+        let ls = proxy_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        assert_eq!(ls.len(), 2);
+        let port = ls[0].local_addr().unwrap().port();
+        assert_eq!(ls[1].local_addr().unwrap().port(), port);
+        let conns: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        let mut accepted = [0usize; 2];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for l in &ls {
+            l.set_nonblocking(true).unwrap();
+        }
+        while accepted.iter().sum::<usize>() < conns.len() && std::time::Instant::now() < deadline {
+            for (i, l) in ls.iter().enumerate() {
+                while l.accept().is_ok() {
+                    accepted[i] += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(accepted.iter().sum::<usize>(), 32, "{accepted:?}");
+        assert!(accepted.iter().all(|&n| n > 0), "every core's listener gets connections: {accepted:?}");
+        assert_eq!(proxy_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap().len(), 1);
+    }
+}
