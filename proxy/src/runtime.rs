@@ -3,8 +3,9 @@
 //!
 //! Control plane (this module): a thread per EPMD connection answers ALIVE2 / PORT_PLEASE2 /
 //! NAMES for one side. When a node asks for a name that belongs to another side it may route
-//! to, the responder opens (once) a listening port dedicated to that remote node, hands the
-//! listener to one data-plane core, and answers with that port. Every PORT_PLEASE2 re-resolves
+//! to, the responder opens (once) a listening port dedicated to that remote node — one
+//! listener per data-plane core on that port (SO_REUSEPORT), so the kernel spreads the
+//! connections over the cores — and answers with that port. Every PORT_PLEASE2 re-resolves
 //! the target, so a restarted node's new port is used by the next connection.
 //!
 //! Data plane ([`crate::driver`]): a thread per core owns its listeners and both sockets of
