@@ -533,6 +533,57 @@ pub fn issue3_markdown(r: &Report) -> String {
     o
 }
 
+/// Policy on against off: every cell measured through both `distgate-mio` and
+/// `distgate-mio+policy` (same driver, same traffic, interleaved in the same run), as the
+/// ratio of the medians and the cost against the ≤ 10 % throughput goal of the policy issue.
+pub fn policy_markdown(r: &Report) -> String {
+    let mut o = String::new();
+    let (off_t, on_t) = (Target::DistgateMio, Target::DistgateMioPolicy);
+    let pairs: Vec<(&Row, &Row)> = r
+        .rows
+        .iter()
+        .filter(|x| x.target == off_t && x.reps_ok > 0)
+        .filter_map(|off| r.row(off.nodes, off.scenario, off.payload, off.conns, on_t).filter(|on| on.reps_ok > 0).map(|on| (off, on)))
+        .collect();
+    if pairs.is_empty() {
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "Policy: `targets::BENCH_POLICY` on the senders → sinks route (control allow-lists consulted for every message, every message's funs collected and looked up in the target registry, all passing). Same run, same cells, repetitions interleaved; medians. Flood: msg/s; ping-pong: round-trip p50 / p99 µs. Goal (policy issue): ≤ 10 % throughput cost.\n"
+    );
+    let _ = writeln!(o, "| nodes | scenario | payload | conns | policy off | policy on | on/off | cost | goal |\n|---|---|---|---:|---:|---:|---:|---:|---|");
+    let (mut met, mut total) = (0, 0);
+    for (off, on) in &pairs {
+        let (a, b, ratio, cost, goal) = if off.scenario == Scenario::Flood {
+            let ratio = on.msgs_per_s / off.msgs_per_s.max(f64::MIN_POSITIVE);
+            let cost = 1.0 - ratio;
+            total += 1;
+            // Within spread: the best repetition with the policy on reaches the worst without.
+            let overlap = on.msgs_per_s_range.1 >= off.msgs_per_s_range.0;
+            let verdict = if cost <= 0.10 {
+                met += 1;
+                "met".to_string()
+            } else if overlap {
+                format!("**short** by {:.0} pts (within run-to-run spread)", (cost - 0.10) * 100.0)
+            } else {
+                format!("**short** by {:.0} pts", (cost - 0.10) * 100.0)
+            };
+            (fmt_rate(off.msgs_per_s), fmt_rate(on.msgs_per_s), format!("{ratio:.2}×"), format!("{:+.0} %", cost * 100.0), verdict)
+        } else {
+            let lat = |x: &Row| x.latency_us.map_or("–".to_string(), |l| format!("{} / {}", fmt_us(l.p50), fmt_us(l.p99)));
+            let ratio = match (off.latency_us, on.latency_us) {
+                (Some(a), Some(b)) => format!("p50 {:.2}×", b.p50 / a.p50.max(f64::MIN_POSITIVE)),
+                _ => "–".into(),
+            };
+            (lat(off), lat(on), ratio, "".into(), "".into())
+        };
+        let _ = writeln!(o, "| {} | {} | {} | {} | {a} | {b} | {ratio} | {cost} | {goal} |", off.nodes.name(), off.scenario.name(), off.payload.name(), off.conns);
+    }
+    let _ = writeln!(o, "\nFlood cells within the ≤ 10 % goal: {met} of {total}.");
+    o
+}
+
 /// The markdown report.
 pub fn markdown(r: &Report) -> String {
     markdown_with(r, true)
@@ -721,8 +772,9 @@ pub fn update_results_md(path: &Path, r: &Report, out: &Path) -> Result<(), Stri
     let summary = serde_json::json!({ "meta": &r.meta, "rows": &r.rows, "verdicts": &r.verdicts });
     std::fs::write(plots.join("summary.json"), serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let section = format!(
-        "{BEGIN}\n## Issue 3: speed through distgate (real nodes), {date}\n\nFrom the rig run below (same date, machine and command).\n\n{}\n## Latency rig (distgate-bench): latest run, {date}\n\n{HOW}\n{}\n![latency percentiles](results/latency.svg)\n\n![throughput](results/throughput.svg)\n\nMedians, ranges and percentile curves: [results/summary.json](results/summary.json) (every sample: `results.json` in the run's `--out` directory).\n{END}\n",
+        "{BEGIN}\n## Issue 3: speed through distgate (real nodes), {date}\n\nFrom the rig run below (same date, machine and command).\n\n{}\n## Policy on vs off\n\nFrom the rig run below ({date}); the per-frame cost in isolation is in the section Policy per frame (criterion) further down.\n\n{}\n## Latency rig (distgate-bench): latest run, {date}\n\n{HOW}\n{}\n![latency percentiles](results/latency.svg)\n\n![throughput](results/throughput.svg)\n\nMedians, ranges and percentile curves: [results/summary.json](results/summary.json) (every sample: `results.json` in the run's `--out` directory).\n{END}\n",
         issue3_markdown(r),
+        policy_markdown(r),
         markdown_with(r, false),
         date = r.meta.date
     );
