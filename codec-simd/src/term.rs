@@ -315,7 +315,7 @@ impl Walker {
         // A walk that needs no container's extent can skim; see `skim` for when that is.
         // Fewer than two bytes per allowed level: no nesting here can reach the limit.
         if buf.len().saturating_sub(at) / 2 < self.limits.max_depth {
-            if let Some(done) = self.skim::<V>(buf, at) {
+            if let Some(done) = self.skim(buf, at, v) {
                 return done;
             }
         }
@@ -330,16 +330,18 @@ impl Walker {
     /// the data. Here the only per-term branches are ones that nearly always go the same way.
     ///
     /// What it gives up, and why that loses nothing:
-    /// - container extents: only a visitor that wants a container needs them, and at the first
-    ///   term the visitor wants this returns `None` (nothing has been reported yet) for the
-    ///   full walk to start over;
-    /// - the NEW_FUN_EXT Size check, made when the fun closes: at a fun it returns `None` too;
+    /// - container extents: only a visitor that wants a container needs them, and a term the
+    ///   visitor wants is walked on its own with the stack (the visitor is told of it and of
+    ///   what it wants inside, in the order the full walk would), then skimming goes on after
+    ///   it; a visitor that wants one of the fast path's tags does not skim at all;
+    /// - the NEW_FUN_EXT Size check, made when the fun closes: a fun is walked with the stack
+    ///   too, so a message carrying funs is no longer walked twice;
     /// - the depth limit: `walk` skims only when `max_depth` containers could not fit in the
     ///   bytes (each header is at least two), so the limit cannot be reached.
     ///
     /// Every other check is the stack walk's, in the same order, so an error here is the error
     /// the stack walk would report.
-    fn skim<'a, V: Visitor<'a>>(&self, buf: &'a [u8], at: usize) -> Option<Result<usize>> {
+    fn skim<'a, V: Visitor<'a>>(&mut self, buf: &'a [u8], at: usize, v: &mut V) -> Option<Result<usize>> {
         let refs = self.cache_refs;
         let fast_refs = refs.unwrap_or(0) as u64;
         let tail = Tail::new(buf);
@@ -348,22 +350,33 @@ impl Walker {
         // moves off the fast path, to the terms it hands on.
         // (A fold, not `any`: with no early exit the loop unrolls and folds away.)
         let wants_fast = FAST_TAGS.iter().fold(false, |any, &(t, _)| any | V::wants(t));
+        // Such a visitor wants terms everywhere: the stack walk suits it (and skimming must
+        // never hand over to the full walk once the visitor has been told of a term).
+        if wants_fast {
+            return None;
+        }
         let mut pending: u64 = 1;
         let mut pos = at;
         loop {
             let Some(&tag) = buf.get(pos) else { return Some(Err(truncated(pos, 1, 0))) };
-            if wants_fast && V::wants(tag) {
-                return None;
-            }
             let children = match skip_header(tag, tail.after(buf, pos), pos, buf.len(), fast_refs) {
                 Some((next, n)) => {
                     pos = next;
                     n
                 }
-                None => {
-                    if V::wants(tag) || tag == tag::NEW_FUN || tag == tag::FUN {
-                        return None;
+                None if V::wants(tag) || tag == tag::NEW_FUN || tag == tag::FUN => {
+                    // A term the visitor wants, or a fun (its Size is checked when it closes):
+                    // walk that term alone with the stack — the visitor hears of it and of what
+                    // it wants inside, in order — then skim on after it.
+                    match self.walk_nested(buf, pos, v) {
+                        Ok(end) => {
+                            pos = end;
+                            0
+                        }
+                        Err(e) => return Some(Err(e)),
                     }
+                }
+                None => {
                     let (next, n) = match header_cold(buf, pos, refs) {
                         Ok(h) => h,
                         Err(e) => return Some(Err(e)),
@@ -1055,6 +1068,73 @@ mod tests {
             w.set_cache_refs(refs);
             prop_assert_eq!(w.walk(&bytes, 0, &mut Skip), w.walk(&bytes, 0, &mut All));
         }
+    }
+
+    /// Records what a fun-collecting visitor is told: enters and leaves of the fun tags.
+    #[derive(Default, Debug, PartialEq)]
+    struct FunEvents(Vec<(bool, usize, usize)>);
+    impl Visitor<'_> for FunEvents {
+        fn wants(tag: u8) -> bool {
+            matches!(tag, tag::NEW_FUN | tag::FUN | tag::EXPORT)
+        }
+        fn enter(&mut self, at: usize, _term: &Term<'_>) -> Result<()> {
+            self.0.push((true, at, 0));
+            Ok(())
+        }
+        fn leave(&mut self, at: usize, end: usize) {
+            self.0.push((false, at, end));
+        }
+    }
+
+    proptest! {
+        /// Skimming with funs walked on their own gives what the whole stack walk gives: the
+        /// same end or error, and the visitor told the same things in the same order.
+        #[test]
+        fn skimming_around_funs_agrees_with_the_stack_walk(
+            bytes in proptest::collection::vec(prop_oneof![
+                3 => proptest::sample::select(fast_tags()), 2 => Just(tag::NEW_FUN), 1 => Just(tag::EXPORT),
+                2 => 0u8..8, 1 => b'a'..=b'z', 1 => any::<u8>()
+            ], 0..96),
+            refs in proptest::option::of(0u16..4),
+        ) {
+            let mut w = Walker::default();
+            w.set_cache_refs(refs);
+            let (mut a, mut b) = (FunEvents::default(), FunEvents::default());
+            let skimmed = w.walk(&bytes, 0, &mut a);
+            let full = w.walk_nested(&bytes, 0, &mut b);
+            prop_assert_eq!(&skimmed, &full);
+            if full.is_ok() {
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+
+    /// A term with funs in free variables, inside containers, between other terms: skimmed
+    /// and stack-walked alike.
+    #[test]
+    fn skimming_around_real_funs_agrees_with_the_stack_walk() {
+        // {[1, F], 7} with F = a NEW_FUN closing over fun m:f/1 and a small tuple.
+        let mut f = vec![112, 0, 0, 0, 0, 1];
+        f.extend_from_slice(&[7; 16]);
+        f.extend_from_slice(&3u32.to_be_bytes());
+        f.extend_from_slice(&2u32.to_be_bytes());
+        f.extend_from_slice(&[119, 1, b'm', 97, 0, 98, 0, 0, 0, 9, 88, 119, 3, b'n', b'@', b'h', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&[113, 119, 1, b'm', 119, 1, b'f', 97, 1, 104, 1, 97, 5]);
+        let size = (f.len() - 1) as u32;
+        f[1..5].copy_from_slice(&size.to_be_bytes());
+        let mut b = vec![104, 2, 108, 0, 0, 0, 2, 97, 1];
+        b.extend_from_slice(&f);
+        b.extend_from_slice(&[106, 97, 7]);
+        let mut w = Walker::default();
+        let (mut x, mut y) = (FunEvents::default(), FunEvents::default());
+        assert_eq!(w.walk(&b, 0, &mut x), Ok(b.len()));
+        assert_eq!(w.walk_nested(&b, 0, &mut y), Ok(b.len()));
+        assert_eq!(x.0.len(), 4, "{x:?}");
+        assert_eq!(x, y);
+        // A wrong Size is refused the same way.
+        b[9 + 4] ^= 1;
+        assert_eq!(w.walk(&b, 0, &mut Skip), w.walk_nested(&b, 0, &mut Skip));
+        assert!(w.walk(&b, 0, &mut Skip).is_err());
     }
 
     /// Nesting right at the depth limit: the walk without a stack must never be what decides.
