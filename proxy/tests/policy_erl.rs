@@ -38,33 +38,6 @@ closure(Y) -> fun(X) -> {{{v}_closure, X, Y}} end.
     )
 }
 
-const DGT: &str = r#"-module(dgt).
--export([sink/1, wait/3, call/2, wrap/1, atoms/2]).
-%% A registered process keeping every message it receives, in order.
-sink(Name) ->
-    Pid = spawn(fun() -> loop([]) end),
-    true = register(Name, Pid),
-    ok.
-loop(Acc) ->
-    receive
-        {'$dgt_get', From} -> From ! {'$dgt_got', lists:reverse(Acc)}, loop(Acc);
-        Msg -> loop([Msg | Acc])
-    end.
-%% What the sink holds, once it holds at least N messages or after Ms milliseconds.
-wait(Name, N, Ms) ->
-    Name ! {'$dgt_get', self()},
-    L = receive {'$dgt_got', Got} -> Got end,
-    case length(L) >= N orelse Ms =< 0 of
-        true -> L;
-        false -> timer:sleep(20), wait(Name, N, Ms - 20)
-    end.
-call(F, X) -> try F(X) catch C:R -> {caught, C, R} end.
-%% A closure of this (shared) module holding another fun as a free variable.
-wrap(F) -> fun(X) -> {wrapped, F(X)} end.
-%% Atoms nobody has used yet: Prefix_1 .. Prefix_N.
-atoms(Prefix, N) -> [list_to_atom(Prefix ++ "_" ++ integer_to_list(I)) || I <- lists:seq(1, N)].
-"#;
-
 struct Setup {
     rt: Runtime,
     a: Node,
@@ -74,11 +47,7 @@ struct Setup {
 }
 
 fn compile(dir: &std::path::Path, module: &str, src: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let file = dir.join(format!("{module}.erl"));
-    std::fs::write(&file, src).unwrap();
-    erl::compile(&[&file], dir).unwrap();
-    std::fs::remove_file(&file).unwrap();
+    erl::compile_source(dir, module, src).unwrap();
 }
 
 fn registry(name: &str, dirs: &[&std::path::Path]) -> Arc<Registry> {
@@ -100,7 +69,7 @@ fn setup(policy_body: Option<&str>) -> Setup {
     let (da, db, common) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("common"));
     compile(&da, "m", &m_source("v1"));
     compile(&db, "m", &m_source("v2"));
-    compile(&common, "dgt", DGT);
+    compile(&common, "dgt", erl::DGT);
     let (ra, rb) = (registry("a", &[&da, &common]), registry("b", &[&db, &common]));
     let handle = Arc::new(RouteHandle::new("a", "b", policy_body.map(policy), ra.clone(), rb.clone()));
     let mut table = PolicyTable::default();

@@ -34,33 +34,8 @@ anon() -> fun(X) -> {{{v}_anon, X}} end.
     )
 }
 
-const DGT: &str = r#"-module(dgt).
--export([sink/1, wait/3, call/2]).
-sink(Name) ->
-    Pid = spawn(fun() -> loop([]) end),
-    true = register(Name, Pid),
-    ok.
-loop(Acc) ->
-    receive
-        {'$dgt_get', From} -> From ! {'$dgt_got', lists:reverse(Acc)}, loop(Acc);
-        Msg -> loop([Msg | Acc])
-    end.
-wait(Name, N, Ms) ->
-    Name ! {'$dgt_get', self()},
-    L = receive {'$dgt_got', Got} -> Got end,
-    case length(L) >= N orelse Ms =< 0 of
-        true -> L;
-        false -> timer:sleep(20), wait(Name, N, Ms - 20)
-    end.
-call(F, X) -> try F(X) catch C:R -> {caught, C, R} end.
-"#;
-
 fn compile(dir: &Path, module: &str, src: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let file = dir.join(format!("{module}.erl"));
-    std::fs::write(&file, src).unwrap();
-    erl::compile(&[&file], dir).unwrap();
-    std::fs::remove_file(&file).unwrap();
+    erl::compile_source(dir, module, src).unwrap();
 }
 
 fn md5_of(node: &Node, module: &str) -> Md5 {
@@ -92,7 +67,7 @@ fn dirs() -> Dirs {
     let (a, b, common) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("common"));
     compile(&a, "m", &m_source("v1"));
     compile(&b, "m", &m_source("v2"));
-    compile(&common, "dgt", DGT);
+    compile(&common, "dgt", erl::DGT);
     let cache = tmp.path().join("registry.cache");
     Dirs { _tmp: tmp, a, b, common, cache }
 }

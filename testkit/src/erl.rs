@@ -251,6 +251,48 @@ pub fn compile<P: AsRef<Path>>(sources: &[P], out_dir: &Path) -> Result<(), Stri
     }
 }
 
+/// Compiles one module from its source text into `dir` (a test's own build of a module:
+/// the source file is written there, compiled, and removed, so `dir` holds only the .beam).
+pub fn compile_source(dir: &Path, module: &str, src: &str) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let file = dir.join(format!("{module}.erl"));
+    std::fs::write(&file, src).map_err(|e| format!("{}: {e}", file.display()))?;
+    let r = compile(&[&file], dir);
+    let _ = std::fs::remove_file(&file);
+    r
+}
+
+/// `dgt`, the helper module the policy and registry tests load on their nodes: registered
+/// sinks that keep what they receive (`sink/1`, `wait/3`), calling a fun and catching what it
+/// raises (`call/2`), wrapping a fun in a closure of this module (`wrap/1`), and fresh atoms
+/// (`atoms/2`). Compile it with [`compile_source`].
+pub const DGT: &str = r#"-module(dgt).
+-export([sink/1, wait/3, call/2, wrap/1, atoms/2]).
+%% A registered process keeping every message it receives, in order.
+sink(Name) ->
+    Pid = spawn(fun() -> loop([]) end),
+    true = register(Name, Pid),
+    ok.
+loop(Acc) ->
+    receive
+        {'$dgt_get', From} -> From ! {'$dgt_got', lists:reverse(Acc)}, loop(Acc);
+        Msg -> loop([Msg | Acc])
+    end.
+%% What the sink holds, once it holds at least N messages or after Ms milliseconds.
+wait(Name, N, Ms) ->
+    Name ! {'$dgt_get', self()},
+    L = receive {'$dgt_got', Got} -> Got end,
+    case length(L) >= N orelse Ms =< 0 of
+        true -> L;
+        false -> timer:sleep(20), wait(Name, N, Ms - 20)
+    end.
+call(F, X) -> try F(X) catch C:R -> {caught, C, R} end.
+%% A closure of this (shared) module holding another fun as a free variable.
+wrap(F) -> fun(X) -> {wrapped, F(X)} end.
+%% Atoms nobody has used yet: Prefix_1 .. Prefix_N.
+atoms(Prefix, N) -> [list_to_atom(Prefix ++ "_" ++ integer_to_list(I)) || I <- lists:seq(1, N)].
+"#;
+
 /// Directory holding the compiled testkit modules (`dg_epmd`, `dg_ctl`,
 /// `dg_scenario`, `dg_gen`, `dg_util`), for `-pa`.
 ///
