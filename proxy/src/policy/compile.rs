@@ -2,8 +2,6 @@
 //! message is a table index or a hash lookup, built once here when the configuration is
 //! (re)loaded.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -13,27 +11,7 @@ use distgate_config::{ControlOp, DenyAction, FunAction, Glob, MfPattern, Mfa, Po
 /// whatever `reg_send_allow` says: they stop the node or load code.
 pub const UNTRUSTED_NAMES: &[&[u8]] = &[b"init", b"code_server", b"erl_prim_loader"];
 
-/// FNV-1a: the tables here are built from the configuration and only looked up with names
-/// from the wire, so flooding is not a concern, and SipHash would cost more per lookup than
-/// the rest of a control check.
-#[derive(Default)]
-pub struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
-type FnvSet<K> = HashSet<K, BuildHasherDefault<Fnv>>;
+use crate::fnv::{FnvMap, FnvSet};
 /// module → lambda name → (arity if given, target).
 type FunMap = FnvMap<String, FnvMap<String, Vec<(Option<u8>, Mfa)>>>;
 
