@@ -35,13 +35,31 @@ pub struct Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (message, file) = (OneLine(&self.message), OneLine(&self.file));
         if self.line == 0 {
-            write!(f, "error: {} ({})", self.message, self.file)?;
+            write!(f, "error: {message} ({file})")?;
         } else {
-            write!(f, "error: {} at {}:{}:{}", self.message, self.file, self.line, self.column)?;
+            write!(f, "error: {message} at {file}:{}:{}", self.line, self.column)?;
         }
         if let Some(help) = &self.help {
-            write!(f, " — {help}")?;
+            write!(f, " — {}", OneLine(help))?;
+        }
+        Ok(())
+    }
+}
+
+/// Text shown with its control characters escaped (`\n`, `\t`, `\u{1b}`): messages quote
+/// values from the file, and a multi-line string there must not break the one-line form.
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
         }
         Ok(())
     }
@@ -157,5 +175,26 @@ mod tests {
         assert_eq!(e.to_string(), "error: unknown key 'treads' in [runtime] at x.toml:12:1 — did you mean 'threads'?");
         let whole = Error { line: 0, column: 0, key: String::new(), help: None, message: "cannot read it".into(), ..e };
         assert_eq!(whole.to_string(), "error: cannot read it (x.toml)");
+    }
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::*;
+
+    /// A value with a newline (a multi-line TOML string) quoted in a message stays one line.
+    #[test]
+    fn control_characters_in_messages_are_escaped() {
+        let e = Error {
+            file: "x.toml".into(),
+            line: 3,
+            column: 10,
+            key: "log.format".into(),
+            message: "unknown log format 'jso\n\t'".into(),
+            help: Some("did you mean 'json'?\r".into()),
+        };
+        let s = e.to_string();
+        assert!(!s.contains('\n') && !s.contains('\r') && !s.contains('\t'), "{s:?}");
+        assert_eq!(s, "error: unknown log format 'jso\\n\\t' at x.toml:3:10 — did you mean 'json'?\\r");
     }
 }
