@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 const WAKER: Token = Token(usize::MAX);
 /// Smallest free space to read into; buffers start at this size.
 const READ_CHUNK: usize = 64 * 1024;
+/// Largest read: a leg whose reads keep filling the space offered reads up to this much per
+/// call (fewer calls, and the partial frame left at the end of a read is moved to the front
+/// once per this many bytes, not once per 64 KiB frame); it falls back as reads come short.
+const READ_MAX: usize = 512 * 1024;
 /// How long a stopping core lets links flush their queues.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -32,6 +36,8 @@ struct LegIo {
     /// every read); `filled` bytes at its front are data.
     rbuf: Vec<u8>,
     filled: usize,
+    /// Free space offered to the next read: READ_CHUNK ..= the core's read cap.
+    read_size: usize,
     wq: Vec<u8>,
     wq_off: usize,
     /// Not read because the other leg's queue is full.
@@ -40,7 +46,7 @@ struct LegIo {
 
 impl LegIo {
     fn new(sock: Option<TcpStream>, connected: bool) -> Self {
-        LegIo { sock, connected, rbuf: Vec::new(), filled: 0, wq: Vec::new(), wq_off: 0, paused: false }
+        LegIo { sock, connected, rbuf: Vec::new(), filled: 0, read_size: READ_CHUNK, wq: Vec::new(), wq_off: 0, paused: false }
     }
     fn queued(&self) -> usize {
         self.wq.len() - self.wq_off
@@ -250,6 +256,8 @@ impl Core {
     fn readable(&mut self, slot: usize, leg: Leg) {
         let budget = self.link_buffer;
         let max_buf = self.limits.max_frame + 4;
+        // Reads stay within a quarter of the per-link budget (two legs, two directions).
+        let read_max = (budget / 4).clamp(READ_CHUNK, READ_MAX);
         let i = li(leg);
         loop {
             let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
@@ -265,9 +273,9 @@ impl Core {
                 return;
             }
             let Some(sock) = io.sock.as_mut() else { return };
-            // Make room: at least READ_CHUNK free, growing only while a frame needs it.
-            if io.rbuf.len() - io.filled < READ_CHUNK {
-                let want = (io.filled + READ_CHUNK).min(max_buf.max(READ_CHUNK));
+            // Make room: `read_size` free, growing only while a frame or a busy leg needs it.
+            if io.rbuf.len() - io.filled < io.read_size {
+                let want = (io.filled + io.read_size).min(max_buf.max(io.read_size));
                 if want <= io.filled {
                     return; // full at the maximum: the link refuses such a frame itself
                 }
@@ -276,6 +284,7 @@ impl Core {
                 }
             }
             let filled = io.filled;
+            let offered = io.rbuf.len() - filled;
             let r = sock.read(&mut io.rbuf[filled..]);
             self.out.clear();
             match r {
@@ -287,6 +296,13 @@ impl Core {
                 Ok(n) => {
                     let t0 = Instant::now();
                     io.filled += n;
+                    // A read that took all it was offered: the sender is ahead, read more at
+                    // once next time; one that came back under a quarter: fall back.
+                    if n == offered {
+                        io.read_size = (io.read_size * 2).min(read_max);
+                    } else if n < io.read_size / 4 {
+                        io.read_size = (io.read_size / 2).max(READ_CHUNK);
+                    }
                     let used = c.link.on_bytes(leg, &c.legs[i].rbuf[..c.legs[i].filled], t0, &mut self.out);
                     let frames = self.out.frames[i];
                     Stats::add(&self.stats.frames[i], frames);
@@ -297,8 +313,15 @@ impl Core {
                     let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
                     let io = &mut c.legs[i];
                     let used = used.min(io.filled);
-                    io.rbuf.copy_within(used..io.filled, 0);
+                    // Only a partial frame left after whole ones moves to the front.
+                    if used > 0 && used < io.filled {
+                        io.rbuf.copy_within(used..io.filled, 0);
+                    }
                     io.filled -= used;
+                    // Give back what a burst grew, once the buffer is empty.
+                    if io.filled == 0 && io.read_size == READ_CHUNK && io.rbuf.len() > 2 * READ_CHUNK {
+                        io.rbuf = vec![0; READ_CHUNK];
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
