@@ -7,16 +7,21 @@ use distgate_testkit::{Node, NodeOptions, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_distgate");
 
-fn config(dir: &TempDir, ea: u16, eb: u16, metrics: u16, route: bool) -> std::path::PathBuf {
-    let route = if route { "[[route]]\nfrom = \"a\"\nto = \"b\"\n" } else { "" };
+/// Two clusters a and b (their own cookies and responders), `middle` (routes, policies), the
+/// metrics address and two mio threads, written to `distgate.toml` in `dir`.
+fn write_config(dir: &TempDir, ea: u16, eb: u16, metrics: u16, middle: &str) -> std::path::PathBuf {
     let text = format!(
         "[[cluster]]\nname = \"a\"\ncookie = \"ops_cookie_a\"\nlisten = \"127.0.0.1:{ea}\"\n\n\
          [[cluster]]\nname = \"b\"\ncookie = \"ops_cookie_b\"\nlisten = \"127.0.0.1:{eb}\"\n\n\
-         {route}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n[runtime]\nthreads = 2\ndriver = \"mio\"\n"
+         {middle}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n[runtime]\nthreads = 2\ndriver = \"mio\"\n"
     );
     let p = dir.path().join("distgate.toml");
     std::fs::write(&p, text).unwrap();
     p
+}
+
+fn config(dir: &TempDir, ea: u16, eb: u16, metrics: u16, route: bool) -> std::path::PathBuf {
+    write_config(dir, ea, eb, metrics, if route { "[[route]]\nfrom = \"a\"\nto = \"b\"\n" } else { "" })
 }
 
 #[test]
@@ -70,17 +75,11 @@ fn run_with_a_file_metrics_reload_and_sigterm() {
 /// (and the names nodes use among themselves when they meet).
 fn policy_config(dir: &TempDir, ea: u16, eb: u16, metrics: u16, allowed: &[&str]) -> std::path::PathBuf {
     let names: Vec<String> = allowed.iter().chain(&["net_kernel", "global_*"]).map(|n| format!("\"{n}\"")).collect();
-    let text = format!(
-        "[[cluster]]\nname = \"a\"\ncookie = \"ops_cookie_a\"\nlisten = \"127.0.0.1:{ea}\"\n\n\
-         [[cluster]]\nname = \"b\"\ncookie = \"ops_cookie_b\"\nlisten = \"127.0.0.1:{eb}\"\n\n\
-         [[route]]\nfrom = \"a\"\nto = \"b\"\npolicy = \"gate\"\n\n\
-         [policy.gate.control]\nreg_send_allow = [{}]\n\n\
-         [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n[runtime]\nthreads = 2\ndriver = \"mio\"\n",
+    let middle = format!(
+        "[[route]]\nfrom = \"a\"\nto = \"b\"\npolicy = \"gate\"\n\n[policy.gate.control]\nreg_send_allow = [{}]\n",
         names.join(", ")
     );
-    let p = dir.path().join("distgate.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    write_config(dir, ea, eb, metrics, &middle)
 }
 
 /// Issue 6: SIGHUP under traffic changes what the policy lets through on the open link; the
