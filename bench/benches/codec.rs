@@ -6,6 +6,7 @@
 //!   for: an allocating decoder is what a proxy without an in-place walker would use);
 //! - `stream/sample`: the full per-direction decoder (frames, atom cache, fragments, control)
 //!   over the bundled capture of real OTP traffic.
+//!
 //! Throughput is reported in bytes of input per second.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
