@@ -101,6 +101,21 @@ pub fn apply(buf: &[u8], funs: &[FunSite<'_>], edits: &[Edit], out: &mut Vec<u8>
     Ok(())
 }
 
+/// Encode an integer in its smallest form: SMALL_INTEGER_EXT, INTEGER_EXT or SMALL_BIG_EXT.
+pub fn encode_int(v: i64, out: &mut Vec<u8>) {
+    if (0..=255).contains(&v) {
+        out.extend_from_slice(&[tag::SMALL_INTEGER, v as u8]);
+    } else if let Ok(i) = i32::try_from(v) {
+        out.push(tag::INTEGER);
+        out.extend_from_slice(&i.to_be_bytes());
+    } else {
+        let mag = v.unsigned_abs().to_le_bytes();
+        let n = 8 - mag.iter().rev().take_while(|&&b| b == 0).count();
+        out.extend_from_slice(&[tag::SMALL_BIG, n as u8, (v < 0) as u8]);
+        out.extend_from_slice(&mag[..n]);
+    }
+}
+
 /// Encode an atom inline (SMALL_ATOM_UTF8_EXT, or ATOM_UTF8_EXT past 255 bytes).
 pub fn encode_atom(text: &str, out: &mut Vec<u8>) {
     let b = text.as_bytes();
@@ -168,4 +183,31 @@ pub fn rewrite_message(msg: &Message<'_>, funs: &[FunSite<'_>], edits: &[Edit], 
     apply(msg.bytes, funs, edits, scratch)?;
     emit(msg.framing, scratch, max_fragment, out);
     Ok(())
+}
+
+#[cfg(test)]
+mod encode_tests {
+    use super::*;
+
+    /// Every form `encode_int` picks reads back as the same integer, in the smallest form.
+    #[test]
+    fn integers_read_back_in_their_smallest_form() {
+        let cases: [(i64, u8); 9] = [
+            (0, tag::SMALL_INTEGER),
+            (255, tag::SMALL_INTEGER),
+            (256, tag::INTEGER),
+            (-1, tag::INTEGER),
+            (i32::MIN as i64, tag::INTEGER),
+            (i32::MAX as i64 + 1, tag::SMALL_BIG),
+            (-(i32::MAX as i64) - 2, tag::SMALL_BIG),
+            (i64::MAX, tag::SMALL_BIG),
+            (i64::MIN, tag::SMALL_BIG),
+        ];
+        for (v, want_tag) in cases {
+            let mut b = vec![tag::VERSION];
+            encode_int(v, &mut b);
+            assert_eq!(b[1], want_tag, "{v}");
+            assert_eq!(crate::print::format_versioned(&b).unwrap(), v.to_string(), "{v}");
+        }
+    }
 }

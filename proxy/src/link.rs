@@ -45,6 +45,15 @@ pub enum Leg {
 }
 
 impl Leg {
+    /// Index of the leg in per-leg arrays: down 0, up 1 (also the direction of the frames
+    /// read from it: 0 is down→up).
+    pub fn index(self) -> usize {
+        match self {
+            Leg::Down => 0,
+            Leg::Up => 1,
+        }
+    }
+
     pub fn other(self) -> Leg {
         match self {
             Leg::Down => Leg::Up,
@@ -200,13 +209,6 @@ pub struct Link {
     close_sent: bool,
 }
 
-fn idx(leg: Leg) -> usize {
-    match leg {
-        Leg::Down => 0,
-        Leg::Up => 1,
-    }
-}
-
 impl Link {
     pub fn new(params: LinkParams, now: Instant) -> Self {
         Link { params, state: State::AwaitSendName, started: now, last_rx: [now; 2], decoders: None, policy: None, negotiated: 0, close_sent: false }
@@ -239,7 +241,7 @@ impl Link {
 
     /// The up leg's TCP connection is established.
     pub fn on_up_connected(&mut self, now: Instant, out: &mut Output) {
-        self.last_rx[idx(Leg::Up)] = now;
+        self.last_rx[Leg::Up.index()] = now;
         let State::AwaitUpConnect { sn } = std::mem::replace(&mut self.state, State::Closed) else {
             self.close(out, "internal", Some(Leg::Up), "connected in the wrong state", false);
             return;
@@ -273,7 +275,7 @@ impl Link {
             State::Closed => {}
             State::Forwarding => {
                 for leg in [Leg::Down, Leg::Up] {
-                    if now.duration_since(self.last_rx[idx(leg)]) > self.params.limits.tick_timeout {
+                    if now.duration_since(self.last_rx[leg.index()]) > self.params.limits.tick_timeout {
                         self.close(out, "tick_timeout", Some(leg), format!("no traffic (not even ticks) for {:?}", self.params.limits.tick_timeout), false);
                         return;
                     }
@@ -307,7 +309,7 @@ impl Link {
     /// Returns how many bytes of `buf` were consumed; the rest must be handed in again with
     /// more data appended. Writes in `out` that borrow (`Chunk::Input`) refer to `buf`.
     pub fn on_bytes(&mut self, leg: Leg, buf: &[u8], now: Instant, out: &mut Output) -> usize {
-        self.last_rx[idx(leg)] = now;
+        self.last_rx[leg.index()] = now;
         let mut pos = 0;
         loop {
             if matches!(self.state, State::Closed) {
@@ -480,7 +482,7 @@ impl Link {
     fn forward(&mut self, leg: Leg, buf: &[u8], base: usize, now: Instant, out: &mut Output) -> usize {
         let mut pos = 0;
         let dst = leg.other();
-        let i = idx(leg);
+        let i = leg.index();
         let mut run_start = None::<usize>;
         let max = self.params.limits.max_frame;
         while pos < buf.len() {

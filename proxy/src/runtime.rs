@@ -77,6 +77,20 @@ pub struct Route {
     pub policy: LinkPolicy,
 }
 
+impl Route {
+    /// What a link accepted on this port starts with.
+    pub fn link_params(&self, id: u64, limits: LinkLimits) -> crate::link::LinkParams {
+        crate::link::LinkParams {
+            id,
+            target: self.alive.clone(),
+            down_cookie: self.down_cookie.clone(),
+            up_cookie: self.up_cookie.clone(),
+            limits,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Registered {
     info: NodeInfo,

@@ -178,6 +178,17 @@ fn on_close(stats: &Stats, core: usize, link: u64, node: &str, reason: &crate::l
     }
 }
 
+/// A core's slot table: reuse a freed index, else grow.
+fn alloc_slot<T>(slots: &mut Vec<T>, free: &mut Vec<usize>, s: T) -> usize {
+    if let Some(i) = free.pop() {
+        slots[i] = s;
+        i
+    } else {
+        slots.push(s);
+        slots.len() - 1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

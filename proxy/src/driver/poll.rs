@@ -7,7 +7,7 @@
 //! (backpressure) and resumes once the queue drains below half.
 
 use super::{Cmd, CoreHandle};
-use crate::link::{Chunk, Event, Leg, Link, LinkLimits, LinkParams, Output};
+use crate::link::{Chunk, Event, Leg, Link, LinkLimits, Output};
 use crate::runtime::Route;
 use crate::stats::Stats;
 use mio::net::{TcpListener, TcpStream};
@@ -82,13 +82,6 @@ struct Core {
     stopping: Option<Instant>,
 }
 
-fn li(leg: Leg) -> usize {
-    match leg {
-        Leg::Down => 0,
-        Leg::Up => 1,
-    }
-}
-
 /// Tokens: slot index × 4 + kind (0 listener, 1 down leg, 2 up leg).
 fn token(slot: usize, kind: usize) -> Token {
     Token(slot * 4 + kind)
@@ -116,13 +109,7 @@ pub fn spawn(id: usize, limits: LinkLimits, link_buffer: usize, stats: Arc<Stats
 
 impl Core {
     fn alloc(&mut self, s: Slot) -> usize {
-        if let Some(i) = self.free.pop() {
-            self.slots[i] = s;
-            i
-        } else {
-            self.slots.push(s);
-            self.slots.len() - 1
-        }
+        super::alloc_slot(&mut self.slots, &mut self.free, s)
     }
 
     fn run(mut self, rx: Receiver<Cmd>) {
@@ -225,14 +212,7 @@ impl Core {
             };
             let _ = sock.set_nodelay(true);
             self.next_link += 1;
-            let params = LinkParams {
-                id: self.next_link,
-                target: route.alive.clone(),
-                down_cookie: route.down_cookie.clone(),
-                up_cookie: route.up_cookie.clone(),
-                limits: self.limits,
-                policy: route.policy.clone(),
-            };
+            let params = route.link_params(self.next_link, self.limits);
             let c = self.alloc(Slot::Free);
             if let Err(e) = self.poll.registry().register(&mut sock, token(c, 1), Interest::READABLE | Interest::WRITABLE) {
                 tracing::warn!(error = %e, "cannot register a connection");
@@ -258,7 +238,7 @@ impl Core {
         let max_buf = self.limits.max_frame + 4;
         // Reads stay within a quarter of the per-link budget (two legs, two directions).
         let read_max = (budget / 4).clamp(READ_CHUNK, READ_MAX);
-        let i = li(leg);
+        let i = leg.index();
         loop {
             let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
             if c.legs[1 - i].queued() > budget {
@@ -336,7 +316,7 @@ impl Core {
 
     fn writable(&mut self, slot: usize, leg: Leg) {
         let now = Instant::now();
-        let i = li(leg);
+        let i = leg.index();
         let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
         let io = &mut c.legs[i];
         if leg == Leg::Up && !io.connected {
@@ -384,7 +364,7 @@ impl Core {
         let mut failed: Option<(Leg, String)> = None;
         for (dst, chunk) in self.out.writes.drain(..) {
             let (a, b) = c.legs.split_at_mut(1);
-            let (s, d) = if li(dst) == 0 { (&b[0], &mut a[0]) } else { (&a[0], &mut b[0]) };
+            let (s, d) = if dst.index() == 0 { (&b[0], &mut a[0]) } else { (&a[0], &mut b[0]) };
             let bytes: &[u8] = match &chunk {
                 Chunk::Input(r) => match s.rbuf[..s.filled].get(r.clone()) {
                     Some(b) => b,
@@ -393,7 +373,7 @@ impl Core {
                 Chunk::Owned(v) => v,
             };
             let _ = src;
-            Stats::add(&self.stats.bytes[li(dst.other())], bytes.len() as u64);
+            Stats::add(&self.stats.bytes[dst.other().index()], bytes.len() as u64);
             if let Err(e) = write_or_queue(d, bytes) {
                 failed = Some((dst, e.to_string()));
             }

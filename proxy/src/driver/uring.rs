@@ -43,7 +43,7 @@
 //! memory is leaked rather than freed. All `unsafe` of the crate is in this file.
 
 use super::{Cmd, CoreHandle};
-use crate::link::{Chunk, Event, Leg, Link, LinkLimits, LinkParams, Output};
+use crate::link::{Chunk, Event, Leg, Link, LinkLimits, Output};
 use crate::runtime::Route;
 use crate::stats::Stats;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
@@ -556,13 +556,6 @@ struct Core {
     backlog: VecDeque<squeue::Entry>,
 }
 
-fn li(leg: Leg) -> usize {
-    match leg {
-        Leg::Down => 0,
-        Leg::Up => 1,
-    }
-}
-
 fn leg_of(i: usize) -> Leg {
     if i == 0 {
         Leg::Down
@@ -621,13 +614,7 @@ pub fn spawn(id: usize, limits: LinkLimits, link_buffer: usize, stats: Arc<Stats
 
 impl Core {
     fn alloc(&mut self, s: Slot) -> usize {
-        if let Some(i) = self.free.pop() {
-            self.slots[i] = s;
-            i
-        } else {
-            self.slots.push(s);
-            self.slots.len() - 1
-        }
+        super::alloc_slot(&mut self.slots, &mut self.free, s)
     }
 
     /// Queue an SQE. When the submission queue is full, what is queued is submitted; if the
@@ -846,14 +833,7 @@ impl Core {
         let _ = sock.set_nodelay(true);
         let peer = sock.peer_addr().ok();
         self.next_link += 1;
-        let params = LinkParams {
-            id: self.next_link,
-            target: route.alive.clone(),
-            down_cookie: route.down_cookie.clone(),
-            up_cookie: route.up_cookie.clone(),
-            limits: self.limits,
-            policy: route.policy.clone(),
-        };
+        let params = route.link_params(self.next_link, self.limits);
         Stats::add(&self.stats.links_accepted, 1);
         Stats::add(&self.stats.links_open, 1);
         tracing::debug!(core = self.id, link = params.id, peer = ?peer, node = %route.alive, "link accepted");
@@ -1138,7 +1118,7 @@ impl Core {
         }
         let mut touched = [false; 2];
         for (dst, chunk) in self.out.writes.drain(..) {
-            let d = li(dst);
+            let d = dst.index();
             let seg = match chunk {
                 Chunk::Input(r) => {
                     let s = &c.legs[1 - d];

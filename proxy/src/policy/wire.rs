@@ -41,20 +41,8 @@ pub fn atom_bytes<'a>(refs: &Refs<'a>, a: &Atom<'a>) -> Option<Cow<'a, [u8]>> {
     }
 }
 
-/// An integer as SMALL_INTEGER_EXT, INTEGER_EXT or SMALL_BIG_EXT.
-pub fn encode_int(v: i64, out: &mut Vec<u8>) {
-    if (0..=255).contains(&v) {
-        out.extend_from_slice(&[tag::SMALL_INTEGER, v as u8]);
-    } else if let Ok(i) = i32::try_from(v) {
-        out.push(tag::INTEGER);
-        out.extend_from_slice(&i.to_be_bytes());
-    } else {
-        let mag = v.unsigned_abs().to_le_bytes();
-        let n = 8 - mag.iter().rev().take_while(|&&b| b == 0).count();
-        out.extend_from_slice(&[tag::SMALL_BIG, n as u8, (v < 0) as u8]);
-        out.extend_from_slice(&mag[..n]);
-    }
-}
+/// Integers are written as the codec writes them.
+pub use distgate_codec::rewrite::encode_int;
 
 /// A pid (NEW_PID_EXT) with its node atom inline.
 pub fn encode_pid(node: &str, id: u32, serial: u32, creation: u32, out: &mut Vec<u8>) {

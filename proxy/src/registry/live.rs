@@ -44,7 +44,7 @@ use distgate_codec::control::Control;
 use distgate_codec::frame::{self, Split};
 use distgate_codec::message::{Decoded, Decoder, FragLimits, Framing, Refs};
 use distgate_codec::print::{self, AtomRefs};
-use distgate_codec::rewrite::{encode_atom, encode_export};
+use distgate_codec::rewrite::{encode_atom, encode_export, encode_int};
 use distgate_codec::tag;
 use distgate_codec::term::{self, Atom, Term, Walker};
 use distgate_config::Cookie;
@@ -303,23 +303,6 @@ impl Etf<'_> {
     }
 }
 
-fn encode_int(i: i64, out: &mut Vec<u8>) {
-    if (0..=255).contains(&i) {
-        out.extend_from_slice(&[tag::SMALL_INTEGER, i as u8]);
-    } else if let Ok(v) = i32::try_from(i) {
-        out.push(tag::INTEGER);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else {
-        let mut mag = i.unsigned_abs();
-        let mut digits = Vec::with_capacity(8);
-        while mag > 0 {
-            digits.push(mag as u8);
-            mag >>= 8;
-        }
-        out.extend_from_slice(&[tag::SMALL_BIG, digits.len() as u8, (i < 0) as u8]);
-        out.extend_from_slice(&digits);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Reading replies
