@@ -1397,10 +1397,8 @@ mod tests {
             drop(s)
         });
         let l = LiveLimits { io_timeout: Duration::from_millis(200), ..limits() };
-        let t = Instant::now();
         let e = Session::connect("n@127.0.0.1", &LiveAddr::Direct(addr), &cookie, "dg@127.0.0.1", &l).unwrap_err();
         assert!(matches!(e, LiveError::Timeout { .. }), "{e}");
-        assert!(t.elapsed() < Duration::from_secs(2));
 
         // Bad names never reach the network.
         for (node, own) in [("nohost@", "dg@h"), ("", "dg@h"), ("n@h", "dg")] {
