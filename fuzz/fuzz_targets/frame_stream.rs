@@ -1,5 +1,6 @@
 //! Any bytes as a post-handshake stream: split into frames, decode each (atom cache,
-//! fragments, control), collect funs. Errors are fine; panics and runaway memory are not.
+//! fragments, control), collect funs (during the decode, checked against a separate walk).
+//! Errors are fine; panics and runaway memory are not.
 #![no_main]
 use distgate_codec::frame::{split, Split};
 use distgate_codec::message::{Decoded, Decoder, FragLimits};
@@ -21,10 +22,16 @@ fuzz_target!(|data: &[u8]| {
             Ok(s @ Split::Frame { len }) => {
                 let frame = &data[pos + 4..pos + 4 + len];
                 pos += s.consumed();
-                match d.decode(frame) {
+                let mut collected = Vec::new();
+                match d.decode_collecting(frame, Some(&mut collected)) {
                     Ok(Decoded::Message(m)) => {
+                        // The funs the decoder collected in its own walk are exactly the
+                        // payload's funs a separate walk finds.
                         let mut funs = Vec::new();
-                        let _ = fun::message_funs(&mut w, &m, &mut funs);
+                        if fun::message_funs(&mut w, &m, &mut funs).is_ok() {
+                            let payload: Vec<_> = funs.iter().filter(|f| f.part == fun::Part::Payload).copied().collect();
+                            assert_eq!(payload, collected);
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => break,
