@@ -271,7 +271,7 @@ impl DistConn {
                         self.rstart = at + len;
                         let frame = &self.rbuf[at..at + len];
                         match self.decoder.decode(frame).map_err(|e| bad(format!("from {}: {e}", self.peer)))? {
-                            Decoded::Tick | Decoded::Fragment { .. } => {}
+                            Decoded::Tick | Decoded::Fragment { .. } | Decoded::Streamed { .. } => {}
                             Decoded::Message(m) => return Ok(f(&m, &self.peer)),
                         }
                     }

@@ -108,6 +108,18 @@ pub enum Decoded<'a> {
     Message(Message<'a>),
     /// A fragment was buffered; the message is not complete yet.
     Fragment { seq: u64, frag_id: u64 },
+    /// A frame of a streamed message (see [`Decoder::set_streaming`]): its structure is
+    /// decoded and the rest of its bytes are the body of the message's final binary, so it
+    /// passes as it is. `seq` is the fragment sequence (`None` for an unfragmented frame);
+    /// `frag_id` 1 (or an unfragmented frame) ends the message.
+    Streamed { seq: Option<u64>, frag_id: u64 },
+}
+
+/// A fragmented message being streamed: only how much of its final binary is still to come.
+struct Stream {
+    id: u64,
+    next: u64,
+    remaining: u64,
 }
 
 struct Seq {
@@ -130,6 +142,9 @@ pub struct Decoder {
     /// A finished sequence's buffer, kept so the returned message can borrow it; recycled on
     /// the next call.
     done: Option<Seq>,
+    /// Whether messages whose tail is a binary may be streamed (see `set_streaming`).
+    streaming: bool,
+    streams: Vec<Stream>,
 }
 
 impl Default for Decoder {
@@ -148,7 +163,139 @@ impl Decoder {
             seqs: Vec::new(),
             buffered: 0,
             done: None,
+            streaming: false,
+            streams: Vec::new(),
         }
+    }
+
+    /// Let messages whose last term is a binary pass as they arrive: a fragmented one
+    /// fragment by fragment, without reassembly ([`Decoded::Streamed`]), and, through
+    /// [`Decoder::decode_partial`], a large frame before all its bytes are here.
+    ///
+    /// Why: such a binary is nearly all of a large message, and it needs no check beyond its
+    /// length. Streaming saves holding and copying the message (one copy of every byte of
+    /// every fragmented message) and lets the link forward it while it is still arriving.
+    ///
+    /// Off by default: the caller must not need the whole message — a policy judges whole
+    /// messages. Sequences already streamed finish streaming when it is turned off.
+    pub fn set_streaming(&mut self, on: bool) {
+        self.streaming = on;
+    }
+
+    /// The first `avail.len()` bytes of a frame whose data is `len` bytes long have arrived.
+    /// `Ok(true)`: the frame is decoded as far as it needs to be, and its remaining
+    /// `len - avail.len()` bytes pass unlooked-at (the body of the message's final binary;
+    /// for a first fragment the decoder now expects the rest of that binary in the
+    /// sequence's continuations, checked against its length). `Ok(false)`: not decided;
+    /// hand in the whole frame to [`Decoder::decode`] when it is here (that reports any
+    /// error). Errors are those only the streaming state can see (a streamed sequence's
+    /// continuation out of order, or longer than its binary).
+    pub fn decode_partial(&mut self, avail: &[u8], len: usize) -> Result<bool> {
+        if avail.len() >= len {
+            return Ok(false);
+        }
+        let streamed = match (avail.first(), avail.get(1)) {
+            (Some(&tag::VERSION), Some(&tag::DIST_FRAG_CONT)) => self.stream_continuation(avail, len)?.is_some(),
+            _ if !self.streaming => false,
+            (Some(&tag::PASS_THROUGH), _) => self.stream_whole(avail, len, 1, false).is_some(),
+            (Some(&tag::VERSION), Some(&tag::DIST_HEADER)) => self.stream_whole(avail, len, 2, true).is_some(),
+            (Some(&tag::VERSION), Some(&tag::DIST_FRAG_HEADER)) => self.stream_first(avail, len)?.is_some(),
+            _ => false,
+        };
+        Ok(streamed)
+    }
+
+    /// An unfragmented frame (`112 …` or `131 68 …`) whose body starts at `at`: streamable
+    /// when its payload's final binary reaches exactly the frame's end.
+    fn stream_whole(&mut self, avail: &[u8], len: usize, at: usize, cached: bool) -> Option<()> {
+        let body = avail.get(at..)?;
+        let declared = len.checked_sub(at)? as u64;
+        let (hdr_end, nrefs) = if cached { (header_len(body).ok()?, Some(*body.first()? as u16)) } else { (0, None) };
+        let end = self.open_payload_tail(body, hdr_end, nrefs, !cached)?;
+        if end != declared {
+            return None;
+        }
+        if cached {
+            // Fully parsed just above, so this applies cleanly.
+            self.cache.apply(body, 0, &mut self.table).ok()?;
+        }
+        Some(())
+    }
+
+    /// A first fragment (`131 69`): streamable when its payload's final binary runs at least
+    /// to the fragment's end; the rest of the binary is then expected in the continuations.
+    fn stream_first(&mut self, avail: &[u8], len: usize) -> Result<Option<Decoded<'static>>> {
+        let (Ok(seq), Ok(frag_id)) = (u64_at(avail, 2), u64_at(avail, 10)) else { return Ok(None) };
+        let Some(body) = avail.get(18..) else { return Ok(None) };
+        let in_flight = self.seqs.len() + self.streams.len();
+        if frag_id == 0
+            || self.seqs.iter().any(|s| s.id == seq)
+            || self.streams.iter().any(|s| s.id == seq)
+            || (frag_id > 1 && in_flight >= self.frag_limits.max_sequences)
+        {
+            return Ok(None); // the usual path reports it
+        }
+        let declared = (len - 18) as u64;
+        let Ok(hdr_end) = header_len(body) else { return Ok(None) };
+        let Some(end) = self.open_payload_tail(body, hdr_end, Some(body[0] as u16), false) else { return Ok(None) };
+        // The binary ends where the message does: at this fragment's end for a message in
+        // one fragment, in a later fragment otherwise.
+        if end < declared || (frag_id == 1 && end != declared) {
+            return Ok(None);
+        }
+        self.cache.apply(body, 0, &mut self.table).map_err(|e| e.shifted(18))?;
+        if frag_id > 1 {
+            self.streams.push(Stream { id: seq, next: frag_id - 1, remaining: end - declared });
+        }
+        Ok(Some(Decoded::Streamed { seq: Some(seq), frag_id }))
+    }
+
+    /// A continuation (`131 70`) of a streamed sequence: its `len - 18` data bytes are more of
+    /// the final binary. `None` for a sequence that is not streamed.
+    fn stream_continuation(&mut self, avail: &[u8], len: usize) -> Result<Option<Decoded<'static>>> {
+        let (Ok(seq), Ok(frag_id)) = (u64_at(avail, 2), u64_at(avail, 10)) else { return Ok(None) };
+        let Some(i) = self.streams.iter().position(|s| s.id == seq) else { return Ok(None) };
+        let s = &mut self.streams[i];
+        if frag_id != s.next {
+            return Err(Error::dist(10, DistErrorKind::FragmentOutOfOrder { seq, expected: s.next, got: frag_id }));
+        }
+        let n = len.saturating_sub(18) as u64;
+        if n > s.remaining {
+            // The binary (the message's last term) ends inside this fragment.
+            let extra = (n - s.remaining) as usize;
+            return Err(Error::new(18 + s.remaining as usize, ErrorKind::Trailing { extra }));
+        }
+        s.remaining -= n;
+        s.next -= 1;
+        if frag_id == 1 {
+            let left = s.remaining;
+            self.streams.swap_remove(i);
+            if left != 0 {
+                // The last fragment ended before the binary did.
+                return Err(Error::new(len, ErrorKind::Truncated { need: left as usize }));
+            }
+        }
+        Ok(Some(Decoded::Streamed { seq: Some(seq), frag_id }))
+    }
+
+    /// Decode the control starting at `at` of `body` and find its payload's open tail: where
+    /// the payload's final binary ends, in `body` coordinates, when that binary runs past
+    /// `body`'s end. (`versioned`: control and payload each start with 131, as in `112`
+    /// frames.)
+    fn open_payload_tail(&mut self, body: &[u8], at: usize, nrefs: Option<u16>, versioned: bool) -> Option<u64> {
+        let version = |p: usize| -> Option<usize> {
+            if !versioned {
+                return Some(p);
+            }
+            (*body.get(p)? == tag::VERSION).then_some(p + 1)
+        };
+        self.walker.set_cache_refs(nrefs);
+        let (control, c_end) = control::decode(&mut self.walker, body, version(at)?).ok()?;
+        if control::Control::has_payload(control.op()) == Some(false) {
+            return None;
+        }
+        let (bin_at, bin_len) = self.walker.open_tail(body, version(c_end)?)?;
+        Some(bin_at as u64 + bin_len)
     }
 
     /// Bytes held for incomplete fragmented messages.
@@ -156,9 +303,9 @@ impl Decoder {
         self.buffered
     }
 
-    /// Sequences in flight.
+    /// Sequences in flight (held or streamed).
     pub fn in_flight(&self) -> usize {
-        self.seqs.len()
+        self.seqs.len() + self.streams.len()
     }
 
     /// The walker, for callers that walk parts of a decoded message again (fun scans).
@@ -201,8 +348,20 @@ impl Decoder {
                     .map_err(|e| e.shifted(2))?;
                 Ok(Decoded::Message(m))
             }
-            tag::DIST_FRAG_HEADER => self.first_fragment(frame, funs),
-            tag::DIST_FRAG_CONT => self.continuation(frame, funs),
+            tag::DIST_FRAG_HEADER => {
+                if self.streaming {
+                    if let Some(d) = self.stream_first(frame, frame.len())? {
+                        return Ok(d);
+                    }
+                }
+                self.first_fragment(frame, funs)
+            }
+            tag::DIST_FRAG_CONT => {
+                if let Some(d) = self.stream_continuation(frame, frame.len())? {
+                    return Ok(d);
+                }
+                self.continuation(frame, funs)
+            }
             other => Err(Error::dist(1, DistErrorKind::BadFrameStart(other))),
         }
     }
@@ -213,7 +372,7 @@ impl Decoder {
         if frag_id == 0 {
             return Err(Error::dist(10, DistErrorKind::ZeroFragmentId));
         }
-        if self.seqs.iter().any(|s| s.id == seq) {
+        if self.seqs.iter().any(|s| s.id == seq) || self.streams.iter().any(|s| s.id == seq) {
             return Err(Error::dist(2, DistErrorKind::DuplicateSequence { seq }));
         }
         let body = &frame[18..];
@@ -235,7 +394,7 @@ impl Decoder {
             .map_err(|e| e.shifted(18))?;
             return Ok(Decoded::Message(m));
         }
-        if self.seqs.len() >= self.frag_limits.max_sequences {
+        if self.in_flight() >= self.frag_limits.max_sequences {
             return Err(Error::dist(2, DistErrorKind::TooManySequences { cap: self.frag_limits.max_sequences }));
         }
         self.reserve(body.len())?;

@@ -460,6 +460,57 @@ impl Walker {
         }
     }
 
+    /// For a term of which only a prefix `buf[at..]` is here yet: when, read in order, its
+    /// last term is a `BINARY_EXT` whose body runs past the end of `buf`, the offset where that
+    /// body starts and its declared length. Everything before the body has then been checked
+    /// as the full walk checks it, and the body (any bytes) ends the term.
+    ///
+    /// Why: a large binary is most of the bytes of a large message, and the last thing in it
+    /// (`{tag, Bin}`, `{'$gen_cast', {data, Bin}}`). Knowing this from the first bytes lets a
+    /// link forward the message as it arrives (and a fragmented one fragment by fragment)
+    /// instead of holding and copying it whole, without giving up any check: a binary's body
+    /// has nothing to check.
+    ///
+    /// `None` whenever that is not certain: the term ends within `buf`, a header is cut off,
+    /// a fun (checked when it closes) or anything invalid comes first, or more containers
+    /// open than `max_depth` (counted, not nested: this walk keeps no stack). The caller then
+    /// waits for the whole term and walks it the usual way, which reports any error.
+    pub fn open_tail(&self, buf: &[u8], at: usize) -> Option<(usize, u64)> {
+        let refs = self.cache_refs;
+        // Terms still to read, as in `skim`.
+        let mut pending: u64 = 1;
+        let mut opened = 0usize;
+        let mut pos = at;
+        loop {
+            let tag = *buf.get(pos)?;
+            if tag == tag::BINARY {
+                let len = u32_at(buf, pos + 1).ok()? as u64;
+                let body = pos + 5;
+                if body as u64 + len > buf.len() as u64 {
+                    return (pending == 1).then_some((body, len));
+                }
+            }
+            if tag == tag::NEW_FUN || tag == tag::FUN {
+                return None;
+            }
+            let (term, next) = header(buf, pos, refs).ok()?;
+            let kids = term.children();
+            if kids > 0 {
+                opened += 1;
+                if opened > self.limits.max_depth {
+                    return None;
+                }
+            }
+            // Each term takes at least one byte, so at most `buf.len()` rounds, and a
+            // child count is at most 2^33: no overflow.
+            pending = pending + kids - 1;
+            if pending == 0 {
+                return None;
+            }
+            pos = next;
+        }
+    }
+
     /// Walk one term and require it to end exactly at the end of `buf`.
     pub fn walk_exact<'a, V: Visitor<'a>>(&mut self, buf: &'a [u8], at: usize, v: &mut V) -> Result<()> {
         let end = self.walk(buf, at, v)?;

@@ -74,6 +74,7 @@ fn decode_direction(bytes: &[u8], st: &mut Stats) {
         match dec.decode(data).unwrap_or_else(|e| panic!("frame at stream byte {}: {e}", item.offset)) {
             Decoded::Tick => st.ticks += 1,
             Decoded::Fragment { .. } => st.fragments += 1,
+            Decoded::Streamed { .. } => panic!("streaming is off: nothing is streamed"),
             Decoded::Message(m) => {
                 st.messages += 1;
                 st.ops.insert(m.control.op());

@@ -55,6 +55,8 @@ pub fn print_frames(bytes: &[u8], name: &str, max_width: usize, out: &mut dyn Wr
         let line = match dec.decode(data).map_err(|e| format!("{name}: frame {n} (stream byte {}): {e}", item.offset))? {
             Decoded::Tick => "tick".to_string(),
             Decoded::Fragment { seq, frag_id } => format!("fragment seq={seq} id={frag_id} ({} bytes)", data.len()),
+            // The printer decodes whole messages (streaming is off); kept for completeness.
+            Decoded::Streamed { frag_id, .. } => format!("streamed fragment id={frag_id} ({} bytes)", data.len()),
             Decoded::Message(m) => {
                 let refs = MsgRefs(&m.refs);
                 w.set_cache_refs(m.refs.table().map(|t| t.nrefs));

@@ -152,6 +152,13 @@ impl Direction {
         };
         match decoded {
             Decoded::Tick => Ok(FrameAct::Forward),
+            // A message the decoder streams (it began while no policy applied): it goes on
+            // as it began, unjudged, like a sequence forwarded fragment by fragment. Its
+            // first fragment may have defined cache entries: count it as a change.
+            Decoded::Streamed { .. } => {
+                self.cache_epoch += 1;
+                Ok(FrameAct::Forward)
+            }
             &Decoded::Fragment { seq, .. } if !first_fragment => {
                 Ok(if self.held.iter().any(|h| h.0 == seq) { FrameAct::Absorb } else { FrameAct::Forward })
             }

@@ -803,7 +803,7 @@ impl Session {
                 match self.decoder.decode(data) {
                     Err(e) => Some(Err(LiveError::Decode(e.to_string()))),
                     Ok(Decoded::Tick) => None,
-                    Ok(Decoded::Fragment { .. }) => {
+                    Ok(Decoded::Fragment { .. } | Decoded::Streamed { .. }) => {
                         self.stats.fragments += 1;
                         None
                     }
