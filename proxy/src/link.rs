@@ -28,7 +28,7 @@
 use crate::handshake::{self, flag, Challenge, SendName};
 use crate::policy::{self, FrameAct, LinkPolicy};
 use distgate_codec::frame::{split, Split};
-use distgate_codec::message::{Decoder, FragLimits};
+use distgate_codec::message::{Decoded, Decoder, FragLimits};
 use distgate_codec::term::Limits;
 use std::fmt;
 use std::ops::Range;
@@ -166,6 +166,8 @@ pub struct Output {
     pub events: Vec<Event>,
     /// Frames forwarded per direction in this call (for metrics).
     pub frames: [u64; 2],
+    /// Of those, frames streamed (see [`Decoder::set_streaming`]).
+    pub streamed: [u64; 2],
 }
 
 impl Output {
@@ -173,6 +175,7 @@ impl Output {
         self.writes.clear();
         self.events.clear();
         self.frames = [0; 2];
+        self.streamed = [0; 2];
     }
     fn owned(&mut self, leg: Leg, bytes: Vec<u8>) {
         self.writes.push((leg, Chunk::Owned(bytes)));
@@ -207,11 +210,35 @@ pub struct Link {
     /// The close event was emitted (the state is taken out while a message is handled, so
     /// the state alone cannot say).
     close_sent: bool,
+    /// Per direction: bytes of a streamed frame still to come, which pass as they arrive
+    /// without being looked at (the body of the message's final binary; see `forward`).
+    opaque: [usize; 2],
+    /// Per direction: the frame at the front was found not streamable; wait for all of it.
+    whole: [bool; 2],
 }
+
+/// A frame at least this long that is not all here yet is looked at for streaming: shorter
+/// ones are cheaper to wait for.
+const STREAM_MIN: usize = 16 << 10;
+/// Bytes of a frame's start enough to decide whether it streams (its headers, control and
+/// the payload up to the final binary's body); with this many here and no decision, the link
+/// waits for the whole frame instead of asking again on every read.
+const STREAM_DECIDE: usize = 4 << 10;
 
 impl Link {
     pub fn new(params: LinkParams, now: Instant) -> Self {
-        Link { params, state: State::AwaitSendName, started: now, last_rx: [now; 2], decoders: None, policy: None, negotiated: 0, close_sent: false }
+        Link {
+            params,
+            state: State::AwaitSendName,
+            started: now,
+            last_rx: [now; 2],
+            decoders: None,
+            policy: None,
+            negotiated: 0,
+            close_sent: false,
+            opaque: [0; 2],
+            whole: [false; 2],
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -224,6 +251,27 @@ impl Link {
 
     pub fn is_closed(&self) -> bool {
         self.close_sent
+    }
+
+    /// Bytes that arrive next on `leg` and pass to the other leg as they are, without being
+    /// looked at: the rest of a streamed frame (see [`Decoder::set_streaming`]). A driver
+    /// that can move bytes between sockets without reading them (splice) may move up to
+    /// this many and report them with [`Link::on_passed`]; one that cannot just hands them
+    /// to [`Link::on_bytes`] like any others.
+    pub fn opaque_pending(&self, leg: Leg) -> usize {
+        if matches!(self.state, State::Forwarding) {
+            self.opaque[leg.index()]
+        } else {
+            0
+        }
+    }
+
+    /// The driver moved `n` (at most [`Link::opaque_pending`]) bytes from `leg` to the other
+    /// leg itself.
+    pub fn on_passed(&mut self, leg: Leg, n: usize, now: Instant) {
+        let i = leg.index();
+        self.last_rx[i] = now;
+        self.opaque[i] -= n.min(self.opaque[i]);
     }
 
     /// Flags both legs negotiated (0 before the handshake completes).
@@ -446,7 +494,15 @@ impl Link {
                 handshake::encode_ack(&handshake::digest(self.params.down_cookie.bytes(), down_their), &mut b);
                 out.owned(Leg::Down, b);
                 let l = self.params.limits;
-                self.decoders = Some(Box::new([Decoder::new(l.term, l.fragments), Decoder::new(l.term, l.fragments)]));
+                let mut decoders = Box::new([Decoder::new(l.term, l.fragments), Decoder::new(l.term, l.fragments)]);
+                // Without a policy nothing needs whole messages: stream what can be streamed.
+                // (A route with a policy handle judges whole messages, even while the
+                // handle holds no policy, so that a reload applies from the next message.)
+                let stream = self.params.policy.is_empty();
+                for d in decoders.iter_mut() {
+                    d.set_streaming(stream);
+                }
+                self.decoders = Some(decoders);
                 let p = &self.params.policy;
                 if !p.is_empty() {
                     // The sender of each direction, for the pid of a stand-in message.
@@ -485,20 +541,53 @@ impl Link {
         let i = leg.index();
         let mut run_start = None::<usize>;
         let max = self.params.limits.max_frame;
+        // The rest of a streamed frame goes first, as it is.
+        if self.opaque[i] > 0 {
+            pos = self.opaque[i].min(buf.len());
+            self.opaque[i] -= pos;
+            run_start = Some(0);
+        }
         while pos < buf.len() {
             match split(&buf[pos..], max) {
-                Ok(Split::Need(_)) => break,
+                Ok(Split::Need(_)) => {
+                    // Forward the start of a large frame now when the rest of it needs no
+                    // look (cut-through): no waiting for, holding or copying the whole frame.
+                    if let Some(len) = self.streamable(i, &buf[pos..]) {
+                        match self.decoders.as_mut().map(|d| d[i].decode_partial(&buf[pos + 4..], len)) {
+                            Some(Ok(true)) => {
+                                run_start.get_or_insert(pos);
+                                self.opaque[i] = len - (buf.len() - pos - 4);
+                                pos = buf.len();
+                                out.frames[i] += 1;
+                                out.streamed[i] += 1;
+                            }
+                            Some(Ok(false)) | None => self.whole[i] = buf.len() - pos - 4 >= STREAM_DECIDE,
+                            Some(Err(e)) => {
+                                if let Some(s) = run_start.take() {
+                                    out.writes.push((dst, Chunk::Input(base + s..base + pos)));
+                                }
+                                self.close(out, "bad_frame", Some(leg), format!("frame at stream offset +{pos}: {e}"), true);
+                                return buf.len();
+                            }
+                        }
+                    }
+                    break;
+                }
                 Ok(Split::Tick) => {
                     run_start.get_or_insert(pos);
                     pos += 4;
                     out.frames[i] += 1;
                 }
                 Ok(Split::Frame { len }) => {
+                    self.whole[i] = false;
                     let frame = &buf[pos + 4..pos + 4 + len];
                     let decoders = self.decoders.as_mut().expect("decoders exist while forwarding");
                     let act = match self.policy.as_mut() {
                         Some(dirs) => dirs[i].frame(&mut decoders[i], frame, now),
-                        None => decoders[i].decode(frame).map(|_| FrameAct::Forward),
+                        None => decoders[i].decode(frame).map(|d| {
+                            out.streamed[i] += matches!(d, Decoded::Streamed { .. }) as u64;
+                            FrameAct::Forward
+                        }),
                     };
                     let act = match act {
                         Ok(a) => a,
@@ -554,6 +643,17 @@ impl Link {
             out.writes.push((dst, Chunk::Input(base + s..base + pos)));
         }
         pos
+    }
+
+    /// The declared data length of the incomplete frame at the front of `rest`, when it is
+    /// worth asking the decoder whether it streams: no policy on the link (a policy judges
+    /// whole messages), a large frame, its length here, and not already refused.
+    fn streamable(&self, i: usize, rest: &[u8]) -> Option<usize> {
+        if self.policy.is_some() || self.whole[i] {
+            return None;
+        }
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        (len >= STREAM_MIN && rest.len() > 4).then_some(len)
     }
 }
 
@@ -706,6 +806,76 @@ mod tests {
         distgate_codec::rewrite::encode_atom("", &mut c);
         distgate_codec::rewrite::encode_atom(name, &mut c);
         dist_frame(&c, Some(&[106]))
+    }
+
+    /// The bytes `out` writes to `leg`, resolving input ranges against `input`.
+    fn written(out: &Output, leg: Leg, input: &[u8]) -> Vec<u8> {
+        out.writes
+            .iter()
+            .filter(|(l, _)| *l == leg)
+            .flat_map(|(_, c)| match c {
+                Chunk::Owned(b) => b.clone(),
+                Chunk::Input(r) => input[r.clone()].to_vec(),
+            })
+            .collect()
+    }
+
+    /// A large message ending in a binary is forwarded as it arrives (its first bytes before
+    /// the rest are here), the rest passes unlooked-at through `on_bytes` or is reported moved
+    /// by the driver (`on_passed`), and the frames after it are parsed as usual: the output
+    /// is the input, byte for byte.
+    #[test]
+    fn a_large_message_ending_in_a_binary_is_forwarded_as_it_arrives() {
+        let mut payload = vec![104, 2, 119, 2, b'o', b'k', 109];
+        payload.extend_from_slice(&(100_000u32).to_be_bytes());
+        payload.extend((0..100_000u32).map(|i| i as u8));
+        let mut c = vec![104, 4];
+        crate::policy::wire::encode_int(6, &mut c);
+        crate::policy::wire::encode_pid("a@h", 1, 0, 11, &mut c);
+        distgate_codec::rewrite::encode_atom("", &mut c);
+        distgate_codec::rewrite::encode_atom("sink", &mut c);
+        let big = dist_frame(&c, Some(&payload));
+        let mut stream = big.clone();
+        stream.extend_from_slice(&reg_send("after"));
+        stream.extend_from_slice(&[0, 0, 0, 0]);
+
+        for passed_by_driver in [false, true] {
+            let (mut l, _, _) = handshake(b"down", b"up");
+            let now = Instant::now();
+            let mut sent = Vec::new();
+            let mut frames = 0;
+            // 1000-byte reads; what the link leaves unconsumed is handed in again.
+            let mut pending: Vec<u8> = Vec::new();
+            let mut at = 0;
+            while at < stream.len() {
+                let opaque = l.opaque_pending(Leg::Down);
+                if passed_by_driver && opaque > 0 && pending.is_empty() {
+                    // The driver moves opaque bytes itself (splice).
+                    let n = opaque.min(7_000).min(stream.len() - at);
+                    sent.extend_from_slice(&stream[at..at + n]);
+                    l.on_passed(Leg::Down, n, now);
+                    at += n;
+                    continue;
+                }
+                let n = 1000.min(stream.len() - at);
+                pending.extend_from_slice(&stream[at..at + n]);
+                at += n;
+                let mut out = Output::default();
+                let used = l.on_bytes(Leg::Down, &pending, now, &mut out);
+                assert!(out.events.is_empty(), "{:?}", out.events);
+                sent.extend_from_slice(&written(&out, Leg::Up, &pending));
+                frames += out.frames[0];
+                pending.drain(..used);
+                if at == 1000 {
+                    // The first read of the big frame already went out, all of it.
+                    assert_eq!(sent.len(), 1000, "cut-through");
+                    assert_eq!(l.opaque_pending(Leg::Down), big.len() - 1000);
+                }
+            }
+            assert!(pending.is_empty());
+            assert_eq!(sent, stream, "driver passes: {passed_by_driver}");
+            assert_eq!(frames, 3);
+        }
     }
 
     #[test]

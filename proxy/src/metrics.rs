@@ -30,12 +30,18 @@ pub fn render(stats: &Stats, driver: &str, extra: Option<&Extra>) -> String {
         r.register(Box::new(total))?;
         let bytes = IntCounterVec::new(Opts::new("distgate_bytes_total", "Bytes forwarded"), &["direction"])?;
         let frames = IntCounterVec::new(Opts::new("distgate_frames_total", "Frames forwarded (ticks included)"), &["direction"])?;
+        let streamed = IntCounterVec::new(
+            Opts::new("distgate_frames_streamed_total", "Frames of messages ending in a binary, forwarded as they arrived (not held whole)"),
+            &["direction"],
+        )?;
         for (i, d) in ["down_to_up", "up_to_down"].iter().enumerate() {
             bytes.with_label_values(&[d]).inc_by(load(&stats.bytes[i]) as u64);
             frames.with_label_values(&[d]).inc_by(load(&stats.frames[i]) as u64);
+            streamed.with_label_values(&[d]).inc_by(load(&stats.streamed[i]) as u64);
         }
         r.register(Box::new(bytes))?;
         r.register(Box::new(frames))?;
+        r.register(Box::new(streamed))?;
         let pauses = prometheus::IntCounter::new("distgate_backpressure_pauses_total", "Times a leg stopped being read because the other leg's queue was full")?;
         pauses.inc_by(load(&stats.backpressure_pauses) as u64);
         r.register(Box::new(pauses))?;

@@ -16,6 +16,9 @@ pub struct Stats {
     /// Bytes and frames forwarded, index 0: down→up, 1: up→down.
     pub bytes: [AtomicU64; 2],
     pub frames: [AtomicU64; 2],
+    /// Of those frames, the ones streamed: forwarded without holding the whole message (the
+    /// rest of it the body of its final binary), per direction.
+    pub streamed: [AtomicU64; 2],
     /// Times a leg stopped being read because the other leg's queue was full.
     pub backpressure_pauses: AtomicU64,
     labelled: Mutex<BTreeMap<String, u64>>,
@@ -37,6 +40,7 @@ impl Default for Stats {
             links_open: Default::default(),
             bytes: Default::default(),
             frames: Default::default(),
+            streamed: Default::default(),
             backpressure_pauses: Default::default(),
             labelled: Default::default(),
             // The options are constants: building the histogram cannot fail.

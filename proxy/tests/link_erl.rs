@@ -120,6 +120,17 @@ fn monitors_links_exit_reasons_funs_big_binaries_and_order_on(d: DriverKind) {
         a.eval("Bin = crypto:strong_rand_bytes(10000000), erpc:call(B, erlang, md5, [Bin]) =:= erlang:md5(Bin)."),
         "true"
     );
+    // A 3 MB binary as the last term of a message is streamed (forwarded fragment by
+    // fragment as it arrives, not held whole) and arrives whole, twice in a row.
+    let streamed = |rt: &distgate::runtime::Runtime| rt.stats().streamed[0].load(std::sync::atomic::Ordering::Relaxed);
+    let before = streamed(&rt);
+    b.eval("register(dg_md5, spawn(fun() -> L = fun Loop() -> receive {From, Bin} -> From ! {md5, erlang:md5(Bin)}, Loop() end end, L() end)).");
+    assert_eq!(
+        a.eval("[begin Big2 = crypto:strong_rand_bytes(3000000), {dg_md5, B} ! {self(), Big2}, receive {md5, M} -> M =:= erlang:md5(Big2) after 20000 -> timeout end end || _ <- [1, 2]]."),
+        "[true,true]"
+    );
+    // OTP cuts 3 MB into about 46 fragments of 64 KiB.
+    assert!(streamed(&rt) - before >= 80, "{d:?}: {} frames streamed", streamed(&rt) - before);
     // 100,000 messages, in order, none lost.
     b.eval("register(dg_seq, spawn(fun() -> Loop = fun L(N) -> receive {n, N} -> L(N + 1); {done, From} -> From ! {count, N} end end, Loop(0) end)).");
     assert_eq!(

@@ -286,6 +286,7 @@ impl Core {
                     let used = c.link.on_bytes(leg, &c.legs[i].rbuf[..c.legs[i].filled], t0, &mut self.out);
                     let frames = self.out.frames[i];
                     Stats::add(&self.stats.frames[i], frames);
+                    Stats::add(&self.stats.streamed[i], self.out.streamed[i]);
                     self.apply(slot, leg);
                     if frames > 0 {
                         self.stats.frame_time.observe(t0.elapsed().as_secs_f64());

@@ -922,6 +922,7 @@ impl Core {
         let used = c.link.on_bytes(leg, data, t0, &mut self.out);
         let frames = self.out.frames[i];
         Stats::add(&self.stats.frames[i], frames);
+        Stats::add(&self.stats.streamed[i], self.out.streamed[i]);
         self.apply(slot);
         if frames > 0 {
             self.stats.frame_time.observe(t0.elapsed().as_secs_f64());
