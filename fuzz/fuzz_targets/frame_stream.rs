@@ -1,6 +1,7 @@
 //! Any bytes as a post-handshake stream: split into frames, decode each (atom cache,
 //! fragments, control), collect funs (during the decode, checked against a separate walk).
-//! Errors are fine; panics and runaway memory are not.
+//! The same frames also go through a streaming decoder (`set_streaming`), each first offered
+//! as a prefix to `decode_partial`. Errors are fine; panics and runaway memory are not.
 #![no_main]
 use distgate_codec::frame::{split, Split};
 use distgate_codec::message::{Decoded, Decoder, FragLimits};
@@ -13,6 +14,12 @@ fuzz_target!(|data: &[u8]| {
         Limits { max_depth: 10_000, max_inflated: 1 << 20 },
         FragLimits { max_bytes: 1 << 20, max_sequences: 16 },
     );
+    let mut st = Decoder::new(
+        Limits { max_depth: 10_000, max_inflated: 1 << 20 },
+        FragLimits { max_bytes: 1 << 20, max_sequences: 16 },
+    );
+    st.set_streaming(true);
+    let mut streaming_ok = true;
     let mut pos = 0;
     let mut w = distgate_codec::Walker::default();
     while pos < data.len() {
@@ -22,6 +29,17 @@ fuzz_target!(|data: &[u8]| {
             Ok(s @ Split::Frame { len }) => {
                 let frame = &data[pos + 4..pos + 4 + len];
                 pos += s.consumed();
+                if streaming_ok {
+                    // A prefix whose length the input picks (its first byte), then, unless
+                    // that decided the frame, the whole frame.
+                    let k = (frame.first().copied().unwrap_or(0) as usize * 7) % (len + 1);
+                    streaming_ok = match st.decode_partial(&frame[..k], len) {
+                        Ok(true) => true,
+                        Ok(false) => st.decode(frame).is_ok(),
+                        Err(_) => false,
+                    };
+                    assert!(st.buffered() <= 1 << 20);
+                }
                 let mut collected = Vec::new();
                 match d.decode_collecting(frame, Some(&mut collected)) {
                     Ok(Decoded::Message(m)) => {
