@@ -112,7 +112,31 @@ pub enum Decoded<'a> {
     /// decoded and the rest of its bytes are the body of the message's final binary, so it
     /// passes as it is. `seq` is the fragment sequence (`None` for an unfragmented frame);
     /// `frag_id` 1 (or an unfragmented frame) ends the message.
-    Streamed { seq: Option<u64>, frag_id: u64 },
+    ///
+    /// For the first fragment, `message` is the message as far as this frame holds it:
+    /// `bytes` is the fragment's data after its 18-byte fragment header, and the payload
+    /// range runs from the payload's start to the end of `bytes` — the final binary's body
+    /// continues in the later fragments. Everything in the message but that body is in
+    /// `bytes` (so a judge can read the control, and the payload's terms up to the binary's
+    /// header; a walk over the payload reports it truncated).
+    Streamed { seq: Option<u64>, frag_id: u64, message: Option<Message<'a>> },
+}
+
+/// What the walk of a message's start found when its payload ends in an open binary.
+struct OpenTail<'a> {
+    control: Control<'a>,
+    control_range: Range<usize>,
+    payload_at: usize,
+    /// Where the final binary ends, in the body's coordinates.
+    end: u64,
+}
+
+/// A first fragment found streamable, before anything is applied.
+struct FirstPlan<'a> {
+    seq: u64,
+    frag_id: u64,
+    hdr_end: usize,
+    tail: OpenTail<'a>,
 }
 
 /// A fragmented message being streamed: only how much of its final binary is still to come.
@@ -199,7 +223,10 @@ impl Decoder {
             _ if !self.streaming => false,
             (Some(&tag::PASS_THROUGH), _) => self.stream_whole(avail, len, 1, false).is_some(),
             (Some(&tag::VERSION), Some(&tag::DIST_HEADER)) => self.stream_whole(avail, len, 2, true).is_some(),
-            (Some(&tag::VERSION), Some(&tag::DIST_FRAG_HEADER)) => self.stream_first(avail, len)?.is_some(),
+            (Some(&tag::VERSION), Some(&tag::DIST_FRAG_HEADER)) => match self.plan_first(avail, len) {
+                Some(plan) => self.commit_first(avail, len, plan).map(|_| true)?,
+                None => false,
+            },
             _ => false,
         };
         Ok(streamed)
@@ -211,7 +238,7 @@ impl Decoder {
         let body = avail.get(at..)?;
         let declared = len.checked_sub(at)? as u64;
         let (hdr_end, nrefs) = if cached { (header_len(body).ok()?, Some(*body.first()? as u16)) } else { (0, None) };
-        let end = self.open_payload_tail(body, hdr_end, nrefs, !cached)?;
+        let end = self.open_payload_tail(body, hdr_end, nrefs, !cached)?.end;
         if end != declared {
             return None;
         }
@@ -224,30 +251,51 @@ impl Decoder {
 
     /// A first fragment (`131 69`): streamable when its payload's final binary runs at least
     /// to the fragment's end; the rest of the binary is then expected in the continuations.
-    fn stream_first(&mut self, avail: &[u8], len: usize) -> Result<Option<Decoded<'static>>> {
-        let (Ok(seq), Ok(frag_id)) = (u64_at(avail, 2), u64_at(avail, 10)) else { return Ok(None) };
-        let Some(body) = avail.get(18..) else { return Ok(None) };
+    /// Nothing changes here; [`Decoder::commit_first`] applies the plan.
+    fn plan_first<'b>(&mut self, avail: &'b [u8], len: usize) -> Option<FirstPlan<'b>> {
+        let (Ok(seq), Ok(frag_id)) = (u64_at(avail, 2), u64_at(avail, 10)) else { return None };
+        let body = avail.get(18..)?;
         let in_flight = self.seqs.len() + self.streams.len();
         if frag_id == 0
             || self.seqs.iter().any(|s| s.id == seq)
             || self.streams.iter().any(|s| s.id == seq)
             || (frag_id > 1 && in_flight >= self.frag_limits.max_sequences)
         {
-            return Ok(None); // the usual path reports it
+            return None; // the usual path reports it
         }
         let declared = (len - 18) as u64;
-        let Ok(hdr_end) = header_len(body) else { return Ok(None) };
-        let Some(end) = self.open_payload_tail(body, hdr_end, Some(body[0] as u16), false) else { return Ok(None) };
+        let hdr_end = header_len(body).ok()?;
+        let tail = self.open_payload_tail(body, hdr_end, Some(body[0] as u16), false)?;
         // The binary ends where the message does: at this fragment's end for a message in
         // one fragment, in a later fragment otherwise.
-        if end < declared || (frag_id == 1 && end != declared) {
-            return Ok(None);
+        if tail.end < declared || (frag_id == 1 && tail.end != declared) {
+            return None;
         }
+        Some(FirstPlan { seq, frag_id, hdr_end, tail })
+    }
+
+    /// Apply a first fragment's atom-cache header and start streaming its sequence.
+    /// `len` is the frame's data length (more than `avail` holds, from `decode_partial`).
+    fn commit_first<'a>(&'a mut self, avail: &'a [u8], len: usize, plan: FirstPlan<'a>) -> Result<Decoded<'a>> {
+        let FirstPlan { seq, frag_id, hdr_end, tail } = plan;
+        let body = &avail[18..];
         self.cache.apply(body, 0, &mut self.table).map_err(|e| e.shifted(18))?;
         if frag_id > 1 {
-            self.streams.push(Stream { id: seq, next: frag_id - 1, remaining: end - declared });
+            // What the continuations must still bring: the binary past this frame's end
+            // (the plan checked that it reaches that far).
+            let declared = (len - 18) as u64;
+            self.streams.push(Stream { id: seq, next: frag_id - 1, remaining: tail.end - declared });
         }
-        Ok(Some(Decoded::Streamed { seq: Some(seq), frag_id }))
+        let message = Message {
+            bytes: body,
+            header: Some(0..hdr_end),
+            control_range: tail.control_range,
+            payload: Some(tail.payload_at..body.len()),
+            control: tail.control,
+            framing: Framing::Fragmented { seq, fragments: frag_id },
+            refs: Refs::Live { cache: &self.cache, table: &self.table },
+        };
+        Ok(Decoded::Streamed { seq: Some(seq), frag_id, message: Some(message) })
     }
 
     /// A continuation (`131 70`) of a streamed sequence: its `len - 18` data bytes are more of
@@ -275,14 +323,14 @@ impl Decoder {
                 return Err(Error::new(len, ErrorKind::Truncated { need: left as usize }));
             }
         }
-        Ok(Some(Decoded::Streamed { seq: Some(seq), frag_id }))
+        Ok(Some(Decoded::Streamed { seq: Some(seq), frag_id, message: None }))
     }
 
     /// Decode the control starting at `at` of `body` and find its payload's open tail: where
     /// the payload's final binary ends, in `body` coordinates, when that binary runs past
     /// `body`'s end. (`versioned`: control and payload each start with 131, as in `112`
     /// frames.)
-    fn open_payload_tail(&mut self, body: &[u8], at: usize, nrefs: Option<u16>, versioned: bool) -> Option<u64> {
+    fn open_payload_tail<'b>(&mut self, body: &'b [u8], at: usize, nrefs: Option<u16>, versioned: bool) -> Option<OpenTail<'b>> {
         let version = |p: usize| -> Option<usize> {
             if !versioned {
                 return Some(p);
@@ -290,12 +338,14 @@ impl Decoder {
             (*body.get(p)? == tag::VERSION).then_some(p + 1)
         };
         self.walker.set_cache_refs(nrefs);
-        let (control, c_end) = control::decode(&mut self.walker, body, version(at)?).ok()?;
+        let c_at = version(at)?;
+        let (control, c_end) = control::decode(&mut self.walker, body, c_at).ok()?;
         if control::Control::has_payload(control.op()) == Some(false) {
             return None;
         }
-        let (bin_at, bin_len) = self.walker.open_tail(body, version(c_end)?)?;
-        Some(bin_at as u64 + bin_len)
+        let payload_at = version(c_end)?;
+        let (bin_at, bin_len) = self.walker.open_tail(body, payload_at)?;
+        Some(OpenTail { control, control_range: c_at..c_end, payload_at, end: bin_at as u64 + bin_len })
     }
 
     /// Bytes held for incomplete fragmented messages.
@@ -349,9 +399,11 @@ impl Decoder {
                 Ok(Decoded::Message(m))
             }
             tag::DIST_FRAG_HEADER => {
-                if self.streaming {
-                    if let Some(d) = self.stream_first(frame, frame.len())? {
-                        return Ok(d);
+                // A message in one fragment is decoded whole, in place, anyway.
+                let many = u64_at(frame, 10).is_ok_and(|id| id > 1);
+                if self.streaming && many {
+                    if let Some(plan) = self.plan_first(frame, frame.len()) {
+                        return self.commit_first(frame, frame.len(), plan);
                     }
                 }
                 self.first_fragment(frame, funs)

@@ -78,8 +78,18 @@ fn a_fragmented_message_ending_in_a_binary_streams_without_buffering() {
     let mut d = streaming();
     for (i, f) in frames.iter().enumerate() {
         match d.decode(&f[4..]).unwrap() {
-            Decoded::Streamed { seq, frag_id } => {
+            Decoded::Streamed { seq, frag_id, message } => {
                 assert_eq!((seq, frag_id), (Some(9), 4 - i as u64));
+                // The first fragment shows the message as far as it goes: the control, and
+                // the payload up to the binary's body.
+                assert_eq!(message.is_some(), i == 0);
+                if let Some(m) = message {
+                    assert_eq!(m.control.op(), 6);
+                    assert_eq!(m.bytes[m.control_range.clone()], control()[..]);
+                    let p = m.payload.expect("payload start");
+                    assert_eq!(m.bytes[p.start..p.start + 7], [104, 2, 119, 2, b'o', b'k', 109]);
+                    assert_eq!(p.end, m.bytes.len());
+                }
             }
             _ => panic!("fragment {i} was not streamed"),
         }
