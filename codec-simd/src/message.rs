@@ -169,6 +169,8 @@ pub struct Decoder {
     /// Whether messages whose tail is a binary may be streamed (see `set_streaming`).
     streaming: bool,
     streams: Vec<Stream>,
+    /// Frames streamed so far (for metrics).
+    streamed: u64,
 }
 
 impl Default for Decoder {
@@ -189,7 +191,14 @@ impl Decoder {
             done: None,
             streaming: false,
             streams: Vec::new(),
+            streamed: 0,
         }
+    }
+
+    /// How many frames this decoder has streamed ([`Decoded::Streamed`] answers and
+    /// [`Decoder::decode_partial`] decisions), for metrics.
+    pub fn streamed(&self) -> u64 {
+        self.streamed
     }
 
     /// Let messages whose last term is a binary pass as they arrive: a fragmented one
@@ -246,6 +255,7 @@ impl Decoder {
             // Fully parsed just above, so this applies cleanly.
             self.cache.apply(body, 0, &mut self.table).ok()?;
         }
+        self.streamed += 1;
         Some(())
     }
 
@@ -280,6 +290,7 @@ impl Decoder {
         let FirstPlan { seq, frag_id, hdr_end, tail } = plan;
         let body = &avail[18..];
         self.cache.apply(body, 0, &mut self.table).map_err(|e| e.shifted(18))?;
+        self.streamed += 1;
         if frag_id > 1 {
             // What the continuations must still bring: the binary past this frame's end
             // (the plan checked that it reaches that far).
@@ -315,6 +326,7 @@ impl Decoder {
         }
         s.remaining -= n;
         s.next -= 1;
+        self.streamed += 1;
         if frag_id == 1 {
             let left = s.remaining;
             self.streams.swap_remove(i);

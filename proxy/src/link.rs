@@ -28,7 +28,7 @@
 use crate::handshake::{self, flag, Challenge, SendName};
 use crate::policy::{self, FrameAct, LinkPolicy};
 use distgate_codec::frame::{split, Split};
-use distgate_codec::message::{Decoded, Decoder, FragLimits};
+use distgate_codec::message::{Decoder, FragLimits};
 use distgate_codec::term::Limits;
 use std::fmt;
 use std::ops::Range;
@@ -496,11 +496,9 @@ impl Link {
                 let l = self.params.limits;
                 let mut decoders = Box::new([Decoder::new(l.term, l.fragments), Decoder::new(l.term, l.fragments)]);
                 // Without a policy nothing needs whole messages: stream what can be streamed.
-                // (A route with a policy handle judges whole messages, even while the
-                // handle holds no policy, so that a reload applies from the next message.)
-                let stream = self.params.policy.is_empty();
+                // (Where the route has a policy handle, its direction decides per frame.)
                 for d in decoders.iter_mut() {
-                    d.set_streaming(stream);
+                    d.set_streaming(true);
                 }
                 self.decoders = Some(decoders);
                 let p = &self.params.policy;
@@ -582,13 +580,12 @@ impl Link {
                     self.whole[i] = false;
                     let frame = &buf[pos + 4..pos + 4 + len];
                     let decoders = self.decoders.as_mut().expect("decoders exist while forwarding");
+                    let streamed = decoders[i].streamed();
                     let act = match self.policy.as_mut() {
                         Some(dirs) => dirs[i].frame(&mut decoders[i], frame, now),
-                        None => decoders[i].decode(frame).map(|d| {
-                            out.streamed[i] += matches!(d, Decoded::Streamed { .. }) as u64;
-                            FrameAct::Forward
-                        }),
+                        None => decoders[i].decode(frame).map(|_| FrameAct::Forward),
                     };
+                    out.streamed[i] += decoders[i].streamed() - streamed;
                     let act = match act {
                         Ok(a) => a,
                         Err(e) => {
@@ -646,10 +643,11 @@ impl Link {
     }
 
     /// The declared data length of the incomplete frame at the front of `rest`, when it is
-    /// worth asking the decoder whether it streams: no policy on the link (a policy judges
-    /// whole messages), a large frame, its length here, and not already refused.
-    fn streamable(&self, i: usize, rest: &[u8]) -> Option<usize> {
-        if self.policy.is_some() || self.whole[i] {
+    /// worth asking the decoder whether it streams: no policy judging this direction now (a
+    /// policy judges whole messages), a large frame, its length here, and not already
+    /// refused.
+    fn streamable(&mut self, i: usize, rest: &[u8]) -> Option<usize> {
+        if self.whole[i] || self.policy.as_mut().is_some_and(|d| !d[i].unjudged()) {
             return None;
         }
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
@@ -839,8 +837,16 @@ mod tests {
         stream.extend_from_slice(&reg_send("after"));
         stream.extend_from_slice(&[0, 0, 0, 0]);
 
-        for passed_by_driver in [false, true] {
-            let (mut l, _, _) = handshake(b"down", b"up");
+        // A route whose handle holds no policy (as every route of a config file has, so that a
+        // reload can add one) streams like a route without a handle.
+        let handle_without_policy = || {
+            let reg = Arc::new(crate::registry::Registry::new("r"));
+            let h = Arc::new(crate::policy::RouteHandle::new("a", "b", None, reg.clone(), reg));
+            LinkParams { policy: LinkPolicy { dirs: [Some(h), None], stats: None }, ..params() }
+        };
+        for (passed_by_driver, with_handle) in [(false, false), (true, false), (false, true)] {
+            let p = if with_handle { handle_without_policy() } else { params() };
+            let (mut l, _, _) = handshake_with(p, b"down", b"up");
             let now = Instant::now();
             let mut sent = Vec::new();
             let mut frames = 0;

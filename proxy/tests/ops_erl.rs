@@ -39,8 +39,14 @@ fn run_with_a_file_metrics_reload_and_sigterm() {
         a.eval("Bin = binary:copy(<<7>>, 10000), [{dg_count, B} ! Bin || _ <- lists:seq(1, 200)], {dg_count, B} ! {get, self()}, receive {n, N} -> N after 10000 -> timeout end."),
         "200"
     );
+    // Three 200 KB binaries: OTP sends each in 4 fragments, and distgate streams them.
+    assert_eq!(
+        a.eval("Big = binary:copy(<<8>>, 200000), [{dg_count, B} ! {big, Big} || _ <- [1, 2, 3]], {dg_count, B} ! {get, self()}, receive {n, N2} -> N2 after 10000 -> timeout end."),
+        "203"
+    );
     let m = scrape(mp);
     assert_eq!(sample(&m, "distgate_links_total{event=\"established\"}"), 1.0, "{m}");
+    assert!(sample(&m, "distgate_frames_streamed_total{direction=\"down_to_up\"}") >= 12.0, "{m}");
     assert_eq!(sample(&m, "distgate_links{state=\"open\"}"), 1.0);
     assert!(sample(&m, "distgate_bytes_total{direction=\"down_to_up\"}") >= 2_000_000.0);
     assert!(sample(&m, "distgate_frames_total{direction=\"down_to_up\"}") >= 200.0);

@@ -113,10 +113,9 @@ impl Direction {
         self.held.len()
     }
 
-    /// Decode `frame` with `dec` (this direction's decoder) and decide what to forward.
-    pub fn frame(&mut self, dec: &mut Decoder, frame: &[u8], now: Instant) -> distgate_codec::Result<FrameAct> {
-        // The policy in force: this direction's own Arc, refreshed when the handle's
-        // generation moved (a reload), so from the next frame on.
+    /// The policy in force: this direction's own Arc, refreshed when the handle's generation
+    /// moved (a reload), so from the next frame on.
+    fn refresh(&mut self) {
         if let Some(h) = &self.handle {
             let g = h.generation.load(Ordering::Acquire);
             if g != self.seen {
@@ -124,6 +123,18 @@ impl Direction {
                 self.seen = g;
             }
         }
+    }
+
+    /// True when frames pass unjudged now: no policy applies and no sequence is held. The
+    /// link may then forward a large frame before all of it is here (streaming).
+    pub fn unjudged(&mut self) -> bool {
+        self.refresh();
+        self.current.is_none() && self.held.is_empty()
+    }
+
+    /// Decode `frame` with `dec` (this direction's decoder) and decide what to forward.
+    pub fn frame(&mut self, dec: &mut Decoder, frame: &[u8], now: Instant) -> distgate_codec::Result<FrameAct> {
+        self.refresh();
         let current = self.current.take();
         let r = self.frame_with(current.as_deref(), dec, frame, now);
         self.current = current;
@@ -131,7 +142,12 @@ impl Direction {
     }
 
     fn frame_with(&mut self, policy: Option<&Compiled>, dec: &mut Decoder, frame: &[u8], now: Instant) -> distgate_codec::Result<FrameAct> {
-        if policy.is_none() && self.held.is_empty() {
+        // Unjudged, a message ending in a binary may stream (pass fragment by fragment, not
+        // held); a policy judges whole messages. A sequence that began streaming goes on
+        // streaming either way.
+        let unjudged = policy.is_none() && self.held.is_empty();
+        dec.set_streaming(unjudged);
+        if unjudged {
             dec.decode(frame)?;
             return Ok(FrameAct::Forward);
         }
