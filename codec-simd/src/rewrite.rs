@@ -145,6 +145,22 @@ pub fn encode_export(module: &str, function: &str, arity: u8, out: &mut Vec<u8>)
 /// is cut into fragments of at most `max_fragment` data bytes under its original sequence id
 /// (FragIds counting down to 1), or, with `max_fragment = usize::MAX`, one `131 68` frame.
 pub fn emit(framing: Framing, body: &[u8], max_fragment: usize, out: &mut Vec<u8>) {
+    emit_inner(framing, body, max_fragment, out)
+}
+
+/// One first fragment (`131 69`) of sequence `seq` with fragment id `frag_id` carrying
+/// `body` (header, control, start of payload), with its length: the start of a streamed
+/// message re-emitted after an edit, its later fragments passing as they come (a receiver
+/// joins fragments whatever their sizes).
+pub fn emit_first_fragment(seq: u64, frag_id: u64, body: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&((18 + body.len()) as u32).to_be_bytes());
+    out.extend_from_slice(&[tag::VERSION, tag::DIST_FRAG_HEADER]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&frag_id.to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+fn emit_inner(framing: Framing, body: &[u8], max_fragment: usize, out: &mut Vec<u8>) {
     let frame = |out: &mut Vec<u8>, prefix: &[u8], data: &[u8]| {
         out.extend_from_slice(&((prefix.len() + data.len()) as u32).to_be_bytes());
         out.extend_from_slice(prefix);

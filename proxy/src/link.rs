@@ -884,6 +884,72 @@ mod tests {
         }
     }
 
+    /// Under a policy, a fragmented message ending in a binary is judged on its first
+    /// fragment and streamed: a fun in its control (SEND's unused field) is replaced in a
+    /// re-emitted first fragment, and the continuations pass as they came, so the receiver
+    /// reassembles the edited control and the intact binary.
+    #[test]
+    fn a_streamed_message_is_judged_on_its_first_fragment_and_edited_there() {
+        use crate::policy::wire::{encode_int, encode_pid};
+        use crate::policy::{Compiled, RouteHandle};
+        let p = Compiled::parse("p", "unknown_fun = \"replace\"\n").unwrap();
+        let reg = Arc::new(crate::registry::Registry::new("r"));
+        let h = Arc::new(RouteHandle::new("a", "b", Some(Arc::new(p)), reg.clone(), reg));
+        let with_policy = LinkParams { policy: LinkPolicy { dirs: [Some(h), None], stats: None }, ..params() };
+        let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
+        // SEND {2, Fun, To} with a local fun of module m (unknown to the target).
+        let mut c = vec![104, 3];
+        encode_int(2, &mut c);
+        let mut fun = vec![112, 0, 0, 0, 0, 1];
+        fun.extend_from_slice(&[7; 16]);
+        fun.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        distgate_codec::rewrite::encode_atom("m", &mut fun);
+        encode_int(0, &mut fun);
+        encode_int(0, &mut fun);
+        encode_pid("a@h", 1, 0, 11, &mut fun);
+        let size = fun.len() as u32 - 1;
+        fun[1..5].copy_from_slice(&size.to_be_bytes());
+        c.extend_from_slice(&fun);
+        encode_pid("b@h", 2, 0, 99, &mut c);
+        // Payload {ok, <<100 000 bytes>>}, the message cut into 3 fragments.
+        let mut body = vec![0];
+        body.extend_from_slice(&c);
+        body.extend_from_slice(&[104, 2, 119, 2, b'o', b'k', 109]);
+        body.extend_from_slice(&(100_000u32).to_be_bytes());
+        body.extend((0..100_000u32).map(|i| (i % 251) as u8));
+        let mut stream = Vec::new();
+        let step = body.len().div_ceil(3);
+        for (i, chunk) in body.chunks(step).enumerate() {
+            let mut d = vec![131, if i == 0 { 69 } else { 70 }];
+            d.extend_from_slice(&5u64.to_be_bytes());
+            d.extend_from_slice(&(3 - i as u64).to_be_bytes());
+            d.extend_from_slice(chunk);
+            stream.extend_from_slice(&(d.len() as u32).to_be_bytes());
+            stream.extend_from_slice(&d);
+        }
+        let mut out = Output::default();
+        assert_eq!(l.on_bytes(Leg::Down, &stream, Instant::now(), &mut out), stream.len());
+        assert!(out.events.is_empty(), "{:?}", out.events);
+        assert_eq!(out.streamed[0], 3, "all three fragments streamed");
+        // The first fragment is replaced; the continuations are ranges of the input.
+        assert!(matches!(out.writes[0], (Leg::Up, Chunk::Owned(_))), "{:?}", out.writes[0]);
+        assert!(out.writes[1..].iter().all(|w| matches!(w, (Leg::Up, Chunk::Input(_)))));
+        let sent = written(&out, Leg::Up, &stream);
+        // The receiver's view: one message, the fun replaced by the marker, the binary intact.
+        let mut dec = Decoder::default();
+        let mut got = None;
+        for item in distgate_codec::frame::Frames::new(&sent, 1 << 20) {
+            if let distgate_codec::message::Decoded::Message(m) = dec.decode(item.unwrap().data.unwrap()).unwrap() {
+                let ctl = &m.bytes[m.control_range.clone()];
+                assert!(!ctl.contains(&112), "no NEW_FUN_EXT left in the control");
+                assert!(ctl.windows(20).any(|w| w == b"distgate_blocked_fun"), "the marker is there");
+                let p = m.payload.clone().unwrap();
+                got = Some(m.bytes[p.start + 11..p.end].to_vec());
+            }
+        }
+        assert_eq!(got.expect("the message completes"), body[body.len() - 100_000..]);
+    }
+
     #[test]
     fn policy_verdicts_replace_frames_in_place_and_answers_go_back_to_the_sender() {
         use crate::policy::wire::{encode_int, encode_pid, encode_ref};

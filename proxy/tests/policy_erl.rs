@@ -323,3 +323,34 @@ fn dry_run_decides_and_audits_but_forwards_unchanged() {
     assert_eq!(s.rt.stats().get("policy:replace"), 0);
     assert!(audit_lines("\"dry_run\":true").iter().any(|l| l.contains("\"action\":\"replace\"")));
 }
+
+#[test]
+fn a_large_message_ending_in_a_binary_is_judged_on_its_first_fragment_and_streamed() {
+    let s = setup(Some("preset = \"untrusted\"\n[policy.p.control]\nreg_send_allow = [\"dg_*\"]\n"));
+    let streamed = || s.rt.stats().streamed[0].load(std::sync::atomic::Ordering::Relaxed);
+    let before = streamed();
+    // An io_request (refused by the preset) of 1.5 MB, its last term a binary, carrying 200
+    // atoms it introduces; then a message that uses those atoms, then an allowed 1.5 MB
+    // message. The first is dropped on its first fragment (its ~23 fragments with it), the
+    // others arrive, in order, the big one intact.
+    s.a.eval(
+        "Atoms = dgt:atoms(\"dg_stream_atom\", 200), Big = crypto:strong_rand_bytes(1500000), \
+         {dg_sink, B} ! {io_request, self(), Atoms, {put_chars, unicode, Big}}, \
+         {dg_sink, B} ! {kept, Atoms}, \
+         {dg_sink, B} ! {big, erlang:md5(Big), Big}.",
+    );
+    let r = s.b.eval(
+        "[{kept, L}, {big, M, Bin}] = dgt:wait(dg_sink, 2, 10000), \
+         {L =:= dgt:atoms(\"dg_stream_atom\", 200), M =:= erlang:md5(Bin), byte_size(Bin)}.",
+    );
+    assert_eq!(r, "{true,true,1500000}");
+    // Both big messages streamed (no fragment held), and the link stayed up.
+    assert!(streamed() - before >= 40, "{} frames streamed", streamed() - before);
+    // (The preset also drops some of the nodes' own background traffic: count this one by
+    // its audit line.)
+    let audit = audit_lines("\"rule\":\"untrusted:io_request\"");
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert!(audit[0].contains("\"action\":\"drop\""), "{}", audit[0]);
+    assert_eq!(s.rt.stats().get("close:bad_frame"), 0);
+    assert_eq!(s.a.eval("nodes()."), format!("[{}]", s.b.atom()));
+}

@@ -75,6 +75,9 @@ pub struct Direction {
     /// Sequences held while they are reassembled, each with the cache epoch after its
     /// stand-in.
     held: Vec<(u64, u64)>,
+    /// Streamed sequences whose message was dropped at its first fragment: their later
+    /// fragments are absorbed.
+    dropping: Vec<u64>,
     /// Bumped whenever a frame forwarded in this direction defines atom-cache entries (the
     /// receiver's cache changes).
     cache_epoch: u64,
@@ -99,6 +102,7 @@ impl Direction {
             route,
             sender,
             held: Vec::new(),
+            dropping: Vec::new(),
             cache_epoch: 0,
             walker: Walker::new(limits),
             funs: Vec::new(),
@@ -125,11 +129,11 @@ impl Direction {
         }
     }
 
-    /// True when frames pass unjudged now: no policy applies and no sequence is held. The
-    /// link may then forward a large frame before all of it is here (streaming).
+    /// True when frames pass unjudged now: no policy applies and no sequence is held or
+    /// being dropped. The link may then forward a large frame before all of it is here.
     pub fn unjudged(&mut self) -> bool {
         self.refresh();
-        self.current.is_none() && self.held.is_empty()
+        self.current.is_none() && self.held.is_empty() && self.dropping.is_empty()
     }
 
     /// Decode `frame` with `dec` (this direction's decoder) and decide what to forward.
@@ -142,11 +146,11 @@ impl Direction {
     }
 
     fn frame_with(&mut self, policy: Option<&Compiled>, dec: &mut Decoder, frame: &[u8], now: Instant) -> distgate_codec::Result<FrameAct> {
-        // Unjudged, a message ending in a binary may stream (pass fragment by fragment, not
-        // held); a policy judges whole messages. A sequence that began streaming goes on
-        // streaming either way.
-        let unjudged = policy.is_none() && self.held.is_empty();
-        dec.set_streaming(unjudged);
+        // A message ending in a binary streams: it passes fragment by fragment, not held,
+        // judged (below) on its first fragment, which holds everything of it but the
+        // binary's bytes.
+        let unjudged = policy.is_none() && self.held.is_empty() && self.dropping.is_empty();
+        dec.set_streaming(true);
         if unjudged {
             dec.decode(frame)?;
             return Ok(FrameAct::Forward);
@@ -168,12 +172,22 @@ impl Direction {
         };
         match decoded {
             Decoded::Tick => Ok(FrameAct::Forward),
-            // A message the decoder streams (it began while no policy applied): it goes on
-            // as it began, unjudged, like a sequence forwarded fragment by fragment. Its
-            // first fragment may have defined cache entries: count it as a change.
-            Decoded::Streamed { .. } => {
-                self.cache_epoch += 1;
-                Ok(FrameAct::Forward)
+            // The start of a streamed message: judged now, on everything but its final
+            // binary's bytes (no fun can hide in those).
+            &Decoded::Streamed { seq: Some(seq), frag_id, message: Some(ref msg) } => {
+                // Its header reaches the receiver as it is or on a stand-in.
+                self.cache_epoch += msg.refs.table().is_some_and(|t| t.defines_entries()) as u64;
+                let act = self.message(msg, policy, None, now, &mut funs, true, Some((seq, frag_id)));
+                self.funs = recycle(funs);
+                act
+            }
+            // A later fragment of a streamed message: it follows its first fragment's fate.
+            &Decoded::Streamed { seq, frag_id, .. } => {
+                let dropping = seq.and_then(|s| self.dropping.iter().position(|&d| d == s));
+                if let Some(i) = dropping.filter(|_| frag_id == 1) {
+                    self.dropping.swap_remove(i);
+                }
+                Ok(if dropping.is_some() { FrameAct::Absorb } else { FrameAct::Forward })
             }
             &Decoded::Fragment { seq, .. } if !first_fragment => {
                 Ok(if self.held.iter().any(|h| h.0 == seq) { FrameAct::Absorb } else { FrameAct::Forward })
@@ -209,7 +223,7 @@ impl Direction {
                         None
                     }
                 };
-                let act = self.message(msg, policy, held, now, &mut funs, payload_funs);
+                let act = self.message(msg, policy, held, now, &mut funs, payload_funs, None);
                 self.funs = recycle(funs);
                 if self.scratch.capacity() > 1 << 20 {
                     self.scratch = Vec::new();
@@ -221,6 +235,9 @@ impl Direction {
 
     /// `held`: `Some(cache_unchanged)` for a held sequence that just completed.
     /// `funs` holds the payload's funs when the decoder collected them (`payload_funs`).
+    /// `streamed`: `Some((seq, frag_id))` for the first fragment of a streamed message (see
+    /// `Decoded::Streamed`): its fate is its later fragments' too.
+    #[allow(clippy::too_many_arguments)]
     fn message<'a>(
         &mut self,
         msg: &Message<'a>,
@@ -229,6 +246,7 @@ impl Direction {
         now: Instant,
         funs: &mut Vec<FunSite<'a>>,
         payload_funs: bool,
+        streamed: Option<(u64, u64)>,
     ) -> distgate_codec::Result<FrameAct> {
         let Some(p) = policy else {
             return match held {
@@ -271,6 +289,30 @@ impl Direction {
                 wire::control_frame(msg.framing == Framing::PassThrough, &ctl, &mut b);
                 b
             };
+            if let Some((seq, frag_id)) = streamed {
+                // Only its first fragment is here: an edit (a fun of the control) rewrites
+                // that fragment; a drop drops the fragments still to come as well.
+                return Ok(match j.verdict {
+                    Verdict::Pass => FrameAct::Forward,
+                    Verdict::Edits(mut edits) => {
+                        if wire::apply(msg.bytes, funs, &mut edits, &mut self.scratch).is_err() {
+                            return Ok(internal_close());
+                        }
+                        let mut forward = Vec::with_capacity(self.scratch.len() + 22);
+                        rewrite::emit_first_fragment(seq, frag_id, &self.scratch, &mut forward);
+                        FrameAct::Replace { forward, back: None }
+                    }
+                    Verdict::Drop => {
+                        self.dropping.push(seq);
+                        self.dropped(msg, false, None)
+                    }
+                    Verdict::Reply(ctl) => {
+                        self.dropping.push(seq);
+                        self.dropped(msg, false, Some(back(ctl)))
+                    }
+                    Verdict::Close { reason, reply } => FrameAct::Close { reason, back: reply.map(back) },
+                });
+            }
             Ok(match (j.verdict, held) {
                 (Verdict::Pass, Some(unchanged)) => self.reemit_with(msg, unchanged, funs, Vec::new())?,
                 (Verdict::Pass, None) => FrameAct::Forward,
