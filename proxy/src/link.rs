@@ -806,6 +806,15 @@ mod tests {
         dist_frame(&c, Some(&[106]))
     }
 
+    /// Link parameters whose down→up direction has a route handle holding the policy
+    /// `[policy.p]` with this body (or no policy), and an empty registry on both sides.
+    fn policy_params(body: Option<&str>) -> LinkParams {
+        let p = body.map(|b| Arc::new(crate::policy::Compiled::parse("p", b).unwrap()));
+        let reg = Arc::new(crate::registry::Registry::new("r"));
+        let h = Arc::new(crate::policy::RouteHandle::new("a", "b", p, reg.clone(), reg));
+        LinkParams { policy: LinkPolicy { dirs: [Some(h), None], stats: None }, ..params() }
+    }
+
     /// The bytes `out` writes to `leg`, resolving input ranges against `input`.
     fn written(out: &Output, leg: Leg, input: &[u8]) -> Vec<u8> {
         out.writes
@@ -839,13 +848,8 @@ mod tests {
 
         // A route whose handle holds no policy (as every route of a config file has, so that a
         // reload can add one) streams like a route without a handle.
-        let handle_without_policy = || {
-            let reg = Arc::new(crate::registry::Registry::new("r"));
-            let h = Arc::new(crate::policy::RouteHandle::new("a", "b", None, reg.clone(), reg));
-            LinkParams { policy: LinkPolicy { dirs: [Some(h), None], stats: None }, ..params() }
-        };
         for (passed_by_driver, with_handle) in [(false, false), (true, false), (false, true)] {
-            let p = if with_handle { handle_without_policy() } else { params() };
+            let p = if with_handle { policy_params(None) } else { params() };
             let (mut l, _, _) = handshake_with(p, b"down", b"up");
             let now = Instant::now();
             let mut sent = Vec::new();
@@ -891,12 +895,7 @@ mod tests {
     #[test]
     fn a_streamed_message_is_judged_on_its_first_fragment_and_edited_there() {
         use crate::policy::wire::{encode_int, encode_pid};
-        use crate::policy::{Compiled, RouteHandle};
-        let p = Compiled::parse("p", "unknown_fun = \"replace\"\n").unwrap();
-        let reg = Arc::new(crate::registry::Registry::new("r"));
-        let h = Arc::new(RouteHandle::new("a", "b", Some(Arc::new(p)), reg.clone(), reg));
-        let with_policy = LinkParams { policy: LinkPolicy { dirs: [Some(h), None], stats: None }, ..params() };
-        let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
+        let (mut l, _, _) = handshake_with(policy_params(Some("unknown_fun = \"replace\"\n")), b"down", b"up");
         // SEND {2, Fun, To} with a local fun of module m (unknown to the target).
         let mut c = vec![104, 3];
         encode_int(2, &mut c);
@@ -953,11 +952,7 @@ mod tests {
     #[test]
     fn policy_verdicts_replace_frames_in_place_and_answers_go_back_to_the_sender() {
         use crate::policy::wire::{encode_int, encode_pid, encode_ref};
-        use crate::policy::{Compiled, RouteHandle};
-        let p = Compiled::parse("p", "[policy.p.control]\nreg_send_allow = [\"ok_*\"]\nspawn_allow = []\n").unwrap();
-        let reg = Arc::new(crate::registry::Registry::new("r"));
-        let h = Arc::new(RouteHandle::new("a", "b", Some(Arc::new(p)), reg.clone(), reg));
-        let with_policy = LinkParams { policy: LinkPolicy { dirs: [Some(h), None], stats: None }, ..params() };
+        let with_policy = policy_params(Some("[policy.p.control]\nreg_send_allow = [\"ok_*\"]\nspawn_allow = []\n"));
         let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
         assert!(l.is_forwarding());
         // A spawn request of os:cmd/1.
@@ -1000,10 +995,7 @@ mod tests {
         l.on_bytes(Leg::Up, &f, Instant::now(), &mut out);
         assert_eq!(out.writes, vec![(Leg::Down, Chunk::Input(0..f.len()))]);
         // on_deny = "close": what passed before is flushed, then the link closes.
-        let p = Compiled::parse("p", "[policy.p.control]\nreg_send_allow = [\"ok_*\"]\non_deny = \"close\"\n").unwrap();
-        let reg = Arc::new(crate::registry::Registry::new("r"));
-        let h = Arc::new(RouteHandle::new("a", "b", Some(Arc::new(p)), reg.clone(), reg));
-        let with_policy = LinkParams { policy: LinkPolicy { dirs: [Some(h), None], stats: None }, ..params() };
+        let with_policy = policy_params(Some("[policy.p.control]\nreg_send_allow = [\"ok_*\"]\non_deny = \"close\"\n"));
         let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
         let mut out = Output::default();
         let buf = [reg_send("ok_1"), reg_send("denied"), reg_send("ok_2")].concat();
