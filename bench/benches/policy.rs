@@ -17,11 +17,14 @@
 //! `POLICY_AB=1 cargo bench -p distgate-bench --bench policy` instead runs the variants
 //! interleaved, round after round, and prints each one's median time per pass and its ratio
 //! to `off`: on a busy machine that comparison is steadier than criterion's, which measures
-//! one variant after the other.
+//! one variant after the other. `POLICY_PROFILE=INPUT:VARIANT[:PASSES]` runs one variant on
+//! one input only (for `perf record` or `perf stat`).
 //!
 //! Inputs: the bundled capture of real OTP traffic (`proxy/samples/rich-a2b.dist`: atom cache,
-//! a 1 MiB message in 17 fragments, funs, spawn requests, monitors), and the term-heavy and
-//! binary-heavy corpora, each term sent as the payload of a REG_SEND. Throughput is bytes of
+//! a 1 MiB message in 17 fragments, funs, spawn requests, monitors), the term-heavy and
+//! binary-heavy corpora, each term sent as the payload of a REG_SEND, and `fun-flood`: what
+//! the load generator's fun flood sends (2 000 SEND and REG_SEND messages, each carrying the
+//! `fun` payload: a local fun with free variables and an export fun). Throughput is bytes of
 //! frames per second.
 
 use std::sync::Arc;
@@ -31,7 +34,10 @@ use criterion::{black_box, criterion_group, Criterion, Throughput};
 use distgate::policy::wire::{atom_text, Sender};
 use distgate::policy::{Compiled, Direction, FrameAct, RouteHandle};
 use distgate::registry::{ModuleVersion, Registry, SnapshotBuilder};
+use distgate::handshake::flag;
+use distgate_bench::etf::{stamp, PayloadKind};
 use distgate_bench::load_corpus;
+use distgate_bench::node::{encode_message, reg_send, send_to_pid};
 use distgate_codec::frame::Frames;
 use distgate_codec::fun::{self, FunKind};
 use distgate_codec::message::{Decoded, Decoder};
@@ -59,6 +65,24 @@ fn reg_send_frame(term_body: &[u8]) -> Vec<u8> {
     encode_atom("dg_sink", &mut v);
     v.extend_from_slice(term_body);
     v
+}
+
+/// The load generator's fun flood: `n` messages, REG_SENDs and SENDs in turn, each carrying
+/// the `fun` payload with its own sequence number (frames without their length prefix).
+fn fun_flood(n: u32) -> Vec<Vec<u8>> {
+    let node = "load@127.0.0.1";
+    let flags = flag::DIST_HDR_ATOM_CACHE | flag::FRAGMENTS;
+    let mut payload = PayloadKind::Fun.encode(node);
+    let mut seq = 0;
+    (0..n)
+        .map(|i| {
+            let ctrl = if i % 2 == 0 { reg_send(node, 1, 7, "dg_flood") } else { send_to_pid("sink@127.0.0.1", 40, 0, 3) };
+            stamp(&mut payload, i);
+            let mut f = Vec::new();
+            encode_message(flags, &mut seq, &ctrl, &payload, &mut f);
+            f.split_off(4)
+        })
+        .collect()
 }
 
 /// A registry that knows every module version (and export) the frames' funs name.
@@ -165,6 +189,7 @@ fn inputs() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         let (buf, ranges) = load_corpus(&format!("{name}.etf"));
         out.push((name, ranges.iter().map(|r| reg_send_frame(&buf[r.start + 1..r.end])).collect()));
     }
+    out.push(("fun-flood", fun_flood(2000)));
     out
 }
 
@@ -210,9 +235,34 @@ fn ab() {
     }
 }
 
+/// `POLICY_PROFILE=INPUT:VARIANT[:PASSES]` (e.g. `fun-flood:funs`, `sample:off`): only that
+/// variant on that input, PASSES times (default 2 000), for a profiler or `perf stat`.
+fn profile(which: &str) {
+    let mut it = which.split(':');
+    let (Some(input), Some(variant)) = (it.next(), it.next()) else { panic!("POLICY_PROFILE=INPUT:VARIANT[:PASSES]") };
+    let passes: usize = it.next().map_or(2000, |n| n.parse().expect("PASSES"));
+    let (_, owned) = inputs().into_iter().find(|(n, _)| *n == input).expect("no such input");
+    let frames: Vec<&[u8]> = owned.iter().map(|v| v.as_slice()).collect();
+    let h = match variant {
+        "off" => None,
+        v => {
+            let p = variants().into_iter().find(|(n, _)| *n == v).expect("no such variant").1;
+            Some(handle(p.as_deref(), registry_for(&frames)))
+        }
+    };
+    let now = Instant::now();
+    for _ in 0..passes {
+        pass(&frames, h.as_ref(), now);
+    }
+}
+
 criterion_group!(benches, policy);
 
 fn main() {
+    if let Ok(which) = std::env::var("POLICY_PROFILE") {
+        profile(&which);
+        return;
+    }
     if std::env::var_os("POLICY_AB").is_some() {
         ab();
         return;
