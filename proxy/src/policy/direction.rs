@@ -35,6 +35,7 @@ use distgate_codec::term::{Limits, Walker};
 use super::audit::{self, Site};
 use super::compile::Compiled;
 use super::engine::{self, Registries, Verdict};
+use super::memo::FunMemo;
 use super::wire::{self, Sender};
 use super::RouteHandle;
 use crate::stats::Stats;
@@ -87,6 +88,9 @@ pub struct Direction {
     current: Option<Arc<Compiled>>,
     seen: u64,
     scratch: Vec<u8>,
+    /// Funs recently passed under `current` and the target's current snapshot; emptied when
+    /// either changes.
+    memo: FunMemo,
 }
 
 impl Direction {
@@ -109,12 +113,19 @@ impl Direction {
             scratch: Vec::new(),
             current: None,
             seen: u64::MAX,
+            memo: FunMemo::default(),
         }
     }
 
     /// Sequences being held.
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Funs remembered as passed (tests).
+    #[cfg(test)]
+    pub(crate) fn memo_len(&self) -> usize {
+        self.memo.len()
     }
 
     /// The policy in force: this direction's own Arc, refreshed when the handle's generation
@@ -125,6 +136,8 @@ impl Direction {
             if g != self.seen {
                 self.current = h.policy.load_full();
                 self.seen = g;
+                // What passed under the old policy may not pass under the new one.
+                self.memo.clear();
             }
         }
     }
@@ -268,8 +281,11 @@ impl Direction {
             let handle = self.handle.as_ref().filter(|_| !funs.is_empty());
             let target = handle.map(|h| h.target.load().load());
             let source = || handle.map(|h| h.source.load().snapshot());
+            if let Some(t) = &target {
+                self.memo.sync(t, p);
+            }
             let regs = target.as_ref().map(|t| Registries { target: t, source: &source });
-            let j = engine::judge(p, msg, funs, regs, &mut self.walker);
+            let j = engine::judge_memo(p, msg, funs, regs, &mut self.walker, Some(&mut self.memo));
             // A fun the target lacks may be one it loaded since its last refresh.
             if let Some(h) = handle.filter(|_| j.findings.iter().any(|f| matches!(f.rule, "unknown_fun" | "unknown_export" | "rewrite_fallback"))) {
                 h.target_lacks_fun(now);

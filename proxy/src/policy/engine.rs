@@ -19,6 +19,7 @@ use distgate_codec::term::{NewFun, Skip, Term, Walker};
 use distgate_config::{DenyAction, FunAction};
 
 use super::compile::{Compiled, UNTRUSTED_NAMES};
+use super::memo::FunMemo;
 use super::wire::{self, atom_bytes, atom_text};
 use crate::registry::Snapshot;
 
@@ -99,13 +100,27 @@ pub struct Registries<'s> {
 /// Judge `msg`. `funs` are its fun sites (`distgate_codec::fun::message_funs`); `regs` may be
 /// `None` only when `funs` is empty. `w` is a scratch walker for looking into payloads.
 pub fn judge<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: Option<Registries<'_>>, w: &mut Walker) -> Judgement {
+    judge_memo(p, msg, funs, regs, w, None)
+}
+
+/// [`judge`], skipping the funs `memo` remembers as passed and remembering those that pass.
+/// The memo is used only when it was synced ([`FunMemo::sync`]) to exactly `p` and the
+/// target snapshot of `regs`; the judgement is the same either way.
+pub fn judge_memo<'a>(
+    p: &Compiled,
+    msg: &Message<'a>,
+    funs: &[FunSite<'a>],
+    regs: Option<Registries<'_>>,
+    w: &mut Walker,
+    memo: Option<&mut FunMemo>,
+) -> Judgement {
     if !p.control_open {
         if let Some(j) = judge_control(p, msg, w) {
             return j;
         }
     }
     match regs {
-        Some(regs) if !funs.is_empty() => judge_funs(p, msg, funs, regs),
+        Some(regs) if !funs.is_empty() => judge_funs(p, msg, funs, regs, memo.and_then(|m| m.valid_for(regs.target, p))),
         _ => Judgement::pass(),
     }
 }
@@ -433,7 +448,7 @@ enum Effect {
     Close,
 }
 
-fn judge_funs<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: Registries<'_>) -> Judgement {
+fn judge_funs<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: Registries<'_>, mut memo: Option<&mut FunMemo>) -> Judgement {
     let mut edits: Vec<Edit> = Vec::new();
     let mut findings: Vec<Finding> = Vec::new();
     let mut drop = false;
@@ -445,12 +460,23 @@ fn judge_funs<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: R
         }
         let Case { rule, module, subject, action, marker, rewrite } = match site.kind {
                 FunKind::New(nf) => {
-                    let module = atom_text(&msg.refs, &nf.module).unwrap_or(Cow::Borrowed(""));
-                    if regs.target.knows(&module, nf.uniq).is_some() {
-                        continue;
+                    // A hit means exactly this module text and MD5 passed against this
+                    // snapshot and policy (atom_bytes is atom_text's bytes whenever the
+                    // latter exists, and only passes of resolved names are remembered).
+                    if let Some(m) = memo.as_deref() {
+                        if atom_bytes(&msg.refs, &nf.module).is_some_and(|b| m.local_passed(&b, nf.uniq)) {
+                            continue;
+                        }
                     }
-                    let action = p.unknown_fun_for(&module);
+                    let text = atom_text(&msg.refs, &nf.module);
+                    let resolved = text.is_some();
+                    let module = text.unwrap_or(Cow::Borrowed(""));
+                    let known = regs.target.knows(&module, nf.uniq).is_some();
+                    let action = if known { FunAction::Pass } else { p.unknown_fun_for(&module) };
                     if action == FunAction::Pass {
+                        if let Some(m) = memo.as_deref_mut().filter(|_| resolved) {
+                            m.remember_local(module.as_bytes(), nf.uniq);
+                        }
                         continue;
                     }
                     let subject = format!("#Fun<{module}.{}.{}>", nf.index, wire::hex(nf.uniq));
@@ -476,14 +502,25 @@ fn judge_funs<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: R
                     Case { rule: "unknown_fun", module, subject, action, marker, rewrite: rw }
                 }
                 FunKind::Export(e) => {
-                    let module = atom_text(&msg.refs, &e.module).unwrap_or(Cow::Borrowed(""));
-                    let function = atom_text(&msg.refs, &e.function).unwrap_or(Cow::Borrowed(""));
-                    // Judged only when the target's registry knows the module.
-                    if regs.target.lookup(&module).is_empty() || regs.target.exported_anywhere(&module, &function, e.arity as u32) {
-                        continue;
+                    if let Some(m) = memo.as_deref() {
+                        let hit = atom_bytes(&msg.refs, &e.module)
+                            .zip(atom_bytes(&msg.refs, &e.function))
+                            .is_some_and(|(mb, fb)| m.export_passed(&mb, &fb, e.arity));
+                        if hit {
+                            continue;
+                        }
                     }
-                    let action = p.unknown_export_for(&module);
+                    let (mt, ft) = (atom_text(&msg.refs, &e.module), atom_text(&msg.refs, &e.function));
+                    let resolved = mt.is_some() && ft.is_some();
+                    let module = mt.unwrap_or(Cow::Borrowed(""));
+                    let function = ft.unwrap_or(Cow::Borrowed(""));
+                    // Judged only when the target's registry knows the module.
+                    let judged = !regs.target.lookup(&module).is_empty() && !regs.target.exported_anywhere(&module, &function, e.arity as u32);
+                    let action = if judged { p.unknown_export_for(&module) } else { FunAction::Pass };
                     if action == FunAction::Pass {
+                        if let Some(m) = memo.as_deref_mut().filter(|_| resolved) {
+                            m.remember_export(module.as_bytes(), function.as_bytes(), e.arity);
+                        }
                         continue;
                     }
                     let subject = format!("fun {module}:{function}/{}", e.arity);

@@ -7,7 +7,8 @@
 //! - [`engine`]: the pure judgement of one decoded message ([`engine::judge`] → [`Verdict`]);
 //! - [`wire`]: what the policy writes (markers, stand-ins, SPAWN_REPLY errors, inlined atoms);
 //! - [`audit`]: JSON audit lines (rate-limited) and counters;
-//! - [`direction`]: the per-link-direction state the link consults for every frame.
+//! - [`direction`]: the per-link-direction state the link consults for every frame;
+//! - [`memo`]: the funs a link direction recently let pass, so repeated funs skip the lookups.
 //!
 //! Handles: a route direction (cluster `from` → cluster `to`) has one [`RouteHandle`]: the
 //! compiled policy behind an `ArcSwapOption` (a reload stores a new one; every established
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod compile;
 pub mod direction;
 pub mod engine;
+pub mod memo;
 pub mod wire;
 
 use std::fmt;

@@ -826,3 +826,131 @@ fn snapshot_type_is_what_the_registry_serves() {
     let s: &Snapshot = &r.load();
     assert!(s.knows("m", &V2).is_some());
 }
+
+// ---- the memo of passed funs ------------------------------------------------------------------
+
+fn is_replace(a: &FrameAct) -> bool {
+    matches!(a, FrameAct::Replace { back: None, .. })
+}
+
+/// A snapshot of `versions`, stored in the handle's target registry (a refresh).
+fn refresh_target(h: &RouteHandle, versions: Vec<ModuleVersion>) {
+    let mut b = SnapshotBuilder::new();
+    for v in versions {
+        b.add(v);
+    }
+    h.target.load().store(b.build());
+}
+
+#[test]
+fn a_remembered_pass_does_not_outlive_a_registry_refresh() {
+    let (mut d, h) = direction(Some(policy("unknown_fun = \"replace\"\nunknown_export = \"replace\"\n")), None);
+    let mut dec = Decoder::default();
+    let known = payload_msg(&tuple(&[new_fun(&atom("shared"), SAME, 0, 1, &[int(5)]), export("m", "f", 1)]));
+    let now = Instant::now();
+    assert_eq!(d.frame(&mut dec, &known, now).unwrap(), FrameAct::Forward);
+    assert_eq!(d.memo_len(), 2, "both funs remembered");
+    assert_eq!(d.frame(&mut dec, &known, now).unwrap(), FrameAct::Forward);
+    // The target no longer runs that version of `shared`, and m no longer exports f/1.
+    refresh_target(&h, vec![version("m", V2, &[], &[("g", 1)]), version("shared", V1, &[], &[("wrap", 1)])]);
+    let act = d.frame(&mut dec, &known, now).unwrap();
+    assert!(is_replace(&act), "{act:?}");
+    let FrameAct::Replace { forward, .. } = act else { unreachable!() };
+    let got = receive(&forward, &mut Decoder::default());
+    assert!(got[0].contains("{distgate_blocked_fun,shared,0,") && got[0].contains("{distgate_blocked_fun,m,f,1}"), "{got:?}");
+    // And back: passes again.
+    refresh_target(&h, vec![version("m", V2, &[], &[("f", 1)]), version("shared", SAME, &[], &[])]);
+    assert_eq!(d.frame(&mut dec, &known, now).unwrap(), FrameAct::Forward);
+    // Another registry altogether (a reload that re-read the clusters).
+    h.store_registries(source(), registry(vec![version("shared", V1, &[], &[])]));
+    assert!(is_replace(&d.frame(&mut dec, &known, now).unwrap()));
+}
+
+#[test]
+fn a_remembered_pass_does_not_outlive_a_policy_reload() {
+    // m v1 is unknown to the target; `pass` lets it through (and is remembered). Funs are
+    // looked at because an export fun could be replaced.
+    let (mut d, h) = direction(Some(policy("unknown_fun = \"pass\"\nunknown_export = \"replace\"\n")), None);
+    let mut dec = Decoder::default();
+    let msg = payload_msg(&local_f());
+    let now = Instant::now();
+    assert_eq!(d.frame(&mut dec, &msg, now).unwrap(), FrameAct::Forward);
+    assert_eq!(d.memo_len(), 1);
+    h.store(Some(Arc::new(policy("unknown_fun = \"replace\"\n"))));
+    assert!(is_replace(&d.frame(&mut dec, &msg, now).unwrap()));
+    // A module rule decides: remembered as passed, then the rule changes.
+    h.store(Some(Arc::new(policy("unknown_fun = \"replace\"\n[policy.p.modules]\n\"m\" = { unknown_fun = \"pass\" }\n"))));
+    assert_eq!(d.frame(&mut dec, &msg, now).unwrap(), FrameAct::Forward);
+    assert_eq!(d.frame(&mut dec, &msg, now).unwrap(), FrameAct::Forward);
+    h.store(Some(Arc::new(policy("unknown_fun = \"drop\"\n[policy.p.modules]\n\"n\" = { unknown_fun = \"pass\" }\n"))));
+    assert_eq!(d.frame(&mut dec, &msg, now).unwrap(), FrameAct::Absorb);
+    // Export funs likewise.
+    let exp = payload_msg(&export("m", "h", 0));
+    h.store(Some(Arc::new(policy("unknown_export = \"pass\"\nunknown_fun = \"replace\"\n"))));
+    assert_eq!(d.frame(&mut dec, &exp, now).unwrap(), FrameAct::Forward);
+    assert_eq!(d.memo_len(), 1);
+    h.store(Some(Arc::new(policy("unknown_export = \"replace\"\n"))));
+    assert!(is_replace(&d.frame(&mut dec, &exp, now).unwrap()));
+}
+
+#[test]
+fn the_memo_keys_funs_by_their_module_text_not_their_bytes() {
+    // The same fun bytes (module as atom-cache ref 0), with ref 0 naming `shared`, then `m`.
+    let (mut d, _h) = direction(Some(policy("unknown_fun = \"replace\"\n")), None);
+    let mut dec = Decoder::default();
+    let fun = new_fun(&cref(0), SAME, 0, 1, &[]);
+    let now = Instant::now();
+    let first = data(&header(&[(300, Some("shared"))]), &reg_send(&atom("sink")), Some(&fun));
+    assert_eq!(d.frame(&mut dec, &first, now).unwrap(), FrameAct::Forward);
+    assert_eq!(d.memo_len(), 1);
+    let second = data(&header(&[(300, Some("m"))]), &reg_send(&atom("sink")), Some(&fun));
+    assert!(is_replace(&d.frame(&mut dec, &second, now).unwrap()));
+    // A Latin-1 atom and a UTF-8 one with the same text are the same module.
+    let latin1 = {
+        let mut v = vec![115, 6];
+        v.extend_from_slice(b"shared");
+        v
+    };
+    let third = payload_msg(&new_fun(&latin1, SAME, 0, 1, &[]));
+    assert_eq!(d.frame(&mut dec, &third, now).unwrap(), FrameAct::Forward);
+}
+
+#[test]
+fn judging_with_the_memo_gives_the_same_judgements() {
+    use super::engine::judge_memo;
+    use super::memo::FunMemo;
+    let frames = [
+        payload_msg(&tuple(&[atom("call"), local_f()])),
+        payload_msg(&list(&[new_fun(&atom("shared"), SAME, 0, 1, &[int(5)]), local_f(), export("m", "g", 1)])),
+        payload_msg(&tuple(&[export("m", "h", 0), export("unknown_module", "x", 1), export("m", "f", 1)])),
+        payload_msg(&new_fun(&atom("m"), V2, 0, 1, &[local_f()])),
+        payload_msg(&new_fun(&atom("shared"), SAME, 0, 1, &[tuple(&[local_f(), atom("pad")])])),
+        data(&header(&[(300, Some("m"))]), &reg_send(&atom("sink")), Some(&new_fun(&cref(0), V1, 0, 1, &[]))),
+    ];
+    for text in [
+        "unknown_fun = \"replace\"\nunknown_export = \"replace\"\n",
+        "unknown_fun = \"rewrite\"\nunknown_export = \"drop\"\n",
+        "unknown_fun = \"pass\"\n[policy.p.modules]\n\"m\" = { unknown_fun = \"close\", unknown_export = \"replace\" }\n",
+    ] {
+        let p = policy(text);
+        let (src, dst) = (source(), target());
+        let (s, t) = (src.snapshot(), dst.snapshot());
+        let source = || Some(s.clone());
+        let mut memo = FunMemo::default();
+        memo.sync(&t, &p);
+        for round in 0..3 {
+            for f in &frames {
+                let mut dec = Decoder::default();
+                let Decoded::Message(m) = dec.decode(f).unwrap() else { panic!() };
+                let mut w = Walker::default();
+                let mut funs = Vec::new();
+                fun::message_funs(&mut w, &m, &mut funs).unwrap();
+                let regs = Registries { target: &t, source: &source };
+                let plain = judge(&p, &m, &funs, Some(regs), &mut w);
+                let memoised = judge_memo(&p, &m, &funs, Some(regs), &mut w, Some(&mut memo));
+                assert_eq!(plain, memoised, "{text} round {round}");
+            }
+        }
+        assert!(!memo.is_empty());
+    }
+}
