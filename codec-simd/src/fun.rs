@@ -41,7 +41,7 @@ impl FunSite<'_> {
 pub(crate) struct Collect<'v, 'a> {
     out: &'v mut Vec<FunSite<'a>>,
     /// Indices (into `out`) of the funs entered and not yet left, innermost last.
-    open: Vec<usize>,
+    open: OpenStack,
     part: Part,
 }
 
@@ -49,7 +49,43 @@ impl<'v, 'a> Collect<'v, 'a> {
     /// A visitor appending the funs of the walked term to `out` (the decoder uses it for
     /// [`crate::message::Decoder::decode_collecting`]).
     pub(crate) fn new(out: &'v mut Vec<FunSite<'a>>, part: Part) -> Self {
-        Collect { out, open: Vec::new(), part }
+        Collect { out, open: OpenStack::default(), part }
+    }
+}
+
+/// A stack of indices that lives inline up to [`OpenStack::INLINE`] deep (funs in the free
+/// variables of funs nest that deep rarely): a walk that meets a fun allocates nothing.
+#[derive(Default)]
+struct OpenStack {
+    inline: [usize; OpenStack::INLINE],
+    len: usize,
+    spill: Vec<usize>,
+}
+
+impl OpenStack {
+    const INLINE: usize = 8;
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    fn push(&mut self, i: usize) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = i,
+            None => self.spill.push(i),
+        }
+        self.len += 1;
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<usize> {
+        self.len = self.len.checked_sub(1)?;
+        match self.inline.get(self.len) {
+            Some(&i) => Some(i),
+            None => self.spill.pop(),
+        }
     }
 }
 
@@ -176,6 +212,31 @@ mod tests {
         assert_eq!(got, [(f1, f1_end, 0), (e1, f2, 1), (f2, f2_end, 1), (e2, e2_end, 0), (f3, f3_end, 0)]);
         assert!(matches!(out[0].kind, FunKind::New(f) if f.num_free == 2));
         assert!(matches!(out[1].kind, FunKind::Export(e) if e.module.is("a") && e.arity == 0));
+    }
+
+    /// Funs nested deeper than the inline stack of open funs: extents and nesting still right.
+    #[test]
+    fn deeply_nested_funs() {
+        fn nest(b: &mut Vec<u8>, depth: u32, starts: &mut Vec<(usize, usize)>) {
+            let at = b.len();
+            let i = starts.len();
+            starts.push((at, 0));
+            if depth == 0 {
+                new_fun(b, 0, |_| {});
+            } else {
+                new_fun(b, 1, |b| nest(b, depth - 1, starts));
+            }
+            starts[i].1 = b.len();
+        }
+        let mut b = Vec::new();
+        let mut starts = Vec::new();
+        nest(&mut b, 13, &mut starts);
+        let mut w = Walker::default();
+        let mut out = Vec::new();
+        collect(&mut w, &b, 0..b.len(), Part::Payload, &mut out).unwrap();
+        let got: Vec<_> = out.iter().map(|s| (s.at, s.end, s.nesting)).collect();
+        let want: Vec<_> = starts.iter().enumerate().map(|(d, &(at, end))| (at, end, d as u32)).collect();
+        assert_eq!(got, want);
     }
 
     /// Funs collected by the decoder during its own payload walk are exactly what a separate
