@@ -9,9 +9,10 @@
 //! registry's snapshot and the policy, so the memo is keyed by the former and holds for one
 //! snapshot and one policy:
 //!
-//! - it holds the snapshot it was filled against (an `Arc`, so that address cannot be reused
-//!   by another snapshot while it is compared) and empties itself when the target registry
-//!   serves another one (a refresh, a reload, another registry);
+//! - it holds a `Weak` of the snapshot it was filled against and empties itself when the
+//!   target registry serves another one (a refresh, a reload, another registry). The `Weak`
+//!   keeps that snapshot's allocation, so its address, from being reused by a later snapshot
+//!   while it is compared, without keeping an old snapshot's tables alive on an idle link;
 //! - the direction empties it whenever the route's policy generation moves (a reload).
 //!
 //! It is direct-mapped ([`SLOTS`] slots, allocated on the first remembered fun; a fun whose
@@ -19,7 +20,7 @@
 //! traffic: a peer that sends ever different funs only makes it miss, and a miss costs what a
 //! judgement cost without it. Keys are compared in full; the slot index is only a hint.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::compile::Compiled;
 use crate::registry::Snapshot;
@@ -64,7 +65,7 @@ impl Slot {
 pub struct FunMemo {
     slots: Option<Box<[Slot; SLOTS]>>,
     /// The target snapshot every remembered pass was judged against.
-    snapshot: Option<Arc<Snapshot>>,
+    snapshot: Option<Weak<Snapshot>>,
     /// And the policy (its address: a second check, the direction also empties the memo when
     /// the policy generation moves, which is what rules out an address reused by a new one).
     policy: usize,
@@ -107,16 +108,16 @@ impl FunMemo {
     /// `policy`: if it was filled against another snapshot or policy, it is emptied.
     pub fn sync(&mut self, target: &Arc<Snapshot>, policy: &Compiled) {
         let p = policy as *const Compiled as usize;
-        if self.policy != p || !self.snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, target)) {
+        if self.policy != p || !self.snapshot.as_ref().is_some_and(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(target))) {
             self.clear();
-            self.snapshot = Some(Arc::clone(target));
+            self.snapshot = Some(Arc::downgrade(target));
             self.policy = p;
         }
     }
 
     /// The memo, if it was synced to exactly this snapshot and policy.
     pub fn valid_for(&mut self, target: &Snapshot, policy: &Compiled) -> Option<&mut FunMemo> {
-        let ok = self.policy == policy as *const Compiled as usize && self.snapshot.as_deref().is_some_and(|s| std::ptr::eq(s, target));
+        let ok = self.policy == policy as *const Compiled as usize && self.snapshot.as_ref().is_some_and(|s| std::ptr::eq(s.as_ptr(), target));
         ok.then_some(self)
     }
 
@@ -225,6 +226,22 @@ mod tests {
         m.clear();
         assert!(!m.local_passed(b"m", &[1; 16]));
         assert!(m.valid_for(&b, &q).is_none());
+    }
+
+    #[test]
+    fn the_memo_does_not_keep_a_snapshot_alive_nor_match_its_successor() {
+        let p = policy();
+        let mut m = FunMemo::default();
+        let a = Arc::new(Snapshot::default());
+        m.sync(&a, &p);
+        m.remember_local(b"m", &[1; 16]);
+        let weak = Arc::downgrade(&a);
+        drop(a);
+        assert!(weak.upgrade().is_none(), "the registry's last reference frees it");
+        let b = Arc::new(Snapshot::default());
+        assert!(m.valid_for(&b, &p).is_none());
+        m.sync(&b, &p);
+        assert!(m.is_empty());
     }
 
     #[test]
