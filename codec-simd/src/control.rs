@@ -2,33 +2,64 @@
 //! into a typed enum, with each field's extent so policy can look at (or replace) it.
 
 use crate::error::{DistErrorKind, Error, Result};
-use crate::term::{Atom, Pid, Term, Visitor, Walker};
+use crate::term::{Atom, Pid, Reference, Term, Visitor, Walker};
 
 /// One element of the control tuple: its header view and its byte extent.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Field<'a> {
     pub at: usize,
     pub end: usize,
-    pub term: Term<'a>,
+    pub term: FieldTerm<'a>,
+}
+
+/// A control field's header, as far as anything reads one: the kinds OTP puts in control
+/// tuples. Anything else (a fun, a list, a binary, a reason of any shape) is just its tag
+/// byte; its extent is the field's.
+///
+/// Why not a [`Term`]: a `Term` is as large as its largest variant (a fun's view, 128 bytes),
+/// and a decoded control holds up to seven fields, moved with the message it belongs to on
+/// every frame; this keeps a field at 72 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldTerm<'a> {
+    Pid(Pid<'a>),
+    Atom(Atom<'a>),
+    Int(i64),
+    Ref(Reference<'a>),
+    Tuple(u32),
+    /// Any other term: its tag byte.
+    Other(u8),
+}
+
+impl<'a> FieldTerm<'a> {
+    fn of(term: &Term<'a>, tag: u8) -> FieldTerm<'a> {
+        match *term {
+            Term::Pid(p) => FieldTerm::Pid(p),
+            Term::Atom(a) => FieldTerm::Atom(a),
+            Term::SmallInt(v) => FieldTerm::Int(v as i64),
+            Term::Int(v) => FieldTerm::Int(v as i64),
+            Term::Ref(r) => FieldTerm::Ref(r),
+            Term::Tuple(n) => FieldTerm::Tuple(n),
+            _ => FieldTerm::Other(tag),
+        }
+    }
 }
 
 impl<'a> Field<'a> {
     pub fn as_pid(&self) -> Option<Pid<'a>> {
         match self.term {
-            Term::Pid(p) => Some(p),
+            FieldTerm::Pid(p) => Some(p),
             _ => None,
         }
     }
     pub fn as_atom(&self) -> Option<Atom<'a>> {
         match self.term {
-            Term::Atom(a) => Some(a),
+            FieldTerm::Atom(a) => Some(a),
             _ => None,
         }
     }
     pub fn as_int(&self) -> Option<i64> {
         match self.term {
-            Term::SmallInt(v) => Some(v as i64),
-            Term::Int(v) => Some(v as i64),
+            FieldTerm::Int(v) => Some(v),
             _ => None,
         }
     }
@@ -223,6 +254,14 @@ struct Collect<'a> {
     inner_n: usize,
     in_mfa: bool,
     root: Option<Term<'a>>,
+    buf: &'a [u8],
+}
+
+impl Collect<'_> {
+    /// The tag byte of the term the walk reports at `at` (always in the buffer).
+    fn tag_at(&self, at: usize) -> u8 {
+        self.buf.get(at).copied().unwrap_or(0)
+    }
 }
 
 impl<'a> Visitor<'a> for Collect<'a> {
@@ -232,14 +271,14 @@ impl<'a> Visitor<'a> for Collect<'a> {
             0 => self.root = Some(*term),
             1 => {
                 if self.n < self.top.len() {
-                    self.top[self.n] = Some(Field { at, end: at, term: *term });
+                    self.top[self.n] = Some(Field { at, end: at, term: FieldTerm::of(term, self.tag_at(at)) });
                 }
                 self.in_mfa = self.n == 4 && matches!(term, Term::Tuple(3));
                 self.n += 1;
             }
             2 if self.in_mfa => {
                 if self.inner_n < 3 {
-                    self.inner[self.inner_n] = Some(Field { at, end: at, term: *term });
+                    self.inner[self.inner_n] = Some(Field { at, end: at, term: FieldTerm::of(term, self.tag_at(at)) });
                 }
                 self.inner_n += 1;
             }
@@ -297,6 +336,7 @@ pub fn decode<'a>(w: &mut Walker, buf: &'a [u8], at: usize) -> Result<(Control<'
         inner_n: 0,
         in_mfa: false,
         root: None,
+        buf,
     };
     let end = w.walk(buf, at, &mut c)?;
     let arity = match c.root {
@@ -347,7 +387,7 @@ pub fn decode<'a>(w: &mut Walker, buf: &'a [u8], at: usize) -> Result<(Control<'
         op::PAYLOAD_MONITOR_P_EXIT => C::PayloadMonitorPExit { from: f(1)?, to: pid(2)?, reference: f(3)? },
         op::SPAWN_REQUEST | op::SPAWN_REQUEST_TT => {
             let mfa = f(4)?;
-            if c.inner_n != 3 || !matches!(mfa.term, Term::Tuple(3)) {
+            if c.inner_n != 3 || !matches!(mfa.term, FieldTerm::Tuple(3)) {
                 return Err(bad(mfa.at, "spawn_request MFA is not a 3-tuple"));
             }
             let m = c.inner[0].ok_or(bad(mfa.at, "MFA"))?;

@@ -167,7 +167,7 @@ pub fn control_frame(pass_through: bool, control: &[u8], out: &mut Vec<u8>) {
 /// `{spawn_reply, ReqId, error, Reason}` (`erpc:call` raises `{erpc, Reason}`, `rpc:call`
 /// returns `{badrpc, {'EXIT', Reason}}`).
 pub fn spawn_reply(refs: &Refs<'_>, req_id: &Field<'_>, to: &Pid<'_>, reason: &str) -> Option<Vec<u8>> {
-    let Term::Ref(r) = req_id.term else { return None };
+    let distgate_codec::control::FieldTerm::Ref(r) = req_id.term else { return None };
     let mut out = vec![tag::SMALL_TUPLE, 5];
     encode_int(31, &mut out);
     encode_ref(&atom_text(refs, &r.node)?, r.creation, r.ids, &mut out);
