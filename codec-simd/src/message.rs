@@ -49,6 +49,11 @@ pub enum Framing {
     DistHeader,
     /// Reassembled from fragments of sequence `seq` (a single-fragment message included).
     Fragmented { seq: u64, fragments: u64 },
+    /// The first fragment (id `frag_id`) of a streamed message of sequence `seq` (only in
+    /// [`Decoded::Streamed`]): the bytes hold all of the message but its final binary's body,
+    /// which the sequence's later fragments carry. Re-emitted as that one first fragment;
+    /// the later fragments pass as they come (a receiver joins fragments whatever their sizes).
+    StreamStart { seq: u64, frag_id: u64 },
 }
 
 /// Atom texts for a message's cache refs.
@@ -303,7 +308,7 @@ impl Decoder {
             control_range: tail.control_range,
             payload: Some(tail.payload_at..body.len()),
             control: tail.control,
-            framing: Framing::Fragmented { seq, fragments: frag_id },
+            framing: Framing::StreamStart { seq, frag_id },
             refs: Refs::Live { cache: &self.cache, table: &self.table },
         };
         Ok(Decoded::Streamed { seq: Some(seq), frag_id, message: Some(message) })

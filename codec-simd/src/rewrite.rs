@@ -143,24 +143,9 @@ pub fn encode_export(module: &str, function: &str, arity: u8, out: &mut Vec<u8>)
 ///
 /// Pass-through and `131 68` messages become one frame of the same kind. A fragmented message
 /// is cut into fragments of at most `max_fragment` data bytes under its original sequence id
-/// (FragIds counting down to 1), or, with `max_fragment = usize::MAX`, one `131 68` frame.
+/// (FragIds counting down to 1), or, with `max_fragment = usize::MAX`, one `131 68` frame. The
+/// start of a streamed message becomes one first fragment with its own sequence and id.
 pub fn emit(framing: Framing, body: &[u8], max_fragment: usize, out: &mut Vec<u8>) {
-    emit_inner(framing, body, max_fragment, out)
-}
-
-/// One first fragment (`131 69`) of sequence `seq` with fragment id `frag_id` carrying
-/// `body` (header, control, start of payload), with its length: the start of a streamed
-/// message re-emitted after an edit, its later fragments passing as they come (a receiver
-/// joins fragments whatever their sizes).
-pub fn emit_first_fragment(seq: u64, frag_id: u64, body: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&((18 + body.len()) as u32).to_be_bytes());
-    out.extend_from_slice(&[tag::VERSION, tag::DIST_FRAG_HEADER]);
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&frag_id.to_be_bytes());
-    out.extend_from_slice(body);
-}
-
-fn emit_inner(framing: Framing, body: &[u8], max_fragment: usize, out: &mut Vec<u8>) {
     let frame = |out: &mut Vec<u8>, prefix: &[u8], data: &[u8]| {
         out.extend_from_slice(&((prefix.len() + data.len()) as u32).to_be_bytes());
         out.extend_from_slice(prefix);
@@ -174,24 +159,24 @@ fn emit_inner(framing: Framing, body: &[u8], max_fragment: usize, out: &mut Vec<
             let max = max_fragment.max(1);
             let n = body.len().div_ceil(max).max(1) as u64;
             for (i, chunk) in body.chunks(max).enumerate() {
-                let id = n - i as u64;
-                let mut prefix = [0u8; 18];
-                prefix[0] = tag::VERSION;
-                prefix[1] = if i == 0 { tag::DIST_FRAG_HEADER } else { tag::DIST_FRAG_CONT };
-                prefix[2..10].copy_from_slice(&seq.to_be_bytes());
-                prefix[10..18].copy_from_slice(&id.to_be_bytes());
-                frame(out, &prefix, chunk);
+                frame(out, &fragment_prefix(i == 0, seq, n - i as u64), chunk);
             }
             if body.is_empty() {
-                let mut prefix = [0u8; 18];
-                prefix[0] = tag::VERSION;
-                prefix[1] = tag::DIST_FRAG_HEADER;
-                prefix[2..10].copy_from_slice(&seq.to_be_bytes());
-                prefix[10..18].copy_from_slice(&1u64.to_be_bytes());
-                frame(out, &prefix, &[]);
+                frame(out, &fragment_prefix(true, seq, 1), &[]);
             }
         }
+        Framing::StreamStart { seq, frag_id } => frame(out, &fragment_prefix(true, seq, frag_id), body),
     }
+}
+
+/// A fragment's header: `131 69` (first) or `131 70`, then SeqId and FragId.
+fn fragment_prefix(first: bool, seq: u64, frag_id: u64) -> [u8; 18] {
+    let mut prefix = [0u8; 18];
+    prefix[0] = tag::VERSION;
+    prefix[1] = if first { tag::DIST_FRAG_HEADER } else { tag::DIST_FRAG_CONT };
+    prefix[2..10].copy_from_slice(&seq.to_be_bytes());
+    prefix[10..18].copy_from_slice(&frag_id.to_be_bytes());
+    prefix
 }
 
 /// Rewrite a decoded message and re-emit it as frames (see [`emit`]).

@@ -66,6 +66,7 @@ pub fn print_frames(bytes: &[u8], name: &str, max_width: usize, out: &mut dyn Wr
                     Framing::PassThrough => "pass-through".to_string(),
                     Framing::DistHeader => "dist-header".to_string(),
                     Framing::Fragmented { seq, fragments } => format!("fragmented seq={seq} fragments={fragments}"),
+                    Framing::StreamStart { seq, frag_id } => format!("stream start seq={seq} id={frag_id}"),
                 };
                 let nrefs = m.refs.table().map(|t| t.nrefs).unwrap_or(0);
                 let mut line = format!("{} {framing} refs={nrefs} control={}", op_name(m.control.op()), elide(ctl, max_width));

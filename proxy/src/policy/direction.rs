@@ -187,10 +187,10 @@ impl Direction {
             Decoded::Tick => Ok(FrameAct::Forward),
             // The start of a streamed message: judged now, on everything but its final
             // binary's bytes (no fun can hide in those).
-            &Decoded::Streamed { seq: Some(seq), frag_id, message: Some(ref msg) } => {
+            &Decoded::Streamed { seq: Some(seq), message: Some(ref msg), .. } => {
                 // Its header reaches the receiver as it is or on a stand-in.
                 self.cache_epoch += msg.refs.table().is_some_and(|t| t.defines_entries()) as u64;
-                let act = self.message(msg, policy, None, now, &mut funs, true, Some((seq, frag_id)));
+                let act = self.message(msg, policy, None, now, &mut funs, true, Some(seq));
                 self.funs = recycle(funs);
                 act
             }
@@ -248,7 +248,7 @@ impl Direction {
 
     /// `held`: `Some(cache_unchanged)` for a held sequence that just completed.
     /// `funs` holds the payload's funs when the decoder collected them (`payload_funs`).
-    /// `streamed`: `Some((seq, frag_id))` for the first fragment of a streamed message (see
+    /// `streamed`: `Some(seq)` for the first fragment of a streamed message (see
     /// `Decoded::Streamed`): its fate is its later fragments' too.
     #[allow(clippy::too_many_arguments)]
     fn message<'a>(
@@ -259,7 +259,7 @@ impl Direction {
         now: Instant,
         funs: &mut Vec<FunSite<'a>>,
         payload_funs: bool,
-        streamed: Option<(u64, u64)>,
+        streamed: Option<u64>,
     ) -> distgate_codec::Result<FrameAct> {
         let Some(p) = policy else {
             return match held {
@@ -305,29 +305,10 @@ impl Direction {
                 wire::control_frame(msg.framing == Framing::PassThrough, &ctl, &mut b);
                 b
             };
-            if let Some((seq, frag_id)) = streamed {
-                // Only its first fragment is here: an edit (a fun of the control) rewrites
-                // that fragment; a drop drops the fragments still to come as well.
-                return Ok(match j.verdict {
-                    Verdict::Pass => FrameAct::Forward,
-                    Verdict::Edits(mut edits) => {
-                        if wire::apply(msg.bytes, funs, &mut edits, &mut self.scratch).is_err() {
-                            return Ok(internal_close());
-                        }
-                        let mut forward = Vec::with_capacity(self.scratch.len() + 22);
-                        rewrite::emit_first_fragment(seq, frag_id, &self.scratch, &mut forward);
-                        FrameAct::Replace { forward, back: None }
-                    }
-                    Verdict::Drop => {
-                        self.dropping.push(seq);
-                        self.dropped(msg, false, None)
-                    }
-                    Verdict::Reply(ctl) => {
-                        self.dropping.push(seq);
-                        self.dropped(msg, false, Some(back(ctl)))
-                    }
-                    Verdict::Close { reason, reply } => FrameAct::Close { reason, back: reply.map(back) },
-                });
+            // A streamed message is dropped with the fragments still to come. (An edit
+            // re-emits only its first fragment: its framing says so.)
+            if let Some(seq) = streamed.filter(|_| matches!(j.verdict, Verdict::Drop | Verdict::Reply(_))) {
+                self.dropping.push(seq);
             }
             Ok(match (j.verdict, held) {
                 (Verdict::Pass, Some(unchanged)) => self.reemit_with(msg, unchanged, funs, Vec::new())?,

@@ -815,6 +815,8 @@ impl Session {
                                 self.stats.fragmented += 1;
                                 self.stats.fragments += (fragments == 1) as u64;
                             }
+                            // Only on streamed frames, which this decoder never makes.
+                            Framing::StreamStart { .. } => {}
                         }
                         let to_us = matches!(
                             m.control,
