@@ -217,6 +217,14 @@ pub struct Link {
     whole: [bool; 2],
 }
 
+/// Write the run of passing input that started at `run_start` and ends at `pos` (offsets in
+/// the slice at `base` of the caller's buffer) to `dst`, as one range: one write, no copy.
+fn end_run(out: &mut Output, dst: Leg, base: usize, run_start: &mut Option<usize>, pos: usize) {
+    if let Some(s) = run_start.take() {
+        out.writes.push((dst, Chunk::Input(base + s..base + pos)));
+    }
+}
+
 /// A frame at least this long that is not all here yet is looked at for streaming: shorter
 /// ones are cheaper to wait for.
 const STREAM_MIN: usize = 16 << 10;
@@ -364,7 +372,12 @@ impl Link {
                 return buf.len();
             }
             if matches!(self.state, State::Forwarding) {
-                return pos + self.forward(leg, &buf[pos..], pos, now, out);
+                // Frames the decoder streamed in this call, for metrics.
+                let streamed = |l: &Self| l.decoders.as_ref().map_or(0, |d| d[leg.index()].streamed());
+                let before = streamed(self);
+                let used = self.forward(leg, &buf[pos..], pos, now, out);
+                out.streamed[leg.index()] += streamed(self) - before;
+                return pos + used;
             }
             let Some((msg, used)) = handshake::split(&buf[pos..]) else {
                 if buf.len() - pos > 4096 {
@@ -557,13 +570,10 @@ impl Link {
                                 self.opaque[i] = len - (buf.len() - pos - 4);
                                 pos = buf.len();
                                 out.frames[i] += 1;
-                                out.streamed[i] += 1;
                             }
                             Some(Ok(false)) | None => self.whole[i] = buf.len() - pos - 4 >= STREAM_DECIDE,
                             Some(Err(e)) => {
-                                if let Some(s) = run_start.take() {
-                                    out.writes.push((dst, Chunk::Input(base + s..base + pos)));
-                                }
+                                end_run(out, dst, base, &mut run_start, pos);
                                 self.close(out, "bad_frame", Some(leg), format!("frame at stream offset +{pos}: {e}"), true);
                                 return buf.len();
                             }
@@ -580,27 +590,21 @@ impl Link {
                     self.whole[i] = false;
                     let frame = &buf[pos + 4..pos + 4 + len];
                     let decoders = self.decoders.as_mut().expect("decoders exist while forwarding");
-                    let streamed = decoders[i].streamed();
                     let act = match self.policy.as_mut() {
                         Some(dirs) => dirs[i].frame(&mut decoders[i], frame, now),
                         None => decoders[i].decode(frame).map(|_| FrameAct::Forward),
                     };
-                    out.streamed[i] += decoders[i].streamed() - streamed;
                     let act = match act {
                         Ok(a) => a,
                         Err(e) => {
                             // Flush what was already accepted, then close: nothing allowed is lost.
-                            if let Some(s) = run_start.take() {
-                                out.writes.push((dst, Chunk::Input(base + s..base + pos)));
-                            }
+                            end_run(out, dst, base, &mut run_start, pos);
                             self.close(out, "bad_frame", Some(leg), format!("frame at stream offset +{pos}: {e}"), true);
                             return buf.len();
                         }
                     };
                     if act != FrameAct::Forward {
-                        if let Some(s) = run_start.take() {
-                            out.writes.push((dst, Chunk::Input(base + s..base + pos)));
-                        }
+                        end_run(out, dst, base, &mut run_start, pos);
                     }
                     match act {
                         FrameAct::Forward => {
@@ -627,18 +631,14 @@ impl Link {
                     out.frames[i] += 1;
                 }
                 Err(e) => {
-                    if let Some(s) = run_start.take() {
-                        out.writes.push((dst, Chunk::Input(base + s..base + pos)));
-                    }
+                    end_run(out, dst, base, &mut run_start, pos);
                     self.close(out, "frame_too_large", Some(leg), e.to_string(), true);
                     return buf.len();
                 }
             }
         }
         // Consecutive frames go out as one contiguous range: one write, no copy.
-        if let Some(s) = run_start {
-            out.writes.push((dst, Chunk::Input(base + s..base + pos)));
-        }
+        end_run(out, dst, base, &mut run_start, pos);
         pos
     }
 
