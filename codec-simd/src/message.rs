@@ -270,12 +270,7 @@ impl Decoder {
     fn plan_first<'b>(&mut self, avail: &'b [u8], len: usize) -> Option<FirstPlan<'b>> {
         let (Ok(seq), Ok(frag_id)) = (u64_at(avail, 2), u64_at(avail, 10)) else { return None };
         let body = avail.get(18..)?;
-        let in_flight = self.seqs.len() + self.streams.len();
-        if frag_id == 0
-            || self.seqs.iter().any(|s| s.id == seq)
-            || self.streams.iter().any(|s| s.id == seq)
-            || (frag_id > 1 && in_flight >= self.frag_limits.max_sequences)
-        {
+        if frag_id == 0 || self.in_progress(seq) || (frag_id > 1 && self.in_flight() >= self.frag_limits.max_sequences) {
             return None; // the usual path reports it
         }
         let declared = (len - 18) as u64;
@@ -348,19 +343,13 @@ impl Decoder {
     /// `body`'s end. (`versioned`: control and payload each start with 131, as in `112`
     /// frames.)
     fn open_payload_tail<'b>(&mut self, body: &'b [u8], at: usize, nrefs: Option<u16>, versioned: bool) -> Option<OpenTail<'b>> {
-        let version = |p: usize| -> Option<usize> {
-            if !versioned {
-                return Some(p);
-            }
-            (*body.get(p)? == tag::VERSION).then_some(p + 1)
-        };
         self.walker.set_cache_refs(nrefs);
-        let c_at = version(at)?;
+        let c_at = after_version(body, at, versioned).ok()?;
         let (control, c_end) = control::decode(&mut self.walker, body, c_at).ok()?;
         if control::Control::has_payload(control.op()) == Some(false) {
             return None;
         }
-        let payload_at = version(c_end)?;
+        let payload_at = after_version(body, c_end, versioned).ok()?;
         let (bin_at, bin_len) = self.walker.open_tail(body, payload_at)?;
         Some(OpenTail { control, control_range: c_at..c_end, payload_at, end: bin_at as u64 + bin_len })
     }
@@ -373,6 +362,11 @@ impl Decoder {
     /// Sequences in flight (held or streamed).
     pub fn in_flight(&self) -> usize {
         self.seqs.len() + self.streams.len()
+    }
+
+    /// Whether sequence `seq` is in flight (held or streamed).
+    fn in_progress(&self, seq: u64) -> bool {
+        self.seqs.iter().any(|s| s.id == seq) || self.streams.iter().any(|s| s.id == seq)
     }
 
     /// The walker, for callers that walk parts of a decoded message again (fun scans).
@@ -441,7 +435,7 @@ impl Decoder {
         if frag_id == 0 {
             return Err(Error::dist(10, DistErrorKind::ZeroFragmentId));
         }
-        if self.seqs.iter().any(|s| s.id == seq) || self.streams.iter().any(|s| s.id == seq) {
+        if self.in_progress(seq) {
             return Err(Error::dist(2, DistErrorKind::DuplicateSequence { seq }));
         }
         let body = &frame[18..];
@@ -534,6 +528,18 @@ pub fn header_len(buf: &[u8]) -> Result<usize> {
     crate::atom_cache::parse_header(buf, 0, |_| Ok(())).map(|(end, _)| end)
 }
 
+/// Where a term starts that begins at `p` of `body`: past its version byte (131) in `112`
+/// frames (`versioned`), at `p` otherwise.
+fn after_version(body: &[u8], p: usize, versioned: bool) -> Result<usize> {
+    if !versioned {
+        return Ok(p);
+    }
+    match u8_at(body, p)? {
+        tag::VERSION => Ok(p + 1),
+        other => Err(Error::new(p, ErrorKind::BadVersion(other))),
+    }
+}
+
 /// Decode control (and payload extent) starting at `at` in `body`.
 #[allow(clippy::too_many_arguments)]
 fn decode_body<'a>(
@@ -546,22 +552,13 @@ fn decode_body<'a>(
     framing: Framing,
     refs: Refs<'a>,
 ) -> Result<Message<'a>> {
-    let expect_version = |p: usize| -> Result<usize> {
-        if !versioned {
-            return Ok(p);
-        }
-        match u8_at(body, p)? {
-            tag::VERSION => Ok(p + 1),
-            other => Err(Error::new(p, ErrorKind::BadVersion(other))),
-        }
-    };
-    let c_at = expect_version(at)?;
+    let c_at = after_version(body, at, versioned)?;
     let (control, c_end) = control::decode(w, body, c_at)?;
     let op = control.op();
     let payload = if c_end == body.len() {
         None
     } else {
-        let p_at = expect_version(c_end)?;
+        let p_at = after_version(body, c_end, versioned)?;
         let p_end = match funs {
             Some(out) => w.walk(body, p_at, &mut Collect::new(out, Part::Payload))?,
             None => w.walk(body, p_at, &mut crate::term::Skip)?,
