@@ -888,6 +888,50 @@ mod tests {
         }
     }
 
+    /// A streamed message that runs past its final binary (one byte more in its last
+    /// fragment than the binary declared) closes the link as a bad frame, naming the extra
+    /// byte, after the fragments that were allowed went out; a message before it is not lost.
+    #[test]
+    fn a_streamed_message_longer_than_its_binary_closes_the_link_after_what_passed() {
+        let mut c = vec![104, 4];
+        crate::policy::wire::encode_int(6, &mut c);
+        crate::policy::wire::encode_pid("a@h", 1, 0, 11, &mut c);
+        distgate_codec::rewrite::encode_atom("", &mut c);
+        distgate_codec::rewrite::encode_atom("sink", &mut c);
+        let mut body = vec![0];
+        body.extend_from_slice(&c);
+        body.extend_from_slice(&[104, 2, 119, 2, b'o', b'k', 109]);
+        body.extend_from_slice(&(40_000u32).to_be_bytes());
+        body.extend(std::iter::repeat_n(5u8, 40_000));
+        body.push(0); // past the binary's end
+        let mut stream = reg_send("before");
+        let half = body.len() / 2;
+        for (i, chunk) in [&body[..half], &body[half..]].into_iter().enumerate() {
+            let mut d = vec![131, if i == 0 { 69 } else { 70 }];
+            d.extend_from_slice(&9u64.to_be_bytes());
+            d.extend_from_slice(&(2 - i as u64).to_be_bytes());
+            d.extend_from_slice(chunk);
+            stream.extend_from_slice(&(d.len() as u32).to_be_bytes());
+            stream.extend_from_slice(&d);
+        }
+        let first_end = reg_send("before").len() + 4 + 18 + half;
+        for with_handle in [false, true] {
+            let p = if with_handle { policy_params(None) } else { params() };
+            let (mut l, _, _) = handshake_with(p, b"down", b"up");
+            let mut out = Output::default();
+            assert_eq!(l.on_bytes(Leg::Down, &stream, Instant::now(), &mut out), stream.len());
+            // The message before and the first fragment went out; the bad one did not.
+            assert_eq!(out.writes, vec![(Leg::Up, Chunk::Input(0..first_end))], "handle: {with_handle}");
+            assert!(
+                matches!(&out.events[..], [Event::Close { reason, flush: true }]
+                    if reason.label == "bad_frame" && reason.leg == Some(Leg::Down) && reason.detail.contains("1 byte")),
+                "{:?}",
+                out.events
+            );
+            assert!(l.is_closed());
+        }
+    }
+
     /// Under a policy, a fragmented message ending in a binary is judged on its first
     /// fragment and streamed: a fun in its control (SEND's unused field) is replaced in a
     /// re-emitted first fragment, and the continuations pass as they came, so the receiver

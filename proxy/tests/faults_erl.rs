@@ -1,6 +1,7 @@
 //! Hostile and broken peers lose only their own link. A real node pair keeps talking through
 //! the same distgate while a fake peer (written here, in Rust) sends garbage, stalls in the
-//! middle of the handshake, or sends an oversized or malformed frame after a real handshake.
+//! middle of the handshake, or sends an oversized or malformed frame (or a streamed message
+//! longer than its final binary) after a real handshake.
 
 use distgate::driver::DriverKind;
 use distgate::epmd;
@@ -143,7 +144,33 @@ fn hostile_peers_lose_only_their_own_link() {
     expect_closed(&mut bad, Duration::from_secs(5));
     assert!(stats.get("close:bad_frame") >= 1, "{:?}", stats.labelled());
 
-    // 5. Garbage to the EPMD responder: that connection ends, the responder keeps answering.
+    // 5. A real handshake, then a fragmented message ending in a 100 kB binary (streamed:
+    // its first fragment is forwarded at once) whose last fragment runs one byte past the
+    // binary: that link closes as a bad frame (the unit test in link.rs checks the reason).
+    let bad_frames = stats.get("close:bad_frame");
+    let mut long = fake_dialler(port, b.name());
+    let mut body = vec![0, 104, 4];
+    distgate::policy::wire::encode_int(6, &mut body);
+    distgate::policy::wire::encode_pid("fake@127.0.0.1", 1, 0, 1, &mut body);
+    distgate_codec::rewrite::encode_atom("", &mut body);
+    distgate_codec::rewrite::encode_atom("nobody", &mut body);
+    body.extend_from_slice(&[104, 2, 119, 2, b'o', b'k', 109]);
+    body.extend_from_slice(&100_000u32.to_be_bytes());
+    body.extend(std::iter::repeat_n(7u8, 100_000));
+    body.push(0);
+    let half = body.len() / 2;
+    for (i, chunk) in [&body[..half], &body[half..]].into_iter().enumerate() {
+        let mut d = vec![131, if i == 0 { 69 } else { 70 }];
+        d.extend_from_slice(&77u64.to_be_bytes());
+        d.extend_from_slice(&(2 - i as u64).to_be_bytes());
+        d.extend_from_slice(chunk);
+        long.write_all(&(d.len() as u32).to_be_bytes()).unwrap();
+        long.write_all(&d).unwrap();
+    }
+    expect_closed(&mut long, Duration::from_secs(5));
+    assert_eq!(stats.get("close:bad_frame"), bad_frames + 1, "{:?}", stats.labelled());
+
+    // 6. Garbage to the EPMD responder: that connection ends, the responder keeps answering.
     let mut e = TcpStream::connect(rt.responder_addr("a").unwrap()).unwrap();
     e.write_all(&[0, 3, 250, 1, 2]).unwrap();
     expect_closed(&mut e, Duration::from_secs(5));
