@@ -658,6 +658,7 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use distgate_codec::message::Framing;
 
     fn params() -> LinkParams {
         LinkParams {
@@ -904,16 +905,10 @@ mod tests {
         body.extend_from_slice(&(40_000u32).to_be_bytes());
         body.extend(std::iter::repeat_n(5u8, 40_000));
         body.push(0); // past the binary's end
+        // Two fragments of sequence 9, cut as the rewriter re-emits messages.
         let mut stream = reg_send("before");
-        let half = body.len() / 2;
-        for (i, chunk) in [&body[..half], &body[half..]].into_iter().enumerate() {
-            let mut d = vec![131, if i == 0 { 69 } else { 70 }];
-            d.extend_from_slice(&9u64.to_be_bytes());
-            d.extend_from_slice(&(2 - i as u64).to_be_bytes());
-            d.extend_from_slice(chunk);
-            stream.extend_from_slice(&(d.len() as u32).to_be_bytes());
-            stream.extend_from_slice(&d);
-        }
+        let half = body.len().div_ceil(2);
+        distgate_codec::rewrite::emit(Framing::Fragmented { seq: 9, fragments: 2 }, &body, half, &mut stream);
         let first_end = reg_send("before").len() + 4 + 18 + half;
         for with_handle in [false, true] {
             let p = if with_handle { policy_params(None) } else { params() };
@@ -960,16 +955,9 @@ mod tests {
         body.extend_from_slice(&[104, 2, 119, 2, b'o', b'k', 109]);
         body.extend_from_slice(&(100_000u32).to_be_bytes());
         body.extend((0..100_000u32).map(|i| (i % 251) as u8));
+        // Three fragments of sequence 5.
         let mut stream = Vec::new();
-        let step = body.len().div_ceil(3);
-        for (i, chunk) in body.chunks(step).enumerate() {
-            let mut d = vec![131, if i == 0 { 69 } else { 70 }];
-            d.extend_from_slice(&5u64.to_be_bytes());
-            d.extend_from_slice(&(3 - i as u64).to_be_bytes());
-            d.extend_from_slice(chunk);
-            stream.extend_from_slice(&(d.len() as u32).to_be_bytes());
-            stream.extend_from_slice(&d);
-        }
+        distgate_codec::rewrite::emit(Framing::Fragmented { seq: 5, fragments: 3 }, &body, body.len().div_ceil(3), &mut stream);
         let mut out = Output::default();
         assert_eq!(l.on_bytes(Leg::Down, &stream, Instant::now(), &mut out), stream.len());
         assert!(out.events.is_empty(), "{:?}", out.events);

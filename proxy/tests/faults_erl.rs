@@ -158,15 +158,11 @@ fn hostile_peers_lose_only_their_own_link() {
     body.extend_from_slice(&100_000u32.to_be_bytes());
     body.extend(std::iter::repeat_n(7u8, 100_000));
     body.push(0);
-    let half = body.len() / 2;
-    for (i, chunk) in [&body[..half], &body[half..]].into_iter().enumerate() {
-        let mut d = vec![131, if i == 0 { 69 } else { 70 }];
-        d.extend_from_slice(&77u64.to_be_bytes());
-        d.extend_from_slice(&(2 - i as u64).to_be_bytes());
-        d.extend_from_slice(chunk);
-        long.write_all(&(d.len() as u32).to_be_bytes()).unwrap();
-        long.write_all(&d).unwrap();
-    }
+    // Two fragments of sequence 77, cut as the rewriter re-emits messages.
+    let mut frames = Vec::new();
+    let framing = distgate_codec::message::Framing::Fragmented { seq: 77, fragments: 2 };
+    distgate_codec::rewrite::emit(framing, &body, body.len().div_ceil(2), &mut frames);
+    long.write_all(&frames).unwrap();
     expect_closed(&mut long, Duration::from_secs(5));
     assert_eq!(stats.get("close:bad_frame"), bad_frames + 1, "{:?}", stats.labelled());
 
