@@ -2,7 +2,8 @@
 //! into a typed enum, with each field's extent so policy can look at (or replace) it.
 
 use crate::error::{DistErrorKind, Error, Result};
-use crate::term::{Atom, Pid, Reference, Term, Visitor, Walker};
+use crate::tag;
+use crate::term::{u32_at, u8_at, Atom, Pid, Reference, Term, Walker};
 
 /// One element of the control tuple: its header view and its byte extent.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,20 +29,6 @@ pub enum FieldTerm<'a> {
     Tuple(u32),
     /// Any other term: its tag byte.
     Other(u8),
-}
-
-impl<'a> FieldTerm<'a> {
-    fn of(term: &Term<'a>, tag: u8) -> FieldTerm<'a> {
-        match *term {
-            Term::Pid(p) => FieldTerm::Pid(p),
-            Term::Atom(a) => FieldTerm::Atom(a),
-            Term::SmallInt(v) => FieldTerm::Int(v as i64),
-            Term::Int(v) => FieldTerm::Int(v as i64),
-            Term::Ref(r) => FieldTerm::Ref(r),
-            Term::Tuple(n) => FieldTerm::Tuple(n),
-            _ => FieldTerm::Other(tag),
-        }
-    }
 }
 
 impl<'a> Field<'a> {
@@ -243,69 +230,6 @@ impl Control<'_> {
     }
 }
 
-/// Collects the top-level elements of the control tuple (at most 8) and, for a SPAWN_REQUEST,
-/// the elements of its `{M, F, A}` tuple.
-struct Collect<'a> {
-    depth: u32,
-    top: [Option<Field<'a>>; 8],
-    n: usize,
-    /// Elements of the 5th top-level element when it is a tuple (SPAWN_REQUEST's MFA).
-    inner: [Option<Field<'a>>; 3],
-    inner_n: usize,
-    in_mfa: bool,
-    root: Option<Term<'a>>,
-    buf: &'a [u8],
-}
-
-impl Collect<'_> {
-    /// The tag byte of the term the walk reports at `at` (always in the buffer).
-    fn tag_at(&self, at: usize) -> u8 {
-        self.buf.get(at).copied().unwrap_or(0)
-    }
-}
-
-impl<'a> Visitor<'a> for Collect<'a> {
-    #[inline]
-    fn enter(&mut self, at: usize, term: &Term<'a>) -> Result<()> {
-        match self.depth {
-            0 => self.root = Some(*term),
-            1 => {
-                if self.n < self.top.len() {
-                    self.top[self.n] = Some(Field { at, end: at, term: FieldTerm::of(term, self.tag_at(at)) });
-                }
-                self.in_mfa = self.n == 4 && matches!(term, Term::Tuple(3));
-                self.n += 1;
-            }
-            2 if self.in_mfa => {
-                if self.inner_n < 3 {
-                    self.inner[self.inner_n] = Some(Field { at, end: at, term: FieldTerm::of(term, self.tag_at(at)) });
-                }
-                self.inner_n += 1;
-            }
-            _ => {}
-        }
-        self.depth += 1;
-        Ok(())
-    }
-    #[inline]
-    fn leave(&mut self, _at: usize, end: usize) {
-        self.depth -= 1;
-        match self.depth {
-            1 => {
-                if let Some(Some(f)) = self.top.get_mut(self.n - 1) {
-                    f.end = end;
-                }
-            }
-            2 if self.in_mfa => {
-                if let Some(Some(f)) = self.inner.get_mut(self.inner_n - 1) {
-                    f.end = end;
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 /// Tuple arity OTP sends for each op (`None`: unknown op, or variable as for ALTACT_SIG_SEND).
 pub fn arity_of(op: u8) -> Option<usize> {
     Some(match op {
@@ -326,29 +250,83 @@ fn bad(at: usize, why: &'static str) -> Error {
     Error::dist(at, DistErrorKind::BadControl(why))
 }
 
+/// One element of the control tuple at `at`, `depth` containers deep: its header view when it
+/// is a kind [`FieldTerm`] keeps, and its extent.
+///
+/// Why element by element rather than one walk with a visitor that wants every term: a control
+/// is a handful of scalars (op, pids, a name) and sometimes one large term (an exit reason, a
+/// token). Reading the scalars directly and skimming the rest costs a fraction of building a
+/// view of every subterm, and this runs for every message a link carries.
+#[inline]
+fn field<'a>(w: &mut Walker, buf: &'a [u8], at: usize, depth: usize) -> Result<Field<'a>> {
+    let t = u8_at(buf, at)?;
+    let (term, end) = match t {
+        tag::NEW_PID | tag::PID => {
+            let (p, end) = w.read_pid(buf, at)?;
+            (FieldTerm::Pid(p), end)
+        }
+        tag::SMALL_ATOM_UTF8 | tag::ATOM_UTF8 | tag::SMALL_ATOM | tag::ATOM | tag::ATOM_CACHE_REF => {
+            let (a, end) = w.read_atom(buf, at)?;
+            (FieldTerm::Atom(a), end)
+        }
+        tag::SMALL_INTEGER => (FieldTerm::Int(u8_at(buf, at + 1)? as i64), at + 2),
+        tag::INTEGER => (FieldTerm::Int(u32_at(buf, at + 1)? as i32 as i64), at + 5),
+        tag::NEW_REFERENCE | tag::NEWER_REFERENCE | tag::REFERENCE => match w.read_header(buf, at)? {
+            (Term::Ref(r), end) => (FieldTerm::Ref(r), end),
+            // `read_header` reads these tags as references or fails.
+            _ => (FieldTerm::Other(t), w.walk_inside(buf, at, depth)?),
+        },
+        tag::SMALL_TUPLE => (FieldTerm::Tuple(u8_at(buf, at + 1)? as u32), w.walk_inside(buf, at, depth)?),
+        tag::LARGE_TUPLE => (FieldTerm::Tuple(u32_at(buf, at + 1)?), w.walk_inside(buf, at, depth)?),
+        _ => (FieldTerm::Other(t), w.walk_inside(buf, at, depth)?),
+    };
+    Ok(Field { at, end, term })
+}
+
+/// The control tuple's elements after the op, read in order.
+struct Elements<'w, 'a> {
+    w: &'w mut Walker,
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Elements<'_, 'a> {
+    fn next(&mut self) -> Result<Field<'a>> {
+        let f = field(self.w, self.buf, self.pos, 1)?;
+        self.pos = f.end;
+        Ok(f)
+    }
+
+    /// A SPAWN_REQUEST's `{M, F, Arity}`: the tuple and its three elements.
+    fn mfa(&mut self) -> Result<(Field<'a>, [Field<'a>; 3])> {
+        let (w, buf, at) = (&mut *self.w, self.buf, self.pos);
+        if u8_at(buf, at)? != tag::SMALL_TUPLE || u8_at(buf, at + 1)? != 3 {
+            // Walked first, so that bad bytes inside are reported as such.
+            w.walk_inside(buf, at, 1)?;
+            return Err(bad(at, "spawn_request MFA is not a 3-tuple"));
+        }
+        let m = field(w, buf, at + 2, 2)?;
+        let f = field(w, buf, m.end, 2)?;
+        let a = field(w, buf, f.end, 2)?;
+        self.pos = a.end;
+        Ok((Field { at, end: a.end, term: FieldTerm::Tuple(3) }, [m, f, a]))
+    }
+}
+
 /// Decode the control term at `at` in `buf`. Returns the control and its end offset.
 pub fn decode<'a>(w: &mut Walker, buf: &'a [u8], at: usize) -> Result<(Control<'a>, usize)> {
-    let mut c = Collect {
-        depth: 0,
-        top: [None; 8],
-        n: 0,
-        inner: [None; 3],
-        inner_n: 0,
-        in_mfa: false,
-        root: None,
-        buf,
+    let (arity, first) = match u8_at(buf, at)? {
+        tag::SMALL_TUPLE => (u8_at(buf, at + 1)? as usize, at + 2),
+        tag::LARGE_TUPLE => (u32_at(buf, at + 1)? as usize, at + 5),
+        _ => {
+            w.walk_inside(buf, at, 0)?;
+            return Err(bad(at, "not a non-empty tuple"));
+        }
     };
-    let end = w.walk(buf, at, &mut c)?;
-    let arity = match c.root {
-        Some(Term::Tuple(n)) if n >= 1 => n as usize,
-        _ => return Err(bad(at, "not a non-empty tuple")),
-    };
-    let f = |i: usize| c.top.get(i).copied().flatten().ok_or(bad(at, "too few elements"));
-    let pid = |i: usize| -> Result<Pid<'a>> {
-        let fl = f(i)?;
-        fl.as_pid().ok_or(bad(fl.at, "expected a pid"))
-    };
-    let op_field = f(0)?;
+    if arity == 0 {
+        return Err(bad(at, "not a non-empty tuple"));
+    }
+    let op_field = field(w, buf, first, 1)?;
     let op = match op_field.as_int() {
         Some(v) if (0..=255).contains(&v) => v as u8,
         Some(v) => return Err(Error::dist(op_field.at, DistErrorKind::UnknownOp(v as u64))),
@@ -361,66 +339,68 @@ pub fn decode<'a>(w: &mut Walker, buf: &'a [u8], at: usize) -> Result<(Control<'
         None if op == op::ALTACT_SIG_SEND => return Err(bad(at, "wrong number of elements for the op")),
         None => return Err(Error::dist(op_field.at, DistErrorKind::UnknownOp(op as u64))),
     }
+    // The elements after the op, in order (struct fields below are evaluated as written).
+    let mut e = Elements { w, buf, pos: op_field.end };
+    let pid = |fl: Field<'a>| -> Result<Pid<'a>> { fl.as_pid().ok_or(bad(fl.at, "expected a pid")) };
     use Control as C;
     let ctl = match op {
-        op::LINK => C::Link { from: pid(1)?, to: pid(2)? },
-        op::SEND => C::Send { unused: f(1)?, to: f(2)? },
-        op::EXIT => C::Exit { from: pid(1)?, to: pid(2)?, reason: f(3)? },
-        op::UNLINK => C::Unlink { from: pid(1)?, to: pid(2)? },
+        op::LINK => C::Link { from: pid(e.next()?)?, to: pid(e.next()?)? },
+        op::SEND => C::Send { unused: e.next()?, to: e.next()? },
+        op::EXIT => C::Exit { from: pid(e.next()?)?, to: pid(e.next()?)?, reason: e.next()? },
+        op::UNLINK => C::Unlink { from: pid(e.next()?)?, to: pid(e.next()?)? },
         op::NODE_LINK => C::NodeLink,
-        op::REG_SEND => C::RegSend { from: pid(1)?, unused: f(2)?, to_name: f(3)? },
-        op::GROUP_LEADER => C::GroupLeader { from: pid(1)?, to: pid(2)? },
-        op::EXIT2 => C::Exit2 { from: pid(1)?, to: pid(2)?, reason: f(3)? },
-        op::SEND_TT => C::SendTt { unused: f(1)?, to: f(2)?, token: f(3)? },
-        op::EXIT_TT => C::ExitTt { from: pid(1)?, to: pid(2)?, token: f(3)?, reason: f(4)? },
-        op::REG_SEND_TT => C::RegSendTt { from: pid(1)?, unused: f(2)?, to_name: f(3)?, token: f(4)? },
-        op::EXIT2_TT => C::Exit2Tt { from: pid(1)?, to: pid(2)?, token: f(3)?, reason: f(4)? },
-        op::MONITOR_P => C::MonitorP { from: pid(1)?, to: f(2)?, reference: f(3)? },
-        op::DEMONITOR_P => C::DemonitorP { from: pid(1)?, to: f(2)?, reference: f(3)? },
-        op::MONITOR_P_EXIT => C::MonitorPExit { from: f(1)?, to: pid(2)?, reference: f(3)?, reason: f(4)? },
-        op::SEND_SENDER => C::SendSender { from: pid(1)?, to: f(2)? },
-        op::SEND_SENDER_TT => C::SendSenderTt { from: pid(1)?, to: f(2)?, token: f(3)? },
-        op::PAYLOAD_EXIT => C::PayloadExit { from: pid(1)?, to: pid(2)? },
-        op::PAYLOAD_EXIT_TT => C::PayloadExitTt { from: pid(1)?, to: pid(2)?, token: f(3)? },
-        op::PAYLOAD_EXIT2 => C::PayloadExit2 { from: pid(1)?, to: pid(2)? },
-        op::PAYLOAD_EXIT2_TT => C::PayloadExit2Tt { from: pid(1)?, to: pid(2)?, token: f(3)? },
-        op::PAYLOAD_MONITOR_P_EXIT => C::PayloadMonitorPExit { from: f(1)?, to: pid(2)?, reference: f(3)? },
+        op::REG_SEND => C::RegSend { from: pid(e.next()?)?, unused: e.next()?, to_name: e.next()? },
+        op::GROUP_LEADER => C::GroupLeader { from: pid(e.next()?)?, to: pid(e.next()?)? },
+        op::EXIT2 => C::Exit2 { from: pid(e.next()?)?, to: pid(e.next()?)?, reason: e.next()? },
+        op::SEND_TT => C::SendTt { unused: e.next()?, to: e.next()?, token: e.next()? },
+        op::EXIT_TT => C::ExitTt { from: pid(e.next()?)?, to: pid(e.next()?)?, token: e.next()?, reason: e.next()? },
+        op::REG_SEND_TT => C::RegSendTt { from: pid(e.next()?)?, unused: e.next()?, to_name: e.next()?, token: e.next()? },
+        op::EXIT2_TT => C::Exit2Tt { from: pid(e.next()?)?, to: pid(e.next()?)?, token: e.next()?, reason: e.next()? },
+        op::MONITOR_P => C::MonitorP { from: pid(e.next()?)?, to: e.next()?, reference: e.next()? },
+        op::DEMONITOR_P => C::DemonitorP { from: pid(e.next()?)?, to: e.next()?, reference: e.next()? },
+        op::MONITOR_P_EXIT => C::MonitorPExit { from: e.next()?, to: pid(e.next()?)?, reference: e.next()?, reason: e.next()? },
+        op::SEND_SENDER => C::SendSender { from: pid(e.next()?)?, to: e.next()? },
+        op::SEND_SENDER_TT => C::SendSenderTt { from: pid(e.next()?)?, to: e.next()?, token: e.next()? },
+        op::PAYLOAD_EXIT => C::PayloadExit { from: pid(e.next()?)?, to: pid(e.next()?)? },
+        op::PAYLOAD_EXIT_TT => C::PayloadExitTt { from: pid(e.next()?)?, to: pid(e.next()?)?, token: e.next()? },
+        op::PAYLOAD_EXIT2 => C::PayloadExit2 { from: pid(e.next()?)?, to: pid(e.next()?)? },
+        op::PAYLOAD_EXIT2_TT => C::PayloadExit2Tt { from: pid(e.next()?)?, to: pid(e.next()?)?, token: e.next()? },
+        op::PAYLOAD_MONITOR_P_EXIT => C::PayloadMonitorPExit { from: e.next()?, to: pid(e.next()?)?, reference: e.next()? },
         op::SPAWN_REQUEST | op::SPAWN_REQUEST_TT => {
-            let mfa = f(4)?;
-            if c.inner_n != 3 || !matches!(mfa.term, FieldTerm::Tuple(3)) {
-                return Err(bad(mfa.at, "spawn_request MFA is not a 3-tuple"));
-            }
-            let m = c.inner[0].ok_or(bad(mfa.at, "MFA"))?;
-            let fu = c.inner[1].ok_or(bad(mfa.at, "MFA"))?;
+            let req_id = e.next()?;
+            let from = pid(e.next()?)?;
+            let group_leader = pid(e.next()?)?;
+            let (mfa, [m, fu, arity]) = e.mfa()?;
             C::SpawnRequest {
-                req_id: f(1)?,
-                from: pid(2)?,
-                group_leader: pid(3)?,
+                req_id,
+                from,
+                group_leader,
                 mfa,
                 module: m.as_atom().ok_or(bad(m.at, "spawn module is not an atom"))?,
                 function: fu.as_atom().ok_or(bad(fu.at, "spawn function is not an atom"))?,
-                arity: c.inner[2].ok_or(bad(mfa.at, "MFA"))?,
-                opts: f(5)?,
-                token: if op == op::SPAWN_REQUEST_TT { Some(f(6)?) } else { None },
+                arity,
+                opts: e.next()?,
+                token: if op == op::SPAWN_REQUEST_TT { Some(e.next()?) } else { None },
             }
         }
         op::SPAWN_REPLY | op::SPAWN_REPLY_TT => {
             C::SpawnReply {
-                req_id: f(1)?,
-                to: pid(2)?,
-                flags: f(3)?,
-                result: f(4)?,
-                token: if op == op::SPAWN_REPLY_TT { Some(f(5)?) } else { None },
+                req_id: e.next()?,
+                to: pid(e.next()?)?,
+                flags: e.next()?,
+                result: e.next()?,
+                token: if op == op::SPAWN_REPLY_TT { Some(e.next()?) } else { None },
             }
         }
-        op::ALIAS_SEND => C::AliasSend { from: pid(1)?, alias: f(2)?, token: None },
-        op::ALIAS_SEND_TT => C::AliasSend { from: pid(1)?, alias: f(2)?, token: Some(f(3)?) },
-        op::UNLINK_ID => C::UnlinkId { id: f(1)?, from: pid(2)?, to: pid(3)? },
-        op::UNLINK_ID_ACK => C::UnlinkIdAck { id: f(1)?, from: pid(2)?, to: pid(3)? },
+        op::ALIAS_SEND => C::AliasSend { from: pid(e.next()?)?, alias: e.next()?, token: None },
+        op::ALIAS_SEND_TT => C::AliasSend { from: pid(e.next()?)?, alias: e.next()?, token: Some(e.next()?) },
+        op::UNLINK_ID => C::UnlinkId { id: e.next()?, from: pid(e.next()?)?, to: pid(e.next()?)? },
+        op::UNLINK_ID_ACK => C::UnlinkIdAck { id: e.next()?, from: pid(e.next()?)?, to: pid(e.next()?)? },
         op::ALTACT_SIG_SEND => {
-            C::AltactSigSend { fields: [c.top[1], c.top[2], c.top[3], c.top[4]] }
+            let fields = [Some(e.next()?), Some(e.next()?), Some(e.next()?), if arity == 5 { Some(e.next()?) } else { None }];
+            C::AltactSigSend { fields }
         }
         other => return Err(Error::dist(op_field.at, DistErrorKind::UnknownOp(other as u64))),
     };
-    Ok((ctl, end))
+    Ok((ctl, e.pos))
 }

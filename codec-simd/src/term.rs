@@ -532,6 +532,28 @@ impl Walker {
     pub fn read_header<'a>(&self, buf: &'a [u8], at: usize) -> Result<(Term<'a>, usize)> {
         header(buf, at, self.cache_refs)
     }
+
+    /// Read a pid (`NEW_PID_EXT` or `PID_EXT`); anything else is `ExpectedPid`.
+    #[inline]
+    pub fn read_pid<'a>(&self, buf: &'a [u8], at: usize) -> Result<(Pid<'a>, usize)> {
+        read_pid(buf, at, self.cache_refs)
+    }
+
+    /// Walk one term (no views) that sits `outer` containers deep in a larger term walked
+    /// piece by piece: the depth limit counts those containers too, so the limit holds as if
+    /// the whole term had been walked at once.
+    pub fn walk_inside(&mut self, buf: &[u8], at: usize, outer: usize) -> Result<usize> {
+        let limits = self.limits;
+        self.limits.max_depth = limits.max_depth.saturating_sub(outer);
+        let done = self.walk(buf, at, &mut Skip);
+        self.limits = limits;
+        done.map_err(|mut e| {
+            if let ErrorKind::TooDeep { limit } = &mut e.kind {
+                *limit = limits.max_depth;
+            }
+            e
+        })
+    }
 }
 
 /// Read an atom in any encoding (a pid's node, a fun's module, …).
