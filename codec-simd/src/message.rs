@@ -392,9 +392,8 @@ impl Decoder {
         if first == tag::PASS_THROUGH {
             let body = &frame[1..];
             self.walker.set_cache_refs(None);
-            let m = decode_body(&mut self.walker, funs, body, 0, true, None, Framing::PassThrough, Refs::None)
-                .map_err(|e| e.shifted(1))?;
-            return Ok(Decoded::Message(m));
+            return decode_body(&mut self.walker, funs, body, 0, true, None, Framing::PassThrough, Refs::None)
+                .map_err(|e| e.shifted(1));
         }
         if first != tag::VERSION {
             return Err(Error::dist(0, DistErrorKind::BadFrameStart(first)));
@@ -405,9 +404,8 @@ impl Decoder {
                 let hdr_end = self.cache.apply(body, 0, &mut self.table).map_err(|e| e.shifted(2))?;
                 self.walker.set_cache_refs(Some(self.table.nrefs));
                 let refs = Refs::Live { cache: &self.cache, table: &self.table };
-                let m = decode_body(&mut self.walker, funs, body, hdr_end, false, Some(0..hdr_end), Framing::DistHeader, refs)
-                    .map_err(|e| e.shifted(2))?;
-                Ok(Decoded::Message(m))
+                decode_body(&mut self.walker, funs, body, hdr_end, false, Some(0..hdr_end), Framing::DistHeader, refs)
+                    .map_err(|e| e.shifted(2))
             }
             tag::DIST_FRAG_HEADER => {
                 // A message in one fragment is decoded whole, in place, anyway.
@@ -444,7 +442,7 @@ impl Decoder {
             // The whole message in one fragment: decode in place, no buffering.
             self.walker.set_cache_refs(Some(self.table.nrefs));
             let refs = Refs::Live { cache: &self.cache, table: &self.table };
-            let m = decode_body(
+            return decode_body(
                 &mut self.walker,
                 funs,
                 body,
@@ -454,8 +452,7 @@ impl Decoder {
                 Framing::Fragmented { seq, fragments: 1 },
                 refs,
             )
-            .map_err(|e| e.shifted(18))?;
-            return Ok(Decoded::Message(m));
+            .map_err(|e| e.shifted(18));
         }
         if self.in_flight() >= self.frag_limits.max_sequences {
             return Err(Error::dist(2, DistErrorKind::TooManySequences { cap: self.frag_limits.max_sequences }));
@@ -509,7 +506,7 @@ impl Decoder {
         let hdr_end = header_len(&done.buf)?;
         self.walker.set_cache_refs(Some(done.table.nrefs));
         let refs = Refs::Snapshot { table: &done.table, texts: &done.texts };
-        let m = decode_body(
+        decode_body(
             &mut self.walker,
             funs,
             &done.buf,
@@ -518,8 +515,7 @@ impl Decoder {
             Some(0..hdr_end),
             Framing::Fragmented { seq, fragments: done.total },
             refs,
-        )?;
-        Ok(Decoded::Message(m))
+        )
     }
 }
 
@@ -541,6 +537,9 @@ fn after_version(body: &[u8], p: usize, versioned: bool) -> Result<usize> {
 }
 
 /// Decode control (and payload extent) starting at `at` in `body`.
+///
+/// Returns the [`Decoded`] itself, not a `Message` for the caller to wrap: the message is
+/// large (the control's views) and built once per frame, and each wrapping was a copy of it.
 #[allow(clippy::too_many_arguments)]
 fn decode_body<'a>(
     w: &mut Walker,
@@ -551,7 +550,7 @@ fn decode_body<'a>(
     header: Option<Range<usize>>,
     framing: Framing,
     refs: Refs<'a>,
-) -> Result<Message<'a>> {
+) -> Result<Decoded<'a>> {
     let c_at = after_version(body, at, versioned)?;
     let (control, c_end) = control::decode(w, body, c_at)?;
     let op = control.op();
@@ -574,5 +573,5 @@ fn decode_body<'a>(
         }
         _ => {}
     }
-    Ok(Message { bytes: body, header, control_range: c_at..c_end, payload, control, framing, refs })
+    Ok(Decoded::Message(Message { bytes: body, header, control_range: c_at..c_end, payload, control, framing, refs }))
 }
