@@ -257,7 +257,7 @@ fn bad(at: usize, why: &'static str) -> Error {
 /// is a handful of scalars (op, pids, a name) and sometimes one large term (an exit reason, a
 /// token). Reading the scalars directly and skimming the rest costs a fraction of building a
 /// view of every subterm, and this runs for every message a link carries.
-#[inline]
+#[inline(always)]
 fn field<'a>(w: &mut Walker, buf: &'a [u8], at: usize, depth: usize) -> Result<Field<'a>> {
     let t = u8_at(buf, at)?;
     let (term, end) = match t {
@@ -291,6 +291,7 @@ struct Elements<'w, 'a> {
 }
 
 impl<'a> Elements<'_, 'a> {
+    #[inline(always)]
     fn next(&mut self) -> Result<Field<'a>> {
         let f = field(self.w, self.buf, self.pos, 1)?;
         self.pos = f.end;
@@ -314,6 +315,7 @@ impl<'a> Elements<'_, 'a> {
 }
 
 /// Decode the control term at `at` in `buf`. Returns the control and its end offset.
+#[inline(always)]
 pub fn decode<'a>(w: &mut Walker, buf: &'a [u8], at: usize) -> Result<(Control<'a>, usize)> {
     let (arity, first) = match u8_at(buf, at)? {
         tag::SMALL_TUPLE => (u8_at(buf, at + 1)? as usize, at + 2),
