@@ -3,7 +3,7 @@
 //! The binary (`main.rs`) is a thin command line over these modules.
 
 pub mod etf;
-pub mod fnv;
+pub mod fasthash;
 pub mod driver;
 pub mod epmd;
 pub mod handshake;

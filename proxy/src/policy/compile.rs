@@ -11,9 +11,9 @@ use distgate_config::{ControlOp, DenyAction, FunAction, Glob, MfPattern, Mfa, Po
 /// whatever `reg_send_allow` says: they stop the node or load code.
 pub const UNTRUSTED_NAMES: &[&[u8]] = &[b"init", b"code_server", b"erl_prim_loader"];
 
-use crate::fnv::{FnvMap, FnvSet};
+use crate::fasthash::{FastMap, FastSet};
 /// module → lambda name → (arity if given, target).
-type FunMap = FnvMap<String, FnvMap<String, Vec<(Option<u8>, Mfa)>>>;
+type FunMap = FastMap<String, FastMap<String, Vec<(Option<u8>, Mfa)>>>;
 
 /// A `*` pattern split once into its literal pieces, matched on an atom's UTF-8 bytes
 /// without allocating (the configuration's `Glob::matches` collects its pieces on every
@@ -74,7 +74,7 @@ impl Pattern {
 /// A set of names (registered names): literal names hashed, patterns with `*` tried in order.
 #[derive(Debug, Default)]
 pub struct NameSet {
-    exact: FnvSet<Vec<u8>>,
+    exact: FastSet<Vec<u8>>,
     globs: Vec<Pattern>,
 }
 
@@ -122,7 +122,7 @@ impl Mf {
 /// module, the others are tried in order.
 #[derive(Debug, Default)]
 pub struct MfSet {
-    by_module: FnvMap<Vec<u8>, Vec<Mf>>,
+    by_module: FastMap<Vec<u8>, Vec<Mf>>,
     wild: Vec<Mf>,
 }
 
@@ -223,7 +223,7 @@ pub struct Compiled {
     pub unknown_fun: FunAction,
     pub unknown_export: FunAction,
     pub rewrite_fallback: FunAction,
-    modules_exact: FnvMap<String, (Option<FunAction>, Option<FunAction>)>,
+    modules_exact: FastMap<String, (Option<FunAction>, Option<FunAction>)>,
     modules_glob: Vec<(Pattern, Option<FunAction>, Option<FunAction>)>,
     fun_map: FunMap,
     /// Op number → allowed by `allow_ops` / `deny_ops` (and the preset).
@@ -265,7 +265,7 @@ impl Compiled {
             (None, true) => Allow::Only(MfSet::default()),
             (None, false) => Allow::Any,
         };
-        let mut modules_exact = FnvMap::default();
+        let mut modules_exact = FastMap::default();
         let mut modules_glob = Vec::new();
         for r in &p.modules {
             if r.pattern.is_literal() {

@@ -18,7 +18,7 @@
 //! a node as a hidden node, lists its loaded modules with their MD5 and fetches the object
 //! code of versions it does not know yet). See `docs/registry.md`.
 
-use crate::fnv::FnvMap;
+use crate::fasthash::FastMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,7 +93,7 @@ pub struct ModuleVersion {
     pub md5: Md5,
     /// Sorted by index.
     lambdas: Box<[Lambda]>,
-    exports: FnvMap<Box<str>, Arities>,
+    exports: FastMap<Box<str>, Arities>,
     export_count: usize,
     /// Where this version was first seen (a file path, or `cache FILE`), for `registry show`.
     pub origin: Box<str>,
@@ -109,7 +109,7 @@ impl ModuleVersion {
         origin: Box<str>,
     ) -> ModuleVersion {
         lambdas.sort_by_key(|l| l.index);
-        let mut map: FnvMap<Box<str>, Arities> = FnvMap::default();
+        let mut map: FastMap<Box<str>, Arities> = FastMap::default();
         for (name, arity) in exports {
             map.entry(name).or_default().insert(arity);
         }
@@ -175,9 +175,9 @@ impl ModuleVersion {
 pub struct ModuleEntry {
     /// In the order they were added.
     versions: Vec<ModuleVersion>,
-    by_md5: FnvMap<Md5, usize>,
+    by_md5: FastMap<Md5, usize>,
     /// Union of every version's exports, for [`Snapshot::exported_anywhere`].
-    any_exports: FnvMap<Box<str>, Arities>,
+    any_exports: FastMap<Box<str>, Arities>,
 }
 
 impl ModuleEntry {
@@ -190,7 +190,7 @@ impl ModuleEntry {
 /// that never changes after the snapshot is built.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    modules: FnvMap<Arc<str>, ModuleEntry>,
+    modules: FastMap<Arc<str>, ModuleEntry>,
     version_count: usize,
 }
 
@@ -249,7 +249,7 @@ impl Snapshot {
 /// twice is kept once, with the origin it was first seen at.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
-    modules: FnvMap<Arc<str>, ModuleEntry>,
+    modules: FastMap<Arc<str>, ModuleEntry>,
     version_count: usize,
 }
 
