@@ -344,7 +344,6 @@ impl Walker {
     fn skim<'a, V: Visitor<'a>>(&mut self, buf: &'a [u8], at: usize, v: &mut V) -> Option<Result<usize>> {
         let refs = self.cache_refs;
         let fast_refs = refs.unwrap_or(0) as u64;
-        let tail = Tail::new(buf);
         // Whether the visitor wants any tag the fast path measures. This folds to a constant
         // for a concrete visitor; when false (`Skip`, fun collection) the per-term question
         // moves off the fast path, to the terms it hands on.
@@ -357,45 +356,59 @@ impl Walker {
         }
         let mut pending: u64 = 1;
         let mut pos = at;
-        loop {
-            let Some(&tag) = buf.get(pos) else { return Some(Err(truncated(pos, 1, 0))) };
-            let children = match skip_header(tag, tail.after(buf, pos), pos, buf.len(), fast_refs) {
-                Some((next, n)) => {
-                    pos = next;
-                    n
-                }
-                None if V::wants(tag) || tag == tag::NEW_FUN || tag == tag::FUN => {
-                    // A term the visitor wants, or a fun (its Size is checked when it closes):
-                    // walk that term alone with the stack — the visitor hears of it and of what
-                    // it wants inside, in order — then skim on after it.
-                    match self.walk_nested(buf, pos, v) {
-                        Ok(end) => {
-                            pos = end;
-                            0
-                        }
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
-                None => {
-                    let (next, n) = match header_cold(buf, pos, refs) {
-                        Ok(h) => h,
-                        Err(e) => return Some(Err(e)),
-                    };
-                    // Every child takes at least one byte: reject impossible counts up front.
-                    // (The fast path checked this itself.)
-                    if let Err(e) = check_count(buf, next, "container", n, 1) {
-                        return Some(Err(e));
-                    }
-                    pos = next;
-                    n
-                }
+        // One term: the fast path, or what it hands on.
+        let mut step = |pos: usize, tag: u8, w: u128| match skip_header(tag, w, pos, buf.len(), fast_refs) {
+            Some(h) => Ok(h),
+            None => self.skim_other(buf, pos, tag, v),
+        };
+        // While the tag and the 16 bytes after it are in the buffer: one bounds check per term,
+        // and the window is read where it lies.
+        while let Some(c) = buf.get(pos..).and_then(|b| b.first_chunk::<17>()) {
+            let [tag, ref w @ ..] = *c;
+            let (next, children) = match step(pos, tag, u128::from_le_bytes(*w)) {
+                Ok(h) => h,
+                Err(e) => return Some(Err(e)),
             };
+            pos = next;
             // At most the bytes left, so no overflow.
             pending = pending + children - 1;
             if pending == 0 {
                 return Some(Ok(pos));
             }
         }
+        // The last 16 bytes: the window comes from a zero-padded copy of them (see `Tail`).
+        // Why a loop of its own: in one loop the choice of source was a branch per term (and
+        // a call at the end of every buffer) or, made a select, on the path from one term to
+        // the next.
+        let tail = Tail::new(buf);
+        loop {
+            let Some(&tag) = buf.get(pos) else { return Some(Err(truncated(pos, 1, 0))) };
+            let (next, children) = match step(pos, tag, tail.window(pos)) {
+                Ok(h) => h,
+                Err(e) => return Some(Err(e)),
+            };
+            pos = next;
+            pending = pending + children - 1;
+            if pending == 0 {
+                return Some(Ok(pos));
+            }
+        }
+    }
+
+    /// A term the skim's fast path does not settle: the same checks as the stack walk.
+    #[inline(never)]
+    fn skim_other<'a, V: Visitor<'a>>(&mut self, buf: &'a [u8], pos: usize, tag: u8, v: &mut V) -> Result<(usize, u64)> {
+        if V::wants(tag) || tag == tag::NEW_FUN || tag == tag::FUN {
+            // A term the visitor wants, or a fun (its Size is checked when it closes): walk
+            // that term alone with the stack — the visitor hears of it and of what it wants
+            // inside, in order — then skim on after it.
+            return Ok((self.walk_nested(buf, pos, v)?, 0));
+        }
+        let (next, n) = header(buf, pos, self.cache_refs).map(|(t, next)| (next, t.children()))?;
+        // Every child takes at least one byte: reject impossible counts up front.
+        // (The fast path checked this itself.)
+        check_count(buf, next, "container", n, 1)?;
+        Ok((next, n))
     }
 
     /// The walk with a stack of open containers: every term's extent, for any visitor.
@@ -943,21 +956,25 @@ fn node_term_len(tag: u8, w: u128, refs: u64) -> u64 {
 }
 
 /// The fast path reads each header through a window: the 16 bytes after its tag (see
-/// [`skip_header`]). Within 17 bytes of the end of the buffer the window comes from the
-/// buffer's last 16 bytes, loaded once per walk and shifted down, zeros coming in from the top
-/// (a term's window is never copied on its own).
+/// [`skip_header`]). Within 17 bytes of the end of the buffer the window comes from a copy of
+/// the buffer's last 16 bytes followed by zeros, made once per walk (a term's window is never
+/// copied on its own).
 struct Tail {
     /// Offset of the first of `last`'s bytes (0 for a buffer shorter than 16).
     at: usize,
-    /// The buffer's last 16 bytes, little-endian; zero-padded if it is shorter.
-    last: u128,
+    /// The buffer's last 16 bytes (zero-padded if it is shorter), then 16 zeros.
+    last: [u8; 32],
 }
 
 impl Tail {
     #[inline]
     fn new(buf: &[u8]) -> Tail {
+        let mut last = [0u8; 32];
         match buf.last_chunk::<16>() {
-            Some(c) => Tail { at: buf.len() - 16, last: u128::from_le_bytes(*c) },
+            Some(c) => {
+                last[..16].copy_from_slice(c);
+                Tail { at: buf.len() - 16, last }
+            }
             None => Tail::short(buf),
         }
     }
@@ -965,9 +982,9 @@ impl Tail {
     #[cold]
     #[inline(never)]
     fn short(buf: &[u8]) -> Tail {
-        let mut bytes = [0u8; 16];
-        bytes[..buf.len()].copy_from_slice(buf);
-        Tail { at: 0, last: u128::from_le_bytes(bytes) }
+        let mut last = [0u8; 32];
+        last[..buf.len()].copy_from_slice(buf);
+        Tail { at: 0, last }
     }
 
     /// The 16 bytes after the tag at `pos`, little-endian (byte 0 is the first after the tag).
@@ -975,7 +992,7 @@ impl Tail {
     fn after(&self, buf: &[u8], pos: usize) -> u128 {
         match buf.get(pos + 1..).and_then(|b| b.first_chunk::<16>()) {
             Some(c) => u128::from_le_bytes(*c),
-            None => self.padded(pos + 1),
+            None => self.padded(pos),
         }
     }
 
@@ -983,11 +1000,17 @@ impl Tail {
     /// becoming a select on the path from one term to the next.
     #[cold]
     #[inline(never)]
-    fn padded(&self, from: usize) -> u128 {
-        // `from` is past `at` here (fewer than 16 bytes follow it); a shift of 128 or more
-        // (nothing left) is zero.
-        let bytes = from.checked_sub(self.at).and_then(|k| u32::try_from(k).ok()).unwrap_or(u32::MAX);
-        self.last.checked_shr(bytes.saturating_mul(8)).unwrap_or(0)
+    fn padded(&self, pos: usize) -> u128 {
+        self.window(pos)
+    }
+
+    /// The window of a tag at `pos` in the buffer's last 17 bytes. Past the 16 bytes after the
+    /// tag's is zeros: a field read there lies past the end, so the term cannot fit.
+    #[inline(always)]
+    fn window(&self, pos: usize) -> u128 {
+        // 1 to 16 for such a tag (`at` is 16 before the end, or 0 with fewer bytes than that).
+        let k = (pos + 1).wrapping_sub(self.at).min(16);
+        self.last.get(k..).and_then(|b| b.first_chunk::<16>()).map_or(0, |c| u128::from_le_bytes(*c))
     }
 }
 
