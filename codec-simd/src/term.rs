@@ -344,7 +344,6 @@ impl Walker {
     fn skim<'a, V: Visitor<'a>>(&mut self, buf: &'a [u8], at: usize, v: &mut V) -> Option<Result<usize>> {
         let refs = self.cache_refs;
         let fast_refs = refs.unwrap_or(0) as u64;
-        let tail = Tail::new(buf);
         // Whether the visitor wants any tag the fast path measures. This folds to a constant
         // for a concrete visitor; when false (`Skip`, fun collection) the per-term question
         // moves off the fast path, to the terms it hands on.
@@ -357,45 +356,62 @@ impl Walker {
         }
         let mut pending: u64 = 1;
         let mut pos = at;
-        loop {
-            let Some(&tag) = buf.get(pos) else { return Some(Err(truncated(pos, 1, 0))) };
-            let children = match skip_header(tag, tail.after(buf, pos), pos, buf.len(), fast_refs) {
-                Some((next, n)) => {
-                    pos = next;
-                    n
-                }
-                None if V::wants(tag) || tag == tag::NEW_FUN || tag == tag::FUN => {
-                    // A term the visitor wants, or a fun (its Size is checked when it closes):
-                    // walk that term alone with the stack — the visitor hears of it and of what
-                    // it wants inside, in order — then skim on after it.
-                    match self.walk_nested(buf, pos, v) {
-                        Ok(end) => {
-                            pos = end;
-                            0
-                        }
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
-                None => {
-                    let (next, n) = match header_cold(buf, pos, refs) {
-                        Ok(h) => h,
-                        Err(e) => return Some(Err(e)),
-                    };
-                    // Every child takes at least one byte: reject impossible counts up front.
-                    // (The fast path checked this itself.)
-                    if let Err(e) = check_count(buf, next, "container", n, 1) {
-                        return Some(Err(e));
-                    }
-                    pos = next;
-                    n
-                }
+        // One term: the fast path, or what it hands on.
+        let mut step = |pos: usize, tag: u8, w: u128| match skip_header(tag, w, pos, buf.len(), fast_refs) {
+            Some(h) => Ok(h),
+            None => self.skim_other(buf, pos, tag, w, v),
+        };
+        // While the tag and the 16 bytes after it are in the buffer: one bounds check per term,
+        // and the window is read where it lies.
+        while let Some(c) = buf.get(pos..).and_then(|b| b.first_chunk::<17>()) {
+            let [tag, ref w @ ..] = *c;
+            let (next, children) = match step(pos, tag, u128::from_le_bytes(*w)) {
+                Ok(h) => h,
+                Err(e) => return Some(Err(e)),
             };
+            pos = next;
             // At most the bytes left, so no overflow.
             pending = pending + children - 1;
             if pending == 0 {
                 return Some(Ok(pos));
             }
         }
+        // The last 16 bytes: the window comes from a zero-padded copy of them (see `Tail`).
+        // Why a loop of its own: in one loop the choice of source was a branch per term (and
+        // a call at the end of every buffer) or, made a select, on the path from one term to
+        // the next.
+        let tail = Tail::new(buf);
+        loop {
+            let Some(&tag) = buf.get(pos) else { return Some(Err(truncated(pos, 1, 0))) };
+            let (next, children) = match step(pos, tag, tail.window(pos)) {
+                Ok(h) => h,
+                Err(e) => return Some(Err(e)),
+            };
+            pos = next;
+            pending = pending + children - 1;
+            if pending == 0 {
+                return Some(Ok(pos));
+            }
+        }
+    }
+
+    /// A term the skim's fast path does not settle: the same checks as the stack walk.
+    #[inline(never)]
+    fn skim_other<'a, V: Visitor<'a>>(&mut self, buf: &'a [u8], pos: usize, tag: u8, w: u128, v: &mut V) -> Result<(usize, u64)> {
+        if let Some(h) = skip_node_term(tag, w, pos, buf.len(), self.cache_refs.unwrap_or(0) as u64) {
+            return Ok(h);
+        }
+        if V::wants(tag) || tag == tag::NEW_FUN || tag == tag::FUN {
+            // A term the visitor wants, or a fun (its Size is checked when it closes): walk
+            // that term alone with the stack — the visitor hears of it and of what it wants
+            // inside, in order — then skim on after it.
+            return Ok((self.walk_nested(buf, pos, v)?, 0));
+        }
+        let (next, n) = header(buf, pos, self.cache_refs).map(|(t, next)| (next, t.children()))?;
+        // Every child takes at least one byte: reject impossible counts up front.
+        // (The fast path checked this itself.)
+        check_count(buf, next, "container", n, 1)?;
+        Ok((next, n))
     }
 
     /// The walk with a stack of open containers: every term's extent, for any visitor.
@@ -419,7 +435,10 @@ impl Walker {
                 v.enter(start, &term)?;
                 pos = next;
                 term.children()
-            } else if let Some((next, n)) = skip_header(tag, tail.after(buf, pos), pos, buf.len(), fast_refs) {
+            } else if let Some((next, n)) = {
+                let w = tail.after(buf, pos);
+                skip_header(tag, w, pos, buf.len(), fast_refs).or_else(|| skip_node_term(tag, w, pos, buf.len(), fast_refs))
+            } {
                 pos = next;
                 n
             } else {
@@ -794,26 +813,30 @@ fn fun_end_check(buf: &[u8], start: usize, end: usize) -> Result<()> {
 
 /// How the fast path measures one tag's header (see [`skip_header`]). Every header it handles
 /// is `base` fixed bytes (tag included), then as many bytes of text or digits as a big-endian
-/// length field right after the tag says, if it has one. Let `x` be the 32 bits after the tag,
-/// big-endian: a field of `width` bytes is exactly `x >> (32 - 8 * width)`, so one shift gives
-/// the variable part (a shift of 32 gives 0, for a tag whose field counts children or that has
-/// none).
+/// length field right after the tag says, if it has one. Let `y` be the first 8 bytes after
+/// the tag, big-endian, shifted right by one (63 bits): a field of `width` bytes is exactly
+/// `y >> (63 - 8 * width)`, so one shift gives the variable part (a shift of 63 gives 0, for a
+/// tag whose field counts children or that has none).
+///
+/// A pid or reference with an `ATOM_EXT` node is measured the same way: its "field" runs from
+/// the tag through the atom's length (`100, 0, len` for a pid; `0, 3, 100, 0, len` for a
+/// reference), and `base` (wrapping) takes off what the bytes before the length add, once
+/// [`Count::want`] has checked they are what it assumes.
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct Len {
-    base: u8,
+    base: u64,
     shift: u8,
-    /// What else the tag needs (`PLAIN`: nothing).
-    kind: u8,
-    _pad: u8,
 }
 
 /// The other half of a tag's entry: its child count and what its field and text must satisfy.
 /// Kept apart from [`Len`] because nothing here is on the path from one term's offset to the
 /// next.
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct Count {
-    /// The field is `f = x >> field_shift` (32: no field; 24: a u8; 16: a u16; 0: a u32).
+    /// The field is `f = x >> field_shift`, with `x` the first 4 bytes after the tag,
+    /// big-endian (32: no field; 24: a u8; 16: a u16; 0: a u32).
     field_shift: u8,
     /// Children: `kids_base + kids_mul * f`.
     kids_base: u8,
@@ -821,64 +844,88 @@ struct Count {
     /// 1 for UTF-8 atoms: every byte after the tag, through the end of the text, must be ASCII
     /// (and in the window). 0 otherwise.
     ascii: u8,
-    /// Largest acceptable `f`: an atom's 255 bytes, otherwise no limit. (ATOM_CACHE_REF's
-    /// bound is the message's ref count instead.)
-    max: u32,
+    /// `f ^ want` must be below `bound`: an atom's 255 bytes (`want` 0); a pid's or reference's
+    /// fixed bytes before its node atom's length (`bound` 1: equal). 0 for a tag left to the
+    /// general decoder. (ATOM_CACHE_REF's bound is the message's ref count instead.)
+    want: u32,
+    bound: u32,
+    _pad: u32,
 }
 
-/// Tags settled by the arithmetic alone.
-const PLAIN: u8 = 0;
-/// NEW_PID / NEWER_REFERENCE: a node atom follows; measured by [`node_term_len`].
-const WITH_NODE: u8 = 1;
-/// Everything else: the general decoder's business (`node_term_len` says 0).
-const SLOW: u8 = 2;
-
-/// One tag's entries: `kind`, fixed bytes, the field's width in bytes (0 to 4), whether the
-/// field counts bytes that follow (else children, or nothing), children as
+/// One tag's entries: fixed bytes, the field's width in bytes (0 to 4), whether the field
+/// counts bytes that follow (else children, or nothing), children as
 /// `kids_base + kids_mul * field`, and whether it is a UTF-8 atom (see [`Count`]).
-const fn entry(kind: u8, base: u8, width: u32, bytes: bool, kids_base: u8, kids_mul: u8, utf8: bool) -> (Len, Count) {
-    let field_shift = 32 - 8 * width;
-    let shift = if bytes { field_shift } else { 32 };
+const fn entry(base: u8, width: u32, bytes: bool, kids_base: u8, kids_mul: u8, utf8: bool) -> (Len, Count) {
+    let shift = if bytes { 63 - 8 * width } else { 63 };
     (
-        Len { base, shift: shift as u8, kind, _pad: 0 },
-        Count { field_shift: field_shift as u8, kids_base, kids_mul, ascii: utf8 as u8, max: u32::MAX },
+        Len { base: base as u64, shift: shift as u8 },
+        Count {
+            field_shift: (32 - 8 * width) as u8,
+            kids_base,
+            kids_mul,
+            ascii: utf8 as u8,
+            want: 0,
+            bound: u32::MAX,
+            _pad: 0,
+        },
     )
 }
 
 /// An atom's entry: at most 255 bytes of text.
 const fn atom_entry(base: u8, width: u32, utf8: bool) -> (Len, Count) {
-    let (l, mut c) = entry(PLAIN, base, width, true, 0, 0, utf8);
-    c.max = 255;
+    let (l, mut c) = entry(base, width, true, 0, 0, utf8);
+    c.bound = 256;
     (l, c)
+}
+
+/// A pid's or reference's entry, for an `ATOM_EXT` node: `prefix` (`n` bytes, big-endian)
+/// between the tag and the atom, `fixed` bytes after the atom's text. Its field is the prefix,
+/// the atom's tag and its two length bytes; it must read `prefix, 100, 0` but for the length.
+const fn node_entry(prefix: u64, n: u32, fixed: u64) -> (Len, Count) {
+    let known = (prefix << 16) | ((tag::ATOM as u64) << 8);
+    (
+        Len { base: (1 + n as u64 + 3 + fixed).wrapping_sub(known << 8), shift: (63 - 8 * (n + 3)) as u8 },
+        Count {
+            field_shift: (32 - 8 * (n + 2)) as u8,
+            kids_base: 0,
+            kids_mul: 0,
+            ascii: 0,
+            want: known as u32,
+            bound: 1,
+            _pad: 0,
+        },
+    )
 }
 
 /// The tags the fast path measures, with their entries.
 const FAST_TAGS: [(u8, (Len, Count)); 18] = [
-    (tag::SMALL_INTEGER, entry(PLAIN, 2, 0, false, 0, 0, false)),
-    (tag::INTEGER, entry(PLAIN, 5, 0, false, 0, 0, false)),
-    (tag::NEW_FLOAT, entry(PLAIN, 9, 0, false, 0, 0, false)),
-    (tag::NIL, entry(PLAIN, 1, 0, false, 0, 0, false)),
-    (tag::SMALL_TUPLE, entry(PLAIN, 2, 1, false, 0, 1, false)),
-    (tag::LARGE_TUPLE, entry(PLAIN, 5, 4, false, 0, 1, false)),
-    (tag::LIST, entry(PLAIN, 5, 4, false, 1, 1, false)),
-    (tag::MAP, entry(PLAIN, 5, 4, false, 0, 2, false)),
-    (tag::STRING, entry(PLAIN, 3, 2, true, 0, 0, false)),
-    (tag::BINARY, entry(PLAIN, 5, 4, true, 0, 0, false)),
-    (tag::SMALL_BIG, entry(PLAIN, 3, 1, true, 0, 0, false)),
+    (tag::SMALL_INTEGER, entry(2, 0, false, 0, 0, false)),
+    (tag::INTEGER, entry(5, 0, false, 0, 0, false)),
+    (tag::NEW_FLOAT, entry(9, 0, false, 0, 0, false)),
+    (tag::NIL, entry(1, 0, false, 0, 0, false)),
+    (tag::SMALL_TUPLE, entry(2, 1, false, 0, 1, false)),
+    (tag::LARGE_TUPLE, entry(5, 4, false, 0, 1, false)),
+    (tag::LIST, entry(5, 4, false, 1, 1, false)),
+    (tag::MAP, entry(5, 4, false, 0, 2, false)),
+    (tag::STRING, entry(3, 2, true, 0, 0, false)),
+    (tag::BINARY, entry(5, 4, true, 0, 0, false)),
+    (tag::SMALL_BIG, entry(3, 1, true, 0, 0, false)),
     (tag::ATOM, atom_entry(3, 2, false)),
     (tag::SMALL_ATOM, atom_entry(2, 1, false)),
     (tag::SMALL_ATOM_UTF8, atom_entry(2, 1, true)),
     (tag::ATOM_UTF8, atom_entry(3, 2, true)),
     // The index is the field; its bound is the walk's.
-    (tag::ATOM_CACHE_REF, entry(PLAIN, 2, 1, false, 0, 0, false)),
-    // Measured by `node_term_len`.
-    (tag::NEW_PID, entry(WITH_NODE, 0, 0, false, 0, 0, false)),
-    (tag::NEWER_REFERENCE, entry(WITH_NODE, 0, 0, false, 0, 0, false)),
+    (tag::ATOM_CACHE_REF, entry(2, 1, false, 0, 0, false)),
+    // Node atom, then id, serial and creation. Other node atoms: `skip_node_term`.
+    (tag::NEW_PID, node_entry(0, 0, 12)),
+    // Three id words (what OTP sends for `make_ref()`), node atom, creation, the words.
+    (tag::NEWER_REFERENCE, node_entry(3, 2, 4 + 4 * 3)),
 ];
 
 /// The fast path's tables, by tag byte.
 static FAST: ([Len; 256], [Count; 256]) = {
-    let slow = entry(SLOW, 0, 0, false, 0, 0, false);
+    let mut slow = entry(0, 0, false, 0, 0, false);
+    slow.1.bound = 0;
     let mut len = [slow.0; 256];
     let mut count = [slow.1; 256];
     let mut i = 0;
@@ -896,17 +943,18 @@ static FAST: ([Len; 256], [Count; 256]) = {
 /// without building a view. Covers the tags that make up nearly all real traffic.
 ///
 /// `None` means "not settled here" — a rarer tag, a bound that does not hold, text that needs
-/// the full UTF-8 check — and the walk then asks [`header`], which decodes everything and
-/// produces the exact error. So this never decides an error; it must only never accept what
-/// `header` refuses, and agree with it on what it accepts (the differential tests below check
-/// both on valid, truncated and corrupted input).
+/// the full UTF-8 check — and the walk then asks [`skip_node_term`] and [`header`], which
+/// decodes everything and produces the exact error. So this never decides an error; it must
+/// only never accept what `header` refuses, and agree with it on what it accepts (the
+/// differential tests below check both on valid, truncated and corrupted input).
 ///
 /// Why tables rather than a `match`: the tag sequence of real data is close to random, so a
 /// jump table's indirect branch mispredicts on most terms. Here the common tags share one
-/// branch-free path. And the path from one term's offset to the next — which no out-of-order
-/// execution can overlap, as each term starts where the last ended — is short: load the tag,
-/// look it up, shift, mask, add. (The tag is its own load, not a byte of the window, and
-/// `pos + base` is added before the field is: each saves a cycle on that path.)
+/// branch-free path, pids and references included. And the path from one term's offset to the
+/// next — which no out-of-order execution can overlap, as each term starts where the last
+/// ended — is short: load the tag, look it up, shift, add. (The tag is its own load, not a
+/// byte of the window, and `pos + base` is added before the field is: each saves a cycle on
+/// that path.)
 ///
 /// Why a window: every fixed header field lies in the 16 bytes after the tag, so they are read
 /// from one load with no bounds check each, and the single check at the end — the header and a
@@ -915,19 +963,15 @@ static FAST: ([Len; 256], [Count; 256]) = {
 #[inline(always)]
 fn skip_header(tag: u8, w: u128, pos: usize, end: usize, refs: u64) -> Option<(usize, u64)> {
     let (l, c) = (FAST.0[tag as usize], FAST.1[tag as usize]);
+    let y = (w as u64).swap_bytes() >> 1;
     let x = (w as u32).swap_bytes() as u64;
-    // `pos + base` does not wait for the field; only the last add does.
-    let next = (pos as u64 + l.base as u64) + (x >> l.shift);
+    // `pos + base` does not wait for the field; only the last add does. (Wrapping: a pid's
+    // base is "negative", and its sum means nothing until `want` has matched.)
+    let next = (pos as u64).wrapping_add(l.base).wrapping_add(y >> l.shift);
     let f = x >> c.field_shift;
     let kids = c.kids_base as u64 + f * c.kids_mul as u64;
-    if l.kind != PLAIN {
-        // A pid or reference (0 for the tags left to the general decoder).
-        let len = node_term_len(tag, w, refs);
-        let next = pos as u64 + len;
-        return (len != 0 && next <= end as u64).then_some((next as usize, 0));
-    }
     // A cache ref's index is bounded by the message's ref count, an atom's length by 255.
-    let bound = if tag == tag::ATOM_CACHE_REF { refs } else { c.max as u64 + 1 };
+    let bound = if tag == tag::ATOM_CACHE_REF { refs } else { c.bound as u64 };
     // A UTF-8 atom's bytes after the tag (length and text) must all be ASCII: then its text is
     // valid UTF-8 of as many characters as bytes. Every other tag checks an empty span. The
     // first byte with its high bit set (16 if none) bounds the span, which also keeps the text
@@ -935,19 +979,28 @@ fn skip_header(tag: u8, w: u128, pos: usize, end: usize, refs: u64) -> Option<(u
     // distribution encoder for atoms not in the cache, send atoms this way, interleaved with
     // everything else. (Cache refs, the usual atom in distribution traffic, are here for the
     // same reason.)
-    let span = (next - pos as u64).wrapping_sub(1) & (c.ascii as u64).wrapping_neg();
+    let span = next.wrapping_sub(pos as u64 + 1) & (c.ascii as u64).wrapping_neg();
     let ascii = scan::ascii_run(w) as u64;
     // The header, and a byte for each child at least (the walk's count check, made here so
     // that it is one compare with the bound).
-    (f < bound && span <= ascii && next + kids <= end as u64).then_some((next as usize, kids))
+    ((f ^ c.want as u64) < bound && span <= ascii && next + kids <= end as u64).then_some((next as usize, kids))
 }
 
-/// The length of a pid or reference whose bytes after the tag are `w` (see [`Len::kind`]), or
-/// 0 when the fast path cannot settle it: a node atom that needs the full check, a word count
-/// OTP never sends, or any other tag. Out of line, and with few arguments and a plain return,
-/// so that the plain path stays a straight line and the call is cheap (inlined, the walk was
-/// 10% slower). None of these terms has children.
+/// A pid or reference the table does not measure (its node atom is not `ATOM_EXT`, or a
+/// reference has other than three words), measured without a view: the offset after it and
+/// no children, or `None` for [`header`]. Out of line: such terms are rarer, and the walk's
+/// fast path stays a straight line.
 #[inline(never)]
+fn skip_node_term(tag: u8, w: u128, pos: usize, end: usize, refs: u64) -> Option<(usize, u64)> {
+    let len = node_term_len(tag, w, refs);
+    let next = pos as u64 + len;
+    (len != 0 && next <= end as u64).then_some((next as usize, 0))
+}
+
+/// The length of a pid or reference whose bytes after the tag are `w`, or 0 when it cannot be
+/// settled without the general decoder: a node atom that needs the full check, a word count
+/// OTP never sends, or any other tag. None of these terms has children.
+#[inline(always)]
 fn node_term_len(tag: u8, w: u128, refs: u64) -> u64 {
     match tag {
         // Node atom, then id, serial and creation.
@@ -965,21 +1018,25 @@ fn node_term_len(tag: u8, w: u128, refs: u64) -> u64 {
 }
 
 /// The fast path reads each header through a window: the 16 bytes after its tag (see
-/// [`skip_header`]). Within 17 bytes of the end of the buffer the window comes from the
-/// buffer's last 16 bytes, loaded once per walk and shifted down, zeros coming in from the top
-/// (a term's window is never copied on its own).
+/// [`skip_header`]). Within 17 bytes of the end of the buffer the window comes from a copy of
+/// the buffer's last 16 bytes followed by zeros, made once per walk (a term's window is never
+/// copied on its own).
 struct Tail {
     /// Offset of the first of `last`'s bytes (0 for a buffer shorter than 16).
     at: usize,
-    /// The buffer's last 16 bytes, little-endian; zero-padded if it is shorter.
-    last: u128,
+    /// The buffer's last 16 bytes (zero-padded if it is shorter), then 16 zeros.
+    last: [u8; 32],
 }
 
 impl Tail {
     #[inline]
     fn new(buf: &[u8]) -> Tail {
+        let mut last = [0u8; 32];
         match buf.last_chunk::<16>() {
-            Some(c) => Tail { at: buf.len() - 16, last: u128::from_le_bytes(*c) },
+            Some(c) => {
+                last[..16].copy_from_slice(c);
+                Tail { at: buf.len() - 16, last }
+            }
             None => Tail::short(buf),
         }
     }
@@ -987,9 +1044,9 @@ impl Tail {
     #[cold]
     #[inline(never)]
     fn short(buf: &[u8]) -> Tail {
-        let mut bytes = [0u8; 16];
-        bytes[..buf.len()].copy_from_slice(buf);
-        Tail { at: 0, last: u128::from_le_bytes(bytes) }
+        let mut last = [0u8; 32];
+        last[..buf.len()].copy_from_slice(buf);
+        Tail { at: 0, last }
     }
 
     /// The 16 bytes after the tag at `pos`, little-endian (byte 0 is the first after the tag).
@@ -997,7 +1054,7 @@ impl Tail {
     fn after(&self, buf: &[u8], pos: usize) -> u128 {
         match buf.get(pos + 1..).and_then(|b| b.first_chunk::<16>()) {
             Some(c) => u128::from_le_bytes(*c),
-            None => self.padded(pos + 1),
+            None => self.padded(pos),
         }
     }
 
@@ -1005,11 +1062,17 @@ impl Tail {
     /// becoming a select on the path from one term to the next.
     #[cold]
     #[inline(never)]
-    fn padded(&self, from: usize) -> u128 {
-        // `from` is past `at` here (fewer than 16 bytes follow it); a shift of 128 or more
-        // (nothing left) is zero.
-        let bytes = from.checked_sub(self.at).and_then(|k| u32::try_from(k).ok()).unwrap_or(u32::MAX);
-        self.last.checked_shr(bytes.saturating_mul(8)).unwrap_or(0)
+    fn padded(&self, pos: usize) -> u128 {
+        self.window(pos)
+    }
+
+    /// The window of a tag at `pos` in the buffer's last 17 bytes. Past the 16 bytes after the
+    /// tag's is zeros: a field read there lies past the end, so the term cannot fit.
+    #[inline(always)]
+    fn window(&self, pos: usize) -> u128 {
+        // 1 to 16 for such a tag (`at` is 16 before the end, or 0 with fewer bytes than that).
+        let k = (pos + 1).wrapping_sub(self.at).min(16);
+        self.last.get(k..).and_then(|b| b.first_chunk::<16>()).map_or(0, |c| u128::from_le_bytes(*c))
     }
 }
 
@@ -1098,7 +1161,10 @@ mod tests {
         let mut window = [0u8; 16];
         let n = after.len().min(16);
         window[..n].copy_from_slice(&after[..n]);
-        if let Some((len, kids)) = skip_header(tag, u128::from_le_bytes(window), 0, bytes.len(), refs.unwrap_or(0) as u64) {
+        let (w, fast_refs) = (u128::from_le_bytes(window), refs.unwrap_or(0) as u64);
+        // The table, and what the walk asks when the table declines a pid or reference.
+        let fast = [skip_header(tag, w, 0, bytes.len(), fast_refs), skip_node_term(tag, w, 0, bytes.len(), fast_refs)];
+        for (len, kids) in fast.into_iter().flatten() {
             let r = header(bytes, 0, refs);
             prop_assert!(r.is_ok(), "fast path accepted {:?} (refs {:?}), header says {:?}", bytes, refs, r);
             let (term, next) = r.unwrap();
@@ -1229,24 +1295,27 @@ mod tests {
         }
     }
 
-    /// Atoms, alone or as a pid's or reference's node, with ASCII text but for at most one byte
-    /// anywhere (inside the window, at its edge, past it), of every length around the window.
+    /// Atoms, alone or as a pid's or reference's node (references of every word count, valid
+    /// or not), with ASCII text but for at most one byte anywhere (inside the window, at its
+    /// edge, past it), of every length around the window, and two-byte lengths over 255.
     #[test]
     fn fast_path_agrees_on_atom_text_at_every_offset() {
-        for outer in [None, Some(tag::NEW_PID), Some(tag::NEWER_REFERENCE)] {
+        let outers = [None, Some((tag::NEW_PID, 0))].into_iter().chain((0..=6).map(|k| Some((tag::NEWER_REFERENCE, k))));
+        for outer in outers {
             for atom in ATOM_TAGS.iter().copied() {
                 for n in 0..24usize {
                     for high in (0..n).map(Some).chain([None]) {
                         for byte in [0x80, 0xc3, 0xff] {
                             let mut b = Vec::new();
                             match outer {
-                                Some(tag::NEWER_REFERENCE) => b.extend_from_slice(&[tag::NEWER_REFERENCE, 0, 1]),
-                                Some(t) => b.push(t),
+                                Some((tag::NEWER_REFERENCE, words)) => b.extend_from_slice(&[tag::NEWER_REFERENCE, 0, words]),
+                                Some((t, _)) => b.push(t),
                                 None => {}
                             }
                             b.push(atom);
                             if matches!(atom, tag::ATOM | tag::ATOM_UTF8) {
-                                b.push(0);
+                                // The high length byte: 0, or (once per length) 1 for 256 + n.
+                                b.push(u8::from(high == Some(0) && byte == 0xff));
                             }
                             b.push(n as u8);
                             let text_at = b.len();
@@ -1258,6 +1327,16 @@ mod tests {
                             b.extend_from_slice(&[0; 24]);
                             for refs in [None, Some(3)] {
                                 agree(&b, refs).unwrap();
+                                // Cut anywhere: the node atom's text and the fixed fields.
+                                if high.is_none() && byte == 0x80 {
+                                    (0..b.len()).try_for_each(|cut| agree(&b[..cut], refs)).unwrap();
+                                }
+                            }
+                            // What OTP 25 sends takes the table's path, not only a correct one.
+                            if atom == tag::ATOM && high.is_none() && matches!(outer, Some((tag::NEW_PID, _) | (tag::NEWER_REFERENCE, 3))) {
+                                let mut w = [0u8; 16];
+                                w.copy_from_slice(&b[1..17]);
+                                assert!(skip_header(b[0], u128::from_le_bytes(w), 0, b.len(), 0).is_some(), "{b:?}");
                             }
                         }
                     }
