@@ -213,6 +213,42 @@ impl Control<'_> {
         }
     }
 
+    /// False when no element of the control can hold a fun: every one was read as a pid,
+    /// atom, integer or reference. True when some element is anything else (a tuple, a list,
+    /// a fun, …): it may, and only a walk of it can tell.
+    ///
+    /// Why: a policy that judges funs must look in the control too, where a peer may put one
+    /// in any free-form field; this spares that walk (and a scan, which atom text such as a
+    /// node name containing `p`, `q` or `u`, the fun tags' bytes, defeats) on nearly every
+    /// message.
+    pub fn may_hold_fun(&self) -> bool {
+        use Control::*;
+        let fields: [Option<&Field<'_>>; 4] = match self {
+            Link { .. } | Unlink { .. } | NodeLink | GroupLeader { .. } | PayloadExit { .. } | PayloadExit2 { .. } => {
+                [None; 4]
+            }
+            Send { unused, to } => [Some(unused), Some(to), None, None],
+            SendTt { unused, to, token } => [Some(unused), Some(to), Some(token), None],
+            Exit { reason, .. } | Exit2 { reason, .. } => [Some(reason), None, None, None],
+            RegSend { unused, to_name, .. } => [Some(unused), Some(to_name), None, None],
+            ExitTt { token, reason, .. } | Exit2Tt { token, reason, .. } => [Some(token), Some(reason), None, None],
+            RegSendTt { unused, to_name, token, .. } => [Some(unused), Some(to_name), Some(token), None],
+            MonitorP { to, reference, .. } | DemonitorP { to, reference, .. } => [Some(to), Some(reference), None, None],
+            MonitorPExit { from, reference, reason, .. } => [Some(from), Some(reference), Some(reason), None],
+            SendSender { to, .. } => [Some(to), None, None, None],
+            SendSenderTt { to, token, .. } => [Some(to), Some(token), None, None],
+            PayloadExitTt { token, .. } | PayloadExit2Tt { token, .. } => [Some(token), None, None, None],
+            PayloadMonitorPExit { from, reference, .. } => [Some(from), Some(reference), None, None],
+            // The MFA tuple's elements are the module and function atoms and `arity`.
+            SpawnRequest { req_id, arity, opts, token, .. } => [Some(req_id), Some(arity), Some(opts), token.as_ref()],
+            SpawnReply { req_id, flags, result, token, .. } => [Some(req_id), Some(flags), Some(result), token.as_ref()],
+            AliasSend { alias, token, .. } => [Some(alias), token.as_ref(), None, None],
+            UnlinkId { id, .. } | UnlinkIdAck { id, .. } => [Some(id), None, None, None],
+            AltactSigSend { fields } => [fields[0].as_ref(), fields[1].as_ref(), fields[2].as_ref(), fields[3].as_ref()],
+        };
+        fields.iter().flatten().any(|f| matches!(f.term, FieldTerm::Tuple(_) | FieldTerm::Other(_)))
+    }
+
     /// Whether a payload term follows the control term for this op.
     pub fn has_payload(op: u8) -> Option<bool> {
         Some(match op {

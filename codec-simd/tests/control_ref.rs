@@ -6,6 +6,7 @@
 //! before checking the op and shapes, the decoder checks as it reads.)
 
 use distgate_codec::control::{self, arity_of, op, Control, Field, FieldTerm};
+use distgate_codec::fun;
 use distgate_codec::term::{Pid, Term, Visitor, Walker};
 use distgate_codec::{DistErrorKind, Error, Result};
 use proptest::prelude::*;
@@ -355,7 +356,13 @@ fn agree(buf: &[u8], refs: Option<u16>) -> std::result::Result<(), TestCaseError
     let new = control::decode(&mut a, buf, 1);
     let old = reference_decode(&mut b, buf, 1);
     match (new, old) {
-        (Ok(n), Ok(o)) => prop_assert_eq!(n, o),
+        (Ok(n), Ok(o)) => {
+            prop_assert_eq!(n, o);
+            // A control said to hold no fun holds none.
+            let mut funs = Vec::new();
+            fun::collect(&mut b, buf, 1..n.1, fun::Part::Control, &mut funs).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(funs.is_empty() || n.0.may_hold_fun(), "{} funs in {:?}", funs.len(), n.0);
+        }
         (Err(_), Err(_)) => {}
         (n, o) => prop_assert!(false, "decoder {:?}, reference {:?} on {:?}", n, o, buf),
     }
@@ -388,14 +395,20 @@ proptest! {
 fn decodes_what_it_generates() {
     // The generator must produce decodable controls, or the comparison above says little.
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let mut ok = 0;
+    let (mut ok, mut no_fun, mut with_fun) = (0, 0, 0);
     for _ in 0..2000 {
         let (buf, _) = frame().new_tree(&mut runner).unwrap().current();
         let mut w = Walker::default();
         w.set_cache_refs(Some(4));
-        if control::decode(&mut w, &buf, 1).is_ok() {
+        if let Ok((c, end)) = control::decode(&mut w, &buf, 1) {
             ok += 1;
+            no_fun += !c.may_hold_fun() as u32;
+            let mut funs = Vec::new();
+            fun::collect(&mut w, &buf, 1..end, fun::Part::Control, &mut funs).unwrap();
+            with_fun += !funs.is_empty() as u32;
         }
     }
     assert!(ok > 200, "only {ok} of 2000 generated controls decode");
+    // Both sides of `may_hold_fun` are exercised by the comparison above.
+    assert!(no_fun > 50 && with_fun > 20, "{no_fun} controls without a possible fun, {with_fun} with funs, of {ok}");
 }

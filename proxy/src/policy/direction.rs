@@ -380,7 +380,9 @@ impl Direction {
 /// (`payload_collected`); otherwise a payload of at most 512 bytes is walked only when a fun
 /// tag byte occurs in it, larger ones always (the walk steps over a binary at once, where
 /// memchr would read every byte of it). The control term (small, a fun there rare) is walked
-/// only when a fun tag byte occurs in it; its funs go first.
+/// only when one of its elements could hold a fun (`Control::may_hold_fun`: not every one was
+/// read as a pid, atom, integer or reference) and a fun tag byte occurs in it; its funs go
+/// first.
 fn collect_funs<'a>(w: &mut Walker, msg: &Message<'a>, out: &mut Vec<FunSite<'a>>, payload_collected: bool) -> distgate_codec::Result<()> {
     const SMALL: usize = 512;
     let may_hold = |r: &std::ops::Range<usize>| distgate_codec::scan::may_contain_fun(&msg.bytes[r.clone()]);
@@ -390,7 +392,7 @@ fn collect_funs<'a>(w: &mut Walker, msg: &Message<'a>, out: &mut Vec<FunSite<'a>
             fun::collect(w, msg.bytes, p.clone(), fun::Part::Payload, out)?;
         }
     }
-    if may_hold(&msg.control_range) {
+    if msg.control.may_hold_fun() && may_hold(&msg.control_range) {
         let before = out.len();
         fun::collect(w, msg.bytes, msg.control_range.clone(), fun::Part::Control, out)?;
         let n = out.len() - before;

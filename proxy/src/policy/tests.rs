@@ -660,6 +660,21 @@ fn a_dropped_message_leaves_its_atom_cache_entries_behind() {
 }
 
 #[test]
+fn a_fun_in_a_control_field_is_found_on_the_link_path() {
+    // A peer may put a fun in any free-form control field (here REG_SEND's unused one); the
+    // link path skips the control's fun walk only when every field was read as a pid, atom,
+    // integer or reference (`Control::may_hold_fun`).
+    let stats = Arc::new(Stats::default());
+    let (mut d, _) = direction(Some(policy("unknown_fun = \"drop\"\n")), Some(stats.clone()));
+    let with_fun = data(&header(&[]), &tuple(&[int(6), pid(1), local_f(), atom("sink")]), Some(&atom("hello")));
+    let plain = data(&header(&[]), &reg_send(&atom("sink")), Some(&atom("after")));
+    let (fwd, back, closed) = feed(&mut d, &mut Decoder::default(), &[with_fun, plain]);
+    assert!(back.is_empty() && closed.is_none());
+    assert_eq!(receive(&fwd, &mut Decoder::default()), vec!["{6,#Pid<'a@h'.1.0.7>,'',sink} 'after'"]);
+    assert_eq!(stats.get("policy:drop"), 1);
+}
+
+#[test]
 fn a_denied_spawn_request_is_dropped_and_answered() {
     let (mut d, _) = direction(Some(policy("[policy.p.control]\nspawn_allow = []\n")), None);
     let req = data(&header(&[(1, Some("os")), (2, Some("cmd"))]), &spawn_request("os", "cmd", 1), Some(&list(&[bin(b"echo x")])));
