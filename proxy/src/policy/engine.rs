@@ -149,19 +149,21 @@ impl<'a> Peek<'_, 'a, '_> {
     fn header(&mut self, at: usize) -> Option<(Term<'a>, usize)> {
         self.w.read_header(self.msg.bytes, at).ok()
     }
-    /// A tuple at `at`: its arity and where its first element starts.
+    /// A tuple at `at`: its arity and where its first element starts. (Read directly, as
+    /// `atom` below: these run on every message under the untrusted preset, and a full term
+    /// view costs more than the shape check itself.)
     fn tuple(&mut self, at: usize) -> Option<(u32, usize)> {
-        match self.header(at)? {
-            (Term::Tuple(n), next) => Some((n, next)),
+        let b = self.msg.bytes;
+        match *b.get(at)? {
+            tag::SMALL_TUPLE => Some((*b.get(at + 1)? as u32, at + 2)),
+            tag::LARGE_TUPLE => Some((u32::from_be_bytes(*b.get(at + 1..)?.first_chunk::<4>()?), at + 5)),
             _ => None,
         }
     }
     /// An atom at `at`: its text (UTF-8 bytes) and where it ends.
     fn atom(&mut self, at: usize) -> Option<(Cow<'a, [u8]>, usize)> {
-        match self.header(at)? {
-            (Term::Atom(a), next) => Some((atom_bytes(&self.msg.refs, &a)?, next)),
-            _ => None,
-        }
+        let (a, next) = self.w.read_atom(self.msg.bytes, at).ok()?;
+        Some((atom_bytes(&self.msg.refs, &a)?, next))
     }
     /// Where the term at `at` ends.
     fn skip(&mut self, at: usize) -> Option<usize> {
