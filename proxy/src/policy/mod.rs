@@ -48,6 +48,8 @@ pub struct RouteHandle {
     pub(crate) source: ArcSwap<Registry>,
     /// The receiving cluster's registry (which versions it runs, what it exports).
     pub(crate) target: ArcSwap<Registry>,
+    /// Bumped after every [`RouteHandle::store_registries`] (as `generation` for the policy).
+    pub(crate) registries: AtomicU64,
 }
 
 impl RouteHandle {
@@ -59,6 +61,7 @@ impl RouteHandle {
             generation: AtomicU64::new(0),
             source: ArcSwap::new(source),
             target: ArcSwap::new(target),
+            registries: AtomicU64::new(0),
         }
     }
 
@@ -85,6 +88,7 @@ impl RouteHandle {
     pub fn store_registries(&self, source: Arc<Registry>, target: Arc<Registry>) {
         self.source.store(source);
         self.target.store(target);
+        self.registries.fetch_add(1, Ordering::Release);
     }
 }
 

@@ -429,6 +429,9 @@ pub struct Registry {
     /// Refreshes done, and errors they reported (for metrics).
     refreshes: AtomicU64,
     refresh_errors: AtomicU64,
+    /// Snapshots stored: bumped after each store, so a holder of a snapshot can tell with one
+    /// plain load whether it is still the current one ([`Registry::stores`]).
+    stores: AtomicU64,
     /// On-demand refreshes from the forwarding path ([`Registry::want_refresh`]).
     pub(crate) demand: refresh::Demand,
 }
@@ -442,6 +445,7 @@ impl Registry {
             refreshing: Mutex::new(()),
             refreshes: AtomicU64::new(0),
             refresh_errors: AtomicU64::new(0),
+            stores: AtomicU64::new(0),
             demand: refresh::Demand::new(),
         }
     }
@@ -488,6 +492,14 @@ impl Registry {
     /// Replaces the snapshot.
     pub fn store(&self, s: Snapshot) {
         self.current.store(Arc::new(s));
+        // Release: whoever sees the new count loads the snapshot stored above.
+        self.stores.fetch_add(1, Ordering::Release);
+    }
+
+    /// Snapshots stored so far. Unchanged since a snapshot was loaded: that snapshot is still
+    /// the current one.
+    pub fn stores(&self) -> u64 {
+        self.stores.load(Ordering::Acquire)
     }
 
     /// Reads `sources` into a new snapshot that also keeps every version the current one
