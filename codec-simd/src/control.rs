@@ -3,7 +3,7 @@
 
 use crate::error::{DistErrorKind, Error, Result};
 use crate::tag;
-use crate::term::{u32_at, u8_at, Atom, Pid, Reference, Term, Walker};
+use crate::term::{read_tuple, u32_at, u8_at, Atom, Pid, Reference, Term, Walker};
 
 /// One element of the control tuple: its header view and its byte extent.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -312,9 +312,10 @@ fn field<'a>(w: &mut Walker, buf: &'a [u8], at: usize, depth: usize) -> Result<F
             // `read_header` reads these tags as references or fails.
             _ => (FieldTerm::Other(t), w.walk_inside(buf, at, depth)?),
         },
-        tag::SMALL_TUPLE => (FieldTerm::Tuple(u8_at(buf, at + 1)? as u32), w.walk_inside(buf, at, depth)?),
-        tag::LARGE_TUPLE => (FieldTerm::Tuple(u32_at(buf, at + 1)?), w.walk_inside(buf, at, depth)?),
-        _ => (FieldTerm::Other(t), w.walk_inside(buf, at, depth)?),
+        _ => {
+            let term = read_tuple(buf, at)?.map_or(FieldTerm::Other(t), |(n, _)| FieldTerm::Tuple(n));
+            (term, w.walk_inside(buf, at, depth)?)
+        }
     };
     Ok(Field { at, end, term })
 }
@@ -337,12 +338,12 @@ impl<'a> Elements<'_, 'a> {
     /// A SPAWN_REQUEST's `{M, F, Arity}`: the tuple and its three elements.
     fn mfa(&mut self) -> Result<(Field<'a>, [Field<'a>; 3])> {
         let (w, buf, at) = (&mut *self.w, self.buf, self.pos);
-        if u8_at(buf, at)? != tag::SMALL_TUPLE || u8_at(buf, at + 1)? != 3 {
+        let Some((3, first)) = read_tuple(buf, at)? else {
             // Walked first, so that bad bytes inside are reported as such.
             w.walk_inside(buf, at, 1)?;
             return Err(bad(at, "spawn_request MFA is not a 3-tuple"));
-        }
-        let m = field(w, buf, at + 2, 2)?;
+        };
+        let m = field(w, buf, first, 2)?;
         let f = field(w, buf, m.end, 2)?;
         let a = field(w, buf, f.end, 2)?;
         self.pos = a.end;
@@ -353,14 +354,11 @@ impl<'a> Elements<'_, 'a> {
 /// Decode the control term at `at` in `buf`. Returns the control and its end offset.
 #[inline(always)]
 pub fn decode<'a>(w: &mut Walker, buf: &'a [u8], at: usize) -> Result<(Control<'a>, usize)> {
-    let (arity, first) = match u8_at(buf, at)? {
-        tag::SMALL_TUPLE => (u8_at(buf, at + 1)? as usize, at + 2),
-        tag::LARGE_TUPLE => (u32_at(buf, at + 1)? as usize, at + 5),
-        _ => {
-            w.walk_inside(buf, at, 0)?;
-            return Err(bad(at, "not a non-empty tuple"));
-        }
+    let Some((arity, first)) = read_tuple(buf, at)? else {
+        w.walk_inside(buf, at, 0)?;
+        return Err(bad(at, "not a non-empty tuple"));
     };
+    let arity = arity as usize;
     if arity == 0 {
         return Err(bad(at, "not a non-empty tuple"));
     }

@@ -575,6 +575,18 @@ impl Walker {
     }
 }
 
+/// A tuple's header at `at`: its arity and where its first element starts, or `None` when the
+/// term there is not a tuple. For readers that want a tuple's shape without a view (control
+/// decoding, policy peeks).
+#[inline]
+pub fn read_tuple(buf: &[u8], at: usize) -> Result<Option<(u32, usize)>> {
+    Ok(match u8_at(buf, at)? {
+        tag::SMALL_TUPLE => Some((u8_at(buf, at + 1)? as u32, at + 2)),
+        tag::LARGE_TUPLE => Some((u32_at(buf, at + 1)?, at + 5)),
+        _ => None,
+    })
+}
+
 /// Read an atom in any encoding (a pid's node, a fun's module, …).
 #[inline]
 fn read_atom<'a>(buf: &'a [u8], at: usize, cache_refs: Option<u16>) -> Result<(Atom<'a>, usize)> {

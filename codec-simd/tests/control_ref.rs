@@ -412,3 +412,55 @@ fn decodes_what_it_generates() {
     // Both sides of `may_hold_fun` are exercised by the comparison above.
     assert!(no_fun > 50 && with_fun > 20, "{no_fun} controls without a possible fun, {with_fun} with funs, of {ok}");
 }
+
+#[test]
+fn the_depth_limit_counts_the_control_tuple() {
+    use distgate_codec::term::Limits;
+    use distgate_codec::ErrorKind;
+    // {6, Pid, [[...[]]] (k lists deep), name}: the control tuple and k lists are k + 1
+    // containers, against a limit of 3.
+    for k in 0..6 {
+        let mut nested = E::List(vec![]);
+        for _ in 0..k {
+            nested = E::List(vec![nested]);
+        }
+        let mut buf = vec![0xAA, 104, 4, 97, op::REG_SEND];
+        for e in [E::Pid(1), nested, E::Atom("name".into())] {
+            encode(&e, &mut buf);
+        }
+        let limits = Limits { max_depth: 3, ..Limits::default() };
+        let (mut a, mut b) = (Walker::new(limits), Walker::new(limits));
+        let new = control::decode(&mut a, &buf, 1).map(|(c, end)| (format!("{c:?}"), end));
+        let old = reference_decode(&mut b, &buf, 1).map(|(c, end)| (format!("{c:?}"), end));
+        assert_eq!(new, old, "{k} lists deep");
+        // The innermost `[]` is NIL, not a container; the k lists around it are.
+        let containers = 1 + k;
+        match new {
+            Ok(_) => assert!(containers <= 3, "{k} lists deep passed"),
+            Err(e) => {
+                assert!(containers > 3, "{k} lists deep: {e:?}");
+                assert_eq!(e.kind, ErrorKind::TooDeep { limit: 3 }, "{k} lists deep");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_spawn_request_mfa_in_a_large_tuple_header_is_read() {
+    // OTP sends SMALL_TUPLE_EXT, but LARGE_TUPLE_EXT with arity 3 is the same term.
+    let ctl = E::Tuple(vec![
+        E::Int(op::SPAWN_REQUEST),
+        E::Ref(3),
+        E::Pid(1),
+        E::Pid(2),
+        E::Raw(vec![105, 0, 0, 0, 3, 119, 1, b'm', 119, 1, b'f', 97, 1]),
+        E::List(vec![]),
+    ]);
+    let mut buf = vec![0xAA];
+    encode(&ctl, &mut buf);
+    let (mut a, mut b) = (Walker::default(), Walker::default());
+    let new = control::decode(&mut a, &buf, 1).expect("decodes");
+    assert_eq!(Ok(new), reference_decode(&mut b, &buf, 1));
+    let Control::SpawnRequest { module, function, .. } = new.0 else { panic!("{:?}", new.0) };
+    assert!(module.is("m") && function.is("f"));
+}

@@ -15,7 +15,7 @@ use distgate_codec::fun::{FunKind, FunSite};
 use distgate_codec::message::Message;
 use distgate_codec::rewrite::{encode_export, Edit};
 use distgate_codec::tag;
-use distgate_codec::term::{NewFun, Skip, Term, Walker};
+use distgate_codec::term::{read_tuple, NewFun, Skip, Term, Walker};
 use distgate_config::{DenyAction, FunAction};
 
 use super::compile::{Compiled, UNTRUSTED_NAMES};
@@ -149,16 +149,11 @@ impl<'a> Peek<'_, 'a, '_> {
     fn header(&mut self, at: usize) -> Option<(Term<'a>, usize)> {
         self.w.read_header(self.msg.bytes, at).ok()
     }
-    /// A tuple at `at`: its arity and where its first element starts. (Read directly, as
-    /// `atom` below: these run on every message under the untrusted preset, and a full term
-    /// view costs more than the shape check itself.)
+    /// A tuple at `at`: its arity and where its first element starts. (Read without a term
+    /// view, as `atom` below: these run on every message under the untrusted preset, and a
+    /// full view costs more than the shape check itself.)
     fn tuple(&mut self, at: usize) -> Option<(u32, usize)> {
-        let b = self.msg.bytes;
-        match *b.get(at)? {
-            tag::SMALL_TUPLE => Some((*b.get(at + 1)? as u32, at + 2)),
-            tag::LARGE_TUPLE => Some((u32::from_be_bytes(*b.get(at + 1..)?.first_chunk::<4>()?), at + 5)),
-            _ => None,
-        }
+        read_tuple(self.msg.bytes, at).ok().flatten()
     }
     /// An atom at `at`: its text (UTF-8 bytes) and where it ends.
     fn atom(&mut self, at: usize) -> Option<(Cow<'a, [u8]>, usize)> {
