@@ -172,12 +172,21 @@ fn a_fun_b_did_not_know_is_replaced_then_passes_once_bs_live_registry_learns_its
     assert_eq!(rt.stats().get("policy:replace"), 1, "not replaced this time");
     assert_eq!(rt.stats().links_established.load(std::sync::atomic::Ordering::Relaxed), links, "same link");
 
-    // The cache holds both clusters, b with both versions of m learnt live.
-    let sections = cache::read_clusters(&d.cache, 1 << 30).expect("cache written");
-    let sb = sections.iter().find(|s| s.cluster == "b").expect("b's section");
-    for md5 in [v1, v2] {
-        assert!(sb.versions.iter().any(|v| &*v.module == "m" && v.md5 == md5));
-    }
+    // The cache holds both clusters, b with both versions of m learnt live. The refresher
+    // writes it after it has stored the snapshot the test saw, so the test waits for it.
+    let t = Instant::now();
+    let sections = loop {
+        let sections = cache::read_clusters(&d.cache, 1 << 30).expect("cache written");
+        let b_has_both = sections
+            .iter()
+            .find(|s| s.cluster == "b")
+            .is_some_and(|sb| [v1, v2].iter().all(|md5| sb.versions.iter().any(|v| &*v.module == "m" && v.md5 == *md5)));
+        if b_has_both {
+            break sections;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the cache never got both versions of m in b's section");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(sections.iter().any(|s| s.cluster == "a"));
     drop(a);
     drop(b);
