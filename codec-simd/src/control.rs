@@ -354,6 +354,13 @@ impl<'a> Elements<'_, 'a> {
 /// Decode the control term at `at` in `buf`. Returns the control and its end offset.
 #[inline(always)]
 pub fn decode<'a>(w: &mut Walker, buf: &'a [u8], at: usize) -> Result<(Control<'a>, usize)> {
+    decode_with_op(w, buf, at).map(|(c, _, end)| (c, end))
+}
+
+/// [`decode`], also returning the op as read (what [`Control::op`] gives, without its match
+/// over every variant: on the forwarding path that match was an indirect jump per message).
+#[inline(always)]
+pub fn decode_with_op<'a>(w: &mut Walker, buf: &'a [u8], at: usize) -> Result<(Control<'a>, u8, usize)> {
     let Some((arity, first)) = read_tuple(buf, at)? else {
         w.walk_inside(buf, at, 0)?;
         return Err(bad(at, "not a non-empty tuple"));
@@ -438,5 +445,5 @@ pub fn decode<'a>(w: &mut Walker, buf: &'a [u8], at: usize) -> Result<(Control<'
         }
         other => return Err(Error::dist(op_field.at, DistErrorKind::UnknownOp(other as u64))),
     };
-    Ok((ctl, e.pos))
+    Ok((ctl, op, e.pos))
 }

@@ -100,6 +100,8 @@ pub struct Message<'a> {
     /// The payload term, when the op has one (without a version byte).
     pub payload: Option<Range<usize>>,
     pub control: Control<'a>,
+    /// The control's op, as [`Control::op`] gives it (read once, while decoding).
+    pub op: u8,
     pub framing: Framing,
     pub refs: Refs<'a>,
 }
@@ -130,6 +132,7 @@ pub enum Decoded<'a> {
 /// What the walk of a message's start found when its payload ends in an open binary.
 struct OpenTail<'a> {
     control: Control<'a>,
+    op: u8,
     control_range: Range<usize>,
     payload_at: usize,
     /// Where the final binary ends, in the body's coordinates.
@@ -303,6 +306,7 @@ impl Decoder {
             control_range: tail.control_range,
             payload: Some(tail.payload_at..body.len()),
             control: tail.control,
+            op: tail.op,
             framing: Framing::StreamStart { seq, frag_id },
             refs: Refs::Live { cache: &self.cache, table: &self.table },
         };
@@ -345,13 +349,13 @@ impl Decoder {
     fn open_payload_tail<'b>(&mut self, body: &'b [u8], at: usize, nrefs: Option<u16>, versioned: bool) -> Option<OpenTail<'b>> {
         self.walker.set_cache_refs(nrefs);
         let c_at = after_version(body, at, versioned).ok()?;
-        let (control, c_end) = control::decode(&mut self.walker, body, c_at).ok()?;
-        if control::Control::has_payload(control.op()) == Some(false) {
+        let (control, op, c_end) = control::decode_with_op(&mut self.walker, body, c_at).ok()?;
+        if control::Control::has_payload(op) == Some(false) {
             return None;
         }
         let payload_at = after_version(body, c_end, versioned).ok()?;
         let (bin_at, bin_len) = self.walker.open_tail(body, payload_at)?;
-        Some(OpenTail { control, control_range: c_at..c_end, payload_at, end: bin_at as u64 + bin_len })
+        Some(OpenTail { control, op, control_range: c_at..c_end, payload_at, end: bin_at as u64 + bin_len })
     }
 
     /// Bytes held for incomplete fragmented messages.
@@ -552,8 +556,7 @@ fn decode_body<'a>(
     refs: Refs<'a>,
 ) -> Result<Decoded<'a>> {
     let c_at = after_version(body, at, versioned)?;
-    let (control, c_end) = control::decode(w, body, c_at)?;
-    let op = control.op();
+    let (control, op, c_end) = control::decode_with_op(w, body, c_at)?;
     let payload = if c_end == body.len() {
         None
     } else {
@@ -573,5 +576,5 @@ fn decode_body<'a>(
         }
         _ => {}
     }
-    Ok(Decoded::Message(Message { bytes: body, header, control_range: c_at..c_end, payload, control, framing, refs }))
+    Ok(Decoded::Message(Message { bytes: body, header, control_range: c_at..c_end, payload, control, op, framing, refs }))
 }

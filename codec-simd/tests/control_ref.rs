@@ -353,10 +353,13 @@ fn agree(buf: &[u8], refs: Option<u16>) -> std::result::Result<(), TestCaseError
     let mut b = Walker::default();
     a.set_cache_refs(refs);
     b.set_cache_refs(refs);
-    let new = control::decode(&mut a, buf, 1);
+    let new = control::decode_with_op(&mut a, buf, 1);
     let old = reference_decode(&mut b, buf, 1);
     match (new, old) {
-        (Ok(n), Ok(o)) => {
+        (Ok((c, op, end)), Ok(o)) => {
+            // The op read while decoding is the one the variant stands for.
+            prop_assert_eq!(op, c.op());
+            let n = (c, end);
             prop_assert_eq!(n, o);
             // A control said to hold no fun holds none.
             let mut funs = Vec::new();

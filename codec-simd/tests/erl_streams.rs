@@ -77,7 +77,8 @@ fn decode_direction(bytes: &[u8], st: &mut Stats) {
             Decoded::Streamed { .. } => panic!("streaming is off: nothing is streamed"),
             Decoded::Message(m) => {
                 st.messages += 1;
-                st.ops.insert(m.control.op());
+                assert_eq!(m.op, m.control.op(), "the op read while decoding is the variant's");
+                st.ops.insert(m.op);
                 if let Some(t) = m.refs.table() {
                     st.new_entries += (0..t.nrefs).filter(|&i| t.is_new(i as u8)).count();
                 }

@@ -84,7 +84,7 @@ fn a_fragmented_message_ending_in_a_binary_streams_without_buffering() {
                 // the payload up to the binary's body.
                 assert_eq!(message.is_some(), i == 0);
                 if let Some(m) = message {
-                    assert_eq!(m.control.op(), 6);
+                    assert_eq!((m.op, m.control.op()), (6, 6));
                     assert_eq!(m.bytes[m.control_range.clone()], control()[..]);
                     let p = m.payload.expect("payload start");
                     assert_eq!(m.bytes[p.start..p.start + 7], [104, 2, 119, 2, b'o', b'k', 109]);

@@ -329,7 +329,7 @@ impl Direction {
             }
             if !j.findings.is_empty() {
                 let site = Site { link: self.link, route: &self.route, direction: self.name };
-                audit::record(p, self.stats.as_deref(), &site, msg.control.op(), &j, p.dry_run, now);
+                audit::record(p, self.stats.as_deref(), &site, msg.op, &j, p.dry_run, now);
             }
             if p.dry_run {
                 return match held {

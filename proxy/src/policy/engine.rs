@@ -227,7 +227,7 @@ fn deny(p: &Compiled, rule: &'static str, module: String, subject: String) -> Ju
 }
 
 fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker) -> Option<Judgement> {
-    let op = msg.control.op();
+    let op = msg.op;
     if !p.op_allowed(op) {
         return Some(deny(p, "op", String::new(), op_name(op).to_string()));
     }
