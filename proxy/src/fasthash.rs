@@ -87,6 +87,67 @@ fn le32(b: &[u8]) -> u64 {
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<WordHash>>;
 pub type FastSet<K> = HashSet<K, BuildHasherDefault<WordHash>>;
 
+/// Keys up to this many are compared one by one, more are hashed.
+const FEW: usize = 8;
+
+/// A map from byte strings, for the policy's allow-lists: a handful of keys (what operators
+/// write) are compared in turn, which costs less than hashing the looked-up name (most
+/// comparisons stop at the length); a long list is hashed.
+#[derive(Debug)]
+pub enum KeyMap<V> {
+    Few(Vec<(Box<[u8]>, V)>),
+    Many(FastMap<Box<[u8]>, V>),
+}
+
+impl<V> Default for KeyMap<V> {
+    fn default() -> Self {
+        KeyMap::Few(Vec::new())
+    }
+}
+
+impl<V> KeyMap<V> {
+    /// The value under `key`, made with `new` if absent.
+    pub fn entry(&mut self, key: &[u8], new: impl FnOnce() -> V) -> &mut V {
+        if let KeyMap::Few(v) = self {
+            if v.len() >= FEW && !v.iter().any(|(k, _)| **k == *key) {
+                *self = KeyMap::Many(std::mem::take(v).into_iter().collect());
+            }
+        }
+        match self {
+            KeyMap::Few(v) => {
+                let i = match v.iter().position(|(k, _)| **k == *key) {
+                    Some(i) => i,
+                    None => {
+                        v.push((key.into(), new()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].1
+            }
+            KeyMap::Many(m) => m.entry(key.into()).or_insert_with(new),
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Option<&V> {
+        match self {
+            KeyMap::Few(v) => v.iter().find(|(k, _)| **k == *key).map(|(_, v)| v),
+            KeyMap::Many(m) => m.get(key),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            KeyMap::Few(v) => v.len(),
+            KeyMap::Many(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +205,26 @@ mod tests {
                 let mut k = base[..len].to_vec();
                 k[at] ^= 0x20;
                 assert!(seen.insert(h(&k)), "length {len}, byte {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_map_finds_what_it_holds_few_or_many() {
+        for n in [0, 1, FEW - 1, FEW, FEW + 1, 100] {
+            let mut m = KeyMap::default();
+            for i in 0..n {
+                *m.entry(format!("name_{i}").as_bytes(), || 0) += i + 1;
+                // A second entry of the same key finds the first.
+                *m.entry(format!("name_{i}").as_bytes(), || 0) += 1000;
+            }
+            assert_eq!(m.len(), n);
+            assert_eq!(matches!(m, KeyMap::Many(_)), n > FEW, "{n} keys");
+            for i in 0..n {
+                assert_eq!(m.get(format!("name_{i}").as_bytes()), Some(&(i + 1001)), "{n} keys");
+            }
+            for miss in [&b""[..], b"name_", b"name_1x", b"Name_1", format!("name_{n}").as_bytes()] {
+                assert_eq!(m.get(miss), None, "{n} keys: {miss:?}");
             }
         }
     }

@@ -11,7 +11,7 @@ use distgate_config::{ControlOp, DenyAction, FunAction, Glob, MfPattern, Mfa, Po
 /// whatever `reg_send_allow` says: they stop the node or load code.
 pub const UNTRUSTED_NAMES: &[&[u8]] = &[b"init", b"code_server", b"erl_prim_loader"];
 
-use crate::fasthash::{FastMap, FastSet};
+use crate::fasthash::{FastMap, KeyMap};
 /// module → lambda name → (arity if given, target).
 type FunMap = FastMap<String, FastMap<String, Vec<(Option<u8>, Mfa)>>>;
 
@@ -71,10 +71,11 @@ impl Pattern {
     }
 }
 
-/// A set of names (registered names): literal names hashed, patterns with `*` tried in order.
+/// A set of names (registered names): literal names looked up (see [`KeyMap`]), patterns with
+/// `*` tried in order.
 #[derive(Debug, Default)]
 pub struct NameSet {
-    exact: FastSet<Vec<u8>>,
+    exact: KeyMap<()>,
     globs: Vec<Pattern>,
 }
 
@@ -83,7 +84,7 @@ impl NameSet {
         let mut s = NameSet::default();
         for g in list {
             if g.is_literal() {
-                s.exact.insert(g.as_str().as_bytes().to_vec());
+                s.exact.entry(g.as_str().as_bytes(), || ());
             } else {
                 s.globs.push(Pattern::new(g));
             }
@@ -92,7 +93,7 @@ impl NameSet {
     }
 
     pub fn contains(&self, name: &[u8]) -> bool {
-        self.exact.contains(name) || self.globs.iter().any(|g| g.matches(name))
+        self.exact.get(name).is_some() || self.globs.iter().any(|g| g.matches(name))
     }
 }
 
@@ -118,11 +119,11 @@ impl Mf {
     }
 }
 
-/// A set of `M:F[/A]` patterns: patterns with a literal module are found by hashing the
-/// module, the others are tried in order.
+/// A set of `M:F[/A]` patterns: patterns with a literal module are found by their module
+/// (see [`KeyMap`]), the others are tried in order.
 #[derive(Debug, Default)]
 pub struct MfSet {
-    by_module: FastMap<Vec<u8>, Vec<Mf>>,
+    by_module: KeyMap<Vec<Mf>>,
     wild: Vec<Mf>,
 }
 
@@ -131,7 +132,7 @@ impl MfSet {
         let mut s = MfSet::default();
         for p in list {
             if p.module.is_literal() {
-                s.by_module.entry(p.module.as_str().as_bytes().to_vec()).or_default().push(Mf::new(p));
+                s.by_module.entry(p.module.as_str().as_bytes(), Vec::new).push(Mf::new(p));
             } else {
                 s.wild.push(Mf::new(p));
             }

@@ -310,6 +310,16 @@ impl Direction {
             Ok(())
         };
         let funs = &*funs;
+        // The common case on the forwarding path: a whole message without funs. Its verdict
+        // is the control rules' alone, and when they pass it is forwarded as it came (no
+        // finding to audit, dry-run or not): decided here without the general path's set-up.
+        if held.is_none() && funs.is_empty() {
+            if let Ok(()) = collected {
+                if p.control_open || engine::judge_control(p, msg, &mut self.walker).is_none() {
+                    return Ok(FrameAct::Forward);
+                }
+            }
+        }
         // Out of `self` while the closure below borrows it.
         let mut view = self.target.take();
         let result = collected.and_then(|()| {

@@ -226,7 +226,8 @@ fn deny(p: &Compiled, rule: &'static str, module: String, subject: String) -> Ju
     Judgement { verdict, findings: vec![Finding { rule, module, subject, action, detail: None }] }
 }
 
-fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker) -> Option<Judgement> {
+/// The control rules alone: `Some` with the judgement when they deny, `None` when they pass.
+pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker) -> Option<Judgement> {
     let op = msg.op;
     if !p.op_allowed(op) {
         return Some(deny(p, "op", String::new(), op_name(op).to_string()));
