@@ -182,6 +182,7 @@ fn stopping_distgate_brings_nodedown_and_a_new_one_reconnects_on(d: DriverKind) 
         .args(["-port", &epmd_port.to_string()])
         .spawn()
         .expect("epmd (from erlang-base) starts");
+    distgate_testkit::daemon::wait_listening(epmd_port, "epmd");
     let b = Node::start_with("kb", NodeOptions { cookie: COOKIE_B.into(), epmd_port: Some(epmd_port), ..NodeOptions::default() });
     let up = Some(SocketAddr::new(lo(), epmd_port));
     let rt = Runtime::start(spec(d, vec![side("a", COOKIE_A, None), side("b", COOKIE_B, up)])).unwrap();

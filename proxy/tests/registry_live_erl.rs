@@ -308,6 +308,7 @@ fn epmd_lookup_and_atom_cache_frames() {
         }
     }
     let _epmd = Kill(std::process::Command::new("epmd").args(["-port", &epmd_port.to_string()]).spawn().expect("epmd starts"));
+    distgate_testkit::daemon::wait_listening(epmd_port, "epmd");
     let node = node_with("dgle", NodeOptions { epmd_port: Some(epmd_port), ..NodeOptions::default() });
     let via = LiveAddr::Epmd(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), epmd_port));
     // The evals below load modules of their own (printing): load them before listing.

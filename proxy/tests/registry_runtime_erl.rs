@@ -244,7 +244,9 @@ struct Epmd(Child, u16);
 impl Epmd {
     fn start() -> Epmd {
         let port = free_port();
-        Epmd(Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd starts"), port)
+        let epmd = Epmd(Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd starts"), port);
+        distgate_testkit::daemon::wait_listening(port, "epmd");
+        epmd
     }
 }
 
