@@ -74,12 +74,14 @@ fn expect_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
     }
 }
 
-/// A fake node of cluster A that completes the handshake through distgate to `target`.
-fn fake_dialler(port: u16, target: &str) -> TcpStream {
+/// A fake node `name` of cluster A that completes the handshake through distgate to `target`.
+/// Each fake has a name of its own: B drops a closed link's connection when its VM gets to it,
+/// and until then answers a new handshake under the same name with `alive`, not `ok`.
+fn fake_dialler(port: u16, target: &str, name: &str) -> TcpStream {
     let mut s = TcpStream::connect(SocketAddr::new(lo(), port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut out = Vec::new();
-    let me = SendName { flags: 0x0000000d07df7fbc, creation: Some(4242), name: "fake@127.0.0.1".into() };
+    let me = SendName { flags: 0x0000000d07df7fbc, creation: Some(4242), name: name.into() };
     me.encode(4242, &mut out);
     s.write_all(&out).unwrap();
     let mut buf = Vec::new();
@@ -138,13 +140,13 @@ fn hostile_peers_lose_only_their_own_link() {
     assert!(stats.get("close:handshake_timeout") >= 1, "{:?}", stats.labelled());
 
     // 3. A real handshake, then an oversized frame: that link closes, with a reason.
-    let mut big = fake_dialler(port, b.name());
+    let mut big = fake_dialler(port, b.name(), "fake_big@127.0.0.1");
     big.write_all(&((MAX_FRAME as u32) + 1).to_be_bytes()).unwrap();
     expect_closed(&mut big, CLOSE_DEADLINE);
     assert!(stats.get("close:frame_too_large") >= 1, "{:?}", stats.labelled());
 
     // 4. A real handshake, a tick (passes), then a frame that is not a distribution message.
-    let mut bad = fake_dialler(port, b.name());
+    let mut bad = fake_dialler(port, b.name(), "fake_bad@127.0.0.1");
     bad.write_all(&[0, 0, 0, 0, 0, 0, 0, 3, 131, 68, 9]).unwrap();
     expect_closed(&mut bad, CLOSE_DEADLINE);
     assert!(stats.get("close:bad_frame") >= 1, "{:?}", stats.labelled());
@@ -153,10 +155,10 @@ fn hostile_peers_lose_only_their_own_link() {
     // its first fragment is forwarded at once) whose last fragment runs one byte past the
     // binary: that link closes as a bad frame (the unit test in link.rs checks the reason).
     let bad_frames = stats.get("close:bad_frame");
-    let mut long = fake_dialler(port, b.name());
+    let mut long = fake_dialler(port, b.name(), "fake_long@127.0.0.1");
     let mut body = vec![0, 104, 4];
     distgate::policy::wire::encode_int(6, &mut body);
-    distgate::policy::wire::encode_pid("fake@127.0.0.1", 1, 0, 1, &mut body);
+    distgate::policy::wire::encode_pid("fake_long@127.0.0.1", 1, 0, 1, &mut body);
     distgate_codec::rewrite::encode_atom("", &mut body);
     distgate_codec::rewrite::encode_atom("nobody", &mut body);
     body.extend_from_slice(&[104, 2, 119, 2, b'o', b'k', 109]);
@@ -181,6 +183,6 @@ fn hostile_peers_lose_only_their_own_link() {
     // The real pair saw none of it.
     assert_eq!(a.eval(downs), "[]", "the real link never went down");
     pair_still_fine(&a, &b);
-    // The fake node's links to B came up and went down on B's side, each on its own.
+    // The fake nodes' links to B came up and went down on B's side, each on its own.
     assert_eq!(b.eval("nodes()."), format!("[{}]", a.atom()));
 }
