@@ -379,11 +379,12 @@ fn a_wrong_cookie_is_a_clear_error() {
         cookie: cookie("not_the_cookie"),
         own_name: own_name("c"),
     };
-    let t = Instant::now();
     let report = reg.refresh(std::slice::from_ref(&src), &Limits::default());
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_eq!(report.errors.len(), 1, "{:#?}", errors(&report));
     let e = &report.errors[0];
+    // BadCookie, not Timeout: the node closed the connection on our reply, and the session
+    // said so at once rather than waiting out its read timeout (which would be a Timeout).
+    // (No wall-clock bound: this test took 9 s in all on a loaded host.)
     assert!(matches!(&e.kind, LoadErrorKind::Live(LiveError::BadCookie { .. })), "{e}");
     let text = e.to_string();
     assert!(text.starts_with(&format!("live {}: wrong cookie for {}", node.name(), node.name())), "{text}");
