@@ -36,12 +36,12 @@ fn run_with_a_file_metrics_reload_and_sigterm() {
     b.eval("register(dg_count, spawn(fun() -> L = fun Loop(N) -> receive {get, F} -> F ! {n, N}, Loop(N); _ -> Loop(N + 1) end end, L(0) end)).");
     // 200 messages of 10 000 bytes each: at least 2 MB must show up as forwarded bytes.
     assert_eq!(
-        a.eval("Bin = binary:copy(<<7>>, 10000), [{dg_count, B} ! Bin || _ <- lists:seq(1, 200)], {dg_count, B} ! {get, self()}, receive {n, N} -> N after 10000 -> timeout end."),
+        a.eval("Bin = binary:copy(<<7>>, 10000), [{dg_count, B} ! Bin || _ <- lists:seq(1, 200)], {dg_count, B} ! {get, self()}, receive {n, N} -> N after 30000 -> timeout end."),
         "200"
     );
     // Three 200 KB binaries: OTP sends each in 4 fragments, and distgate streams them.
     assert_eq!(
-        a.eval("Big = binary:copy(<<8>>, 200000), [{dg_count, B} ! {big, Big} || _ <- [1, 2, 3]], {dg_count, B} ! {get, self()}, receive {n, N2} -> N2 after 10000 -> timeout end."),
+        a.eval("Big = binary:copy(<<8>>, 200000), [{dg_count, B} ! {big, Big} || _ <- [1, 2, 3]], {dg_count, B} ! {get, self()}, receive {n, N2} -> N2 after 30000 -> timeout end."),
         "203"
     );
     let m = scrape(mp);
@@ -72,7 +72,7 @@ fn run_with_a_file_metrics_reload_and_sigterm() {
     dg.signal("TERM");
     let status = dg.wait();
     assert!(status.success(), "{status:?}");
-    let gone = "W = fun Wait(0) -> nodes(); Wait(K) -> case nodes() of [] -> []; _ -> receive after 50 -> Wait(K - 1) end end end, W(200).";
+    let gone = "W = fun Wait(0) -> nodes(); Wait(K) -> case nodes() of [] -> []; _ -> receive after 50 -> Wait(K - 1) end end end, W(600).";
     assert_eq!(a.eval(gone), "[]");
     assert_eq!(b.eval(gone), "[]");
 }
@@ -115,10 +115,10 @@ fn reload_under_traffic_changes_a_policy_outcome_with_no_link_dropped() {
     // Sent to dg_other, then a sync through dg_count on the same link: when the sync is
     // answered, what dg_other will ever get of it is in its mailbox.
     let probe = |tag: &str| {
-        let r = a.eval(&format!("{{dg_other, B}} ! {tag}, {{dg_count, B}} ! {{sync, self()}}, receive synced -> ok after 10000 -> timeout end."));
+        let r = a.eval(&format!("{{dg_other, B}} ! {tag}, {{dg_count, B}} ! {{sync, self()}}, receive synced -> ok after 30000 -> timeout end."));
         assert_eq!(r, "ok");
         // Bindings persist from one eval to the next: a fresh variable per probe.
-        b.eval(&format!("dg_other ! {{get, self()}}, receive {{other, Got_{tag}}} -> Got_{tag} after 5000 -> timeout end."))
+        b.eval(&format!("dg_other ! {{get, self()}}, receive {{other, Got_{tag}}} -> Got_{tag} after 30000 -> timeout end."))
     };
     assert_eq!(probe("before"), "[]", "refused by the first policy");
 
@@ -136,12 +136,12 @@ fn reload_under_traffic_changes_a_policy_outcome_with_no_link_dropped() {
     dg.wait_for("SIGHUP: configuration reloaded");
     assert_eq!(probe("later"), "[later]", "let through by the reloaded policy, on the same link");
 
-    let sent = a.eval("pump ! {stop, self()}, receive {sent, N} -> N after 10000 -> timeout end.");
+    let sent = a.eval("pump ! {stop, self()}, receive {sent, N} -> N after 30000 -> timeout end.");
     let sent: u64 = sent.parse().unwrap_or_else(|_| panic!("pump: {sent}"));
     assert!(sent > 0);
     let got = b.eval(&format!(
         "W = fun Wait(0) -> dg_count ! {{get, self()}}, receive C -> C end; \
-                 Wait(K) -> dg_count ! {{get, self()}}, receive {{count, {sent}, _}} = C -> C; _ -> receive after 20 -> Wait(K - 1) end end end, W(500)."
+                 Wait(K) -> dg_count ! {{get, self()}}, receive {{count, {sent}, _}} = C -> C; _ -> receive after 20 -> Wait(K - 1) end end end, W(1500)."
     ));
     assert_eq!(got, format!("{{count,{sent},true}}"), "every message of the pump, in order");
     assert_eq!(a.eval("watch ! {get, self()}, receive {downs, D} -> D end."), "[]", "no nodedown on A");

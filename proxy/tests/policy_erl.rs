@@ -144,11 +144,14 @@ fn audit_lines(needle: &str) -> Vec<String> {
     text.lines().filter(|l| l.contains(needle)).filter_map(|l| l.find('{').map(|i| l[i..].to_string())).collect()
 }
 
+/// How long B's sink waits for messages to arrive (a deadline: it returns as soon as they do).
+const WAIT_MS: u32 = 30_000;
+
 /// Send from A to B's sink, wait for `n` messages there, and evaluate `then` on B with the
 /// messages bound to `Got`.
 fn deliver(s: &Setup, send: &str, n: usize, then: &str) -> String {
     s.a.eval(send);
-    s.b.eval(&format!("Got = dgt:wait(dg_sink, {n}, 5000), {then}"))
+    s.b.eval(&format!("Got = dgt:wait(dg_sink, {n}, {WAIT_MS}), {then}"))
 }
 
 // ---- tests -------------------------------------------------------------------------------------
@@ -181,13 +184,13 @@ fn rewrite_sends_fun_m_f_1_which_runs_bs_version_and_reload_applies_to_the_open_
     let r = s.b.eval("[{msg, _}] = dgt:wait(dg_sink, 1, 0), ok.");
     assert_eq!(r, "ok");
     s.a.eval("{dg_sink, B} ! {anon, m:anon()}, {dg_sink, B} ! {closure, m:closure(7)}.");
-    let r = s.b.eval("[_, {anon, X}, {closure, Y}] = dgt:wait(dg_sink, 3, 5000), {element(1, X), element(1, Y)}.");
+    let r = s.b.eval("[_, {anon, X}, {closure, Y}] = dgt:wait(dg_sink, 3, 30000), {element(1, X), element(1, Y)}.");
     assert_eq!(r, "{distgate_blocked_fun,distgate_blocked_fun}");
     // A reload: the open link applies the new policy from its next frame.
     let links = s.rt.stats().links_established.load(std::sync::atomic::Ordering::Relaxed);
     s.handle.store(Some(policy("unknown_fun = \"pass\"\n")));
     s.a.eval("{dg_sink, B} ! {again, m:export_like()}.");
-    let r = s.b.eval("{again, F2} = lists:last(dgt:wait(dg_sink, 4, 5000)), element(1, dgt:call(F2, 1)).");
+    let r = s.b.eval("{again, F2} = lists:last(dgt:wait(dg_sink, 4, 30000)), element(1, dgt:call(F2, 1)).");
     assert_eq!(r, "caught");
     assert_eq!(s.rt.stats().links_established.load(std::sync::atomic::Ordering::Relaxed), links, "same link");
 }
@@ -205,7 +208,7 @@ fn drop_skips_the_message_and_later_ones_reuse_its_atoms() {
     );
     let r = s.b.eval(
         // Delivered in order: had the dropped message arrived, it would head the list.
-        "[{kept, L1}, {kept_too, L2}] = dgt:wait(dg_sink, 2, 5000), \
+        "[{kept, L1}, {kept_too, L2}] = dgt:wait(dg_sink, 2, 30000), \
          {L1 =:= dgt:atoms(\"dg_drop_atom\", 300), L2 =:= lists:reverse(L1)}.",
     );
     assert_eq!(r, "{true,true}");
@@ -227,21 +230,23 @@ fn replace_delivers_the_marker_naming_the_fun() {
 #[test]
 fn a_denied_spawn_request_gets_an_error_promptly_and_allowed_ones_run() {
     let s = setup(Some("[policy.p.control]\nspawn_allow = [\"dgt:*\"]\n"));
+    // Promptly: distgate answers the request itself; had it only dropped it, no reply would
+    // come before the link went down. (A deadline, not a measured duration: the host may be
+    // loaded.)
     let r = s.a.eval(
-        "T0 = erlang:monotonic_time(millisecond), \
-         R = erlang:spawn_request(B, os, cmd, [\"echo x\"], [monitor]), \
-         receive {spawn_reply, R, Res, Why} -> {Res, Why, erlang:monotonic_time(millisecond) - T0 < 2000} \
-         after 5000 -> timeout end.",
+        "R = erlang:spawn_request(B, os, cmd, [\"echo x\"], [monitor]), \
+         receive {spawn_reply, R, Res, Why} -> {Res, Why} \
+         after 30000 -> timeout end.",
     );
-    assert_eq!(r, "{error,distgate_denied,true}");
+    assert_eq!(r, "{error,distgate_denied}");
     // spawn/4 to another node waits for the reply and raises its error.
     assert_eq!(s.a.eval("try spawn(B, os, cmd, [\"echo x\"]) catch error:E4 -> E4 end."), "distgate_denied");
     // spawn/2 of a fun is a spawn_request of erlang:apply/2: refused too.
-    let r = s.a.eval("R2 = erlang:spawn_request(B, fun() -> ok end, []), receive {spawn_reply, R2, Res2, W2} -> {Res2, W2} after 5000 -> timeout end.");
+    let r = s.a.eval("R2 = erlang:spawn_request(B, fun() -> ok end, []), receive {spawn_reply, R2, Res2, W2} -> {Res2, W2} after 30000 -> timeout end.");
     assert_eq!(r, "{error,distgate_denied}");
     let r = s.a.eval(
         "R3 = erlang:spawn_request(B, dgt, call, [fun erlang:node/1, self()], []), \
-         receive {spawn_reply, R3, ok, P3} -> node(P3) after 5000 -> timeout end.",
+         receive {spawn_reply, R3, ok, P3} -> node(P3) after 30000 -> timeout end.",
     );
     assert_eq!(r, s.b.atom());
     assert_eq!(s.rt.stats().get("policy:deny"), 3);
@@ -253,11 +258,10 @@ fn a_denied_spawn_request_gets_an_error_promptly_and_allowed_ones_run() {
 fn the_untrusted_preset_blocks_rpc_and_dangerous_messages_and_allows_listed_erpc() {
     // (setup's net_adm:ping passes: the preset allows net_kernel's is_auth.)
     let s = setup(Some("preset = \"untrusted\"\n[policy.p.control]\nrpc_allow = [\"m:*\"]\nreg_send_allow = [\"dg_*\"]\n"));
-    let r = s.a.eval(
-        "T0 = erlang:monotonic_time(millisecond), R = rpc:call(B, os, cmd, [\"echo x\"]), \
-         {R, erlang:monotonic_time(millisecond) - T0 < 2000}.",
-    );
-    assert_eq!(r, "{{badrpc,{'EXIT',distgate_denied}},true}");
+    // Promptly: with a 30 s timeout the call would give {badrpc, timeout} had distgate only
+    // dropped the request (a deadline, not a measured duration: the host may be loaded).
+    let r = s.a.eval("rpc:call(B, os, cmd, [\"echo x\"], 30000).");
+    assert_eq!(r, "{badrpc,{'EXIT',distgate_denied}}");
     assert_eq!(s.a.eval("erpc:call(B, m, f, [1])."), "{v2,1}");
     assert_eq!(s.a.eval("try erpc:call(B, erlang, node, []) catch error:E -> E end."), "{erpc,distgate_denied}");
     // sys messages, io requests and supervisor child calls never reach a process, whatever
@@ -270,7 +274,7 @@ fn the_untrusted_preset_blocks_rpc_and_dangerous_messages_and_allows_listed_erpc
          {other_name, B} ! not_allowed, \
          {dg_sink, B} ! plain.",
     );
-    assert_eq!(s.b.eval("dgt:wait(dg_sink, 1, 5000)."), "[plain]");
+    assert_eq!(s.b.eval("dgt:wait(dg_sink, 1, 30000)."), "[plain]");
     // `not_allowed` went out before `plain` on the same link, so had it been forwarded it
     // would be in other_name's mailbox by now, ahead of the request for what it holds.
     assert_eq!(s.b.eval("dgt:wait(other_name, 0, 0)."), "[]");
@@ -296,7 +300,7 @@ fn funs_deep_in_maps_in_free_variables_and_in_a_fragmented_message() {
     // In the free variables of a fun B knows (dgt is the same build on both sides): only the
     // inner fun is rewritten, and the outer fun's Size is fixed.
     s.a.eval("{dg_sink, B} ! {wrapped, dgt:wrap(m:export_like())}.");
-    let r = s.b.eval("{wrapped, W} = lists:last(dgt:wait(dg_sink, 2, 5000)), dgt:call(W, 21).");
+    let r = s.b.eval("{wrapped, W} = lists:last(dgt:wait(dg_sink, 2, 30000)), dgt:call(W, 21).");
     assert_eq!(r, "{wrapped,{v2,21}}");
     // In a message over 1 MB (OTP sends it in 64 KiB fragments), with atoms it introduces,
     // which the next message reuses.
@@ -305,7 +309,7 @@ fn funs_deep_in_maps_in_free_variables_and_in_a_fragmented_message() {
          {dg_sink, B} ! {big, Big, m:export_like(), Atoms}, {dg_sink, B} ! {after_big, Atoms}.",
     );
     let r = s.b.eval(
-        "[{big, Bin, F3, A3}, {after_big, A4}] = lists:nthtail(2, dgt:wait(dg_sink, 4, 10000)), \
+        "[{big, Bin, F3, A3}, {after_big, A4}] = lists:nthtail(2, dgt:wait(dg_sink, 4, 30000)), \
          {byte_size(Bin), erlang:md5(Bin) =:= erlang:md5(binary:copy(<<\"0123456789abcdef\">>, 100000)), \
           dgt:call(F3, 21), A3 =:= dgt:atoms(\"dg_big_atom\", 250), A4 =:= A3}.",
     );
@@ -340,7 +344,7 @@ fn a_large_message_ending_in_a_binary_is_judged_on_its_first_fragment_and_stream
          {dg_sink, B} ! {big, erlang:md5(Big), Big}.",
     );
     let r = s.b.eval(
-        "[{kept, L}, {big, M, Bin}] = dgt:wait(dg_sink, 2, 10000), \
+        "[{kept, L}, {big, M, Bin}] = dgt:wait(dg_sink, 2, 30000), \
          {L =:= dgt:atoms(\"dg_stream_atom\", 200), M =:= erlang:md5(Bin), byte_size(Bin)}.",
     );
     assert_eq!(r, "{true,true,1500000}");

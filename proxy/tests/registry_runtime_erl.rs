@@ -126,7 +126,14 @@ fn a_fun_b_did_not_know_is_replaced_then_passes_once_bs_live_registry_learns_its
     let rt = Runtime::start(Spec::from_config(&cfg).unwrap()).expect("distgate starts");
     let reg_b = rt.registries().registry("b").expect("b's registry");
     assert!(rt.policies().handles().any(|h| h.from == "a" && h.to == "b"), "a -> b is judged");
-    // The refresher's first refresh (at start) found no node: the 1 h interval is far off.
+    // The refresher's first refresh (at start) finds no node: the 1 h interval is far off.
+    // It runs on the refresher's thread, so wait for it (the directories were loaded
+    // synchronously: one refresh) before b's node exists and could be found by it.
+    let t = Instant::now();
+    while reg_b.refresh_counts().0 < 2 {
+        assert!(t.elapsed() < Duration::from_secs(30), "b's refresher never did its first refresh");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let a = node("rra", COOKIE_A, ea, &d.a, &d.common);
     let b = node("rrb", COOKIE_B, eb, &d.b, &d.common);
     a.eval(&format!("B = {}.", b.atom()));
@@ -141,7 +148,7 @@ fn a_fun_b_did_not_know_is_replaced_then_passes_once_bs_live_registry_learns_its
     // 1. A fun of m v1 from a: b's registry does not know v1, so the fun is replaced, and
     //    the forwarding path asks b's registry for a refresh, which joins b's node.
     a.eval("{dg_sink, B} ! {first, m:anon()}.");
-    let r = b.eval("[{first, F1}] = dgt:wait(dg_sink, 1, 5000), F1.");
+    let r = b.eval("[{first, F1}] = dgt:wait(dg_sink, 1, 30000), F1.");
     assert!(r.starts_with("{distgate_blocked_fun,m,"), "replaced: {r}");
     assert_eq!(rt.stats().get("policy:replace"), 1);
     wait_known(&reg_b, "m", &v2, "the unknown-fun trigger");
@@ -167,7 +174,7 @@ fn a_fun_b_did_not_know_is_replaced_then_passes_once_bs_live_registry_learns_its
     // 3. The same fun now passes, and b runs it.
     let links = rt.stats().links_established.load(std::sync::atomic::Ordering::Relaxed);
     a.eval("{dg_sink, B} ! {second, m:anon()}.");
-    let r = b.eval("[_, {second, F2}] = dgt:wait(dg_sink, 2, 5000), dgt:call(F2, 21).");
+    let r = b.eval("[_, {second, F2}] = dgt:wait(dg_sink, 2, 30000), dgt:call(F2, 21).");
     assert_eq!(r, "{v1_anon,21}");
     assert_eq!(rt.stats().get("policy:replace"), 1, "not replaced this time");
     assert_eq!(rt.stats().links_established.load(std::sync::atomic::Ordering::Relaxed), links, "same link");
@@ -244,7 +251,9 @@ struct Epmd(Child, u16);
 impl Epmd {
     fn start() -> Epmd {
         let port = free_port();
-        Epmd(Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd starts"), port)
+        let epmd = Epmd(Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd starts"), port);
+        distgate_testkit::daemon::wait_listening(port, "epmd");
+        epmd
     }
 }
 

@@ -108,3 +108,14 @@ pub fn sample_or(text: &str, series: &str) -> Option<f64> {
 pub fn free_port() -> u16 {
     crate::node::free_port()
 }
+
+/// Waits (30 s at most, polling) until something accepts connections on 127.0.0.1:`port`,
+/// e.g. an `epmd -port PORT` just spawned: a node started before its epmd listens fails to
+/// register and halts. Panics naming `what` when nothing does.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} never listened on 127.0.0.1:{port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

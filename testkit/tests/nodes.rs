@@ -67,8 +67,13 @@ fn two_nodes_ping_each_other_through_dg_epmd() {
     assert_eq!(a.eval("nodes()"), format!("[{}]", b.atom()));
     assert_eq!(b.eval("nodes()"), format!("[{}]", a.atom()));
 
-    // b dials a on a fresh connection too.
+    // b dials a on a fresh connection too, once it has seen the old one go (until then it
+    // would count the dying connection as connected).
     a.eval(&format!("erlang:disconnect_node({})", b.atom()));
+    assert_eq!(
+        b.eval("W = fun Wait(0) -> nodes(); Wait(K) -> case nodes() of [] -> []; _ -> timer:sleep(20), Wait(K - 1) end end, W(1500)"),
+        "[]"
+    );
     assert!(b.connect(&a));
     assert_eq!(b.eval(&format!("net_adm:ping({})", a.atom())), "pong");
     assert_eq!(

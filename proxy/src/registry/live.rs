@@ -1321,8 +1321,10 @@ mod tests {
         s.write_all(&out).unwrap();
     }
 
+    /// Deadlines generous enough for a loaded CI host: a call that is answered (with a reply, a
+    /// tick, garbage) must never run into them. Tests of a timeout set a short one themselves.
     fn limits() -> LiveLimits {
-        LiveLimits { io_timeout: Duration::from_secs(5), call_timeout: Duration::from_millis(300), ..LiveLimits::default() }
+        LiveLimits { io_timeout: Duration::from_secs(30), call_timeout: Duration::from_secs(30), ..LiveLimits::default() }
     }
 
     #[test]
@@ -1393,9 +1395,9 @@ mod tests {
         let e = Session::connect("n@127.0.0.1", &LiveAddr::Direct(addr), &cookie, "dg@127.0.0.1", &limits()).unwrap_err();
         assert!(matches!(e, LiveError::BadCookie { detail, .. } if detail.contains("ack")), "{e}");
 
-        // Silence: a timeout, not a hang.
+        // Silence (far longer than the 200 ms the session waits): a timeout, not a hang.
         let (addr, _) = fake_node(|s| {
-            thread::sleep(Duration::from_secs(2));
+            thread::sleep(Duration::from_secs(30));
             drop(s)
         });
         let l = LiveLimits { io_timeout: Duration::from_millis(200), ..limits() };
@@ -1470,10 +1472,12 @@ mod tests {
         });
         let e = s.call("code", "all_loaded", vec![], |_, _| Ok(())).unwrap_err();
         assert!(e.to_string().contains("frame"), "{e}");
+        // (The fake stays silent far longer than the call's 300 ms.)
         let mut s = connected(|mut s| {
             read_frame_raw(&mut s);
-            thread::sleep(Duration::from_secs(1));
+            thread::sleep(Duration::from_secs(30));
         });
+        s.limits.call_timeout = Duration::from_millis(300);
         let e = s.call("code", "all_loaded", vec![], |_, _| Ok(())).unwrap_err();
         assert!(matches!(e, LiveError::Timeout { .. }), "{e}");
     }
