@@ -434,6 +434,10 @@ impl Core {
                 self.stats.count(&format!("close:{label}"));
                 tracing::info!(core = self.id, link = c.link.id(), reason = %detail, "link closed");
             }
+            // Counted before the sockets shut, as the io_uring driver does: a peer that sees
+            // the close never reads metrics that have not caught up with it.
+            Stats::add(&self.stats.links_closed, 1);
+            self.stats.links_open.fetch_sub(1, Ordering::Relaxed);
             for l in c.legs.iter_mut() {
                 if let Some(mut s) = l.sock.take() {
                     let _ = flush_sock(&mut s, &l.wq[l.wq_off..]);
@@ -441,8 +445,6 @@ impl Core {
                     let _ = s.shutdown(std::net::Shutdown::Both);
                 }
             }
-            Stats::add(&self.stats.links_closed, 1);
-            self.stats.links_open.fetch_sub(1, Ordering::Relaxed);
             self.free.push(slot);
         } else {
             self.slots[slot] = s;
