@@ -8,6 +8,7 @@ use distgate::driver::DriverKind;
 use distgate::link::{Cookie, LinkLimits};
 use distgate::runtime::{Runtime, SideSpec, Spec};
 use distgate_testkit::{Node, NodeOptions};
+use distgate_testkit::daemon::free_port;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -216,9 +217,6 @@ fn stopping_distgate_brings_nodedown_and_a_new_one_reconnects_on(d: DriverKind) 
     let _ = epmd.wait();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn signal(pid: u32, sig: &str) {
     assert!(std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success());

@@ -83,7 +83,7 @@ struct Epmd(std::process::Child, u16);
 
 impl Epmd {
     fn start() -> Epmd {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = distgate_testkit::daemon::free_port();
         let child = Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd starts");
         let epmd = Epmd(child, port);
         distgate_testkit::daemon::wait_listening(port, "epmd");

@@ -305,7 +305,7 @@ fn encoded_terms_decode_in_erl() {
 #[test]
 fn epmd_lookup_and_atom_cache_frames() {
     // A real epmd on its own port; the node registers there.
-    let epmd_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let epmd_port = distgate_testkit::daemon::free_port();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {

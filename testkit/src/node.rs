@@ -467,8 +467,35 @@ fn log_text(log: &Mutex<String>) -> String {
     log.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-/// A port that was free a moment ago (bind to 0, read it back, release it).
+/// A port that was free a moment ago, for a listener the test starts next (an EPMD, a
+/// responder, metrics).
+///
+/// Why not bind to port 0 and hand that port on: it comes from the kernel's ephemeral range,
+/// the range every outgoing connection's local port comes from too, and tests running in
+/// parallel open many (nodes dialling, EPMD queries). One of them could take the port between
+/// the release here and the test's own bind. So the port is picked below that range, where
+/// the kernel never allocates, starting at a point that differs per process and per call;
+/// only another test picking the same port in the same moment could collide. Where the range
+/// leaves no room below it, port 0 it is.
 pub(crate) fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()))
+        .unwrap_or(0);
+    if ephemeral_start > LOW + 1000 {
+        let span = ephemeral_start - LOW;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos ^ CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(7919);
+        for i in 0..span {
+            let port = LOW + (seed.wrapping_add(i.wrapping_mul(7_919)) % span);
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -478,6 +505,23 @@ pub(crate) fn free_port() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_free_and_outside_the_ephemeral_range() {
+        let lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u16>().ok()));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let p = free_port();
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap_or_else(|e| panic!("port {p} is not free: {e}"));
+            if let Some(lo) = lo.filter(|&lo| lo > 11_000) {
+                assert!(p < lo, "port {p} is in the ephemeral range from {lo}");
+            }
+            seen.insert(p);
+        }
+        assert!(seen.len() > 40, "calls keep picking the same ports: {seen:?}");
+    }
 
     #[test]
     fn markers_parse() {
