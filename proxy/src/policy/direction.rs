@@ -310,12 +310,19 @@ impl Direction {
             Ok(())
         };
         let funs = &*funs;
-        // The common case on the forwarding path: a whole message without funs. Its verdict
-        // is the control rules' alone, and when they pass it is forwarded as it came (no
-        // finding to audit, dry-run or not): decided here without the general path's set-up.
-        if held.is_none() && funs.is_empty() {
-            if let Ok(()) = collected {
-                if p.control_open || engine::judge_control(p, msg, &mut self.walker).is_none() {
+        // The common cases on the forwarding path: a whole message without funs, or whose
+        // funs all passed recently (the memo). When the control rules pass too, it is
+        // forwarded as it came — what the general path below would conclude (no finding, so
+        // nothing to audit or refresh, dry-run or not) — without that path's set-up. Anything
+        // else (a denial, a fun not remembered) is judged by the general path from scratch.
+        if held.is_none() && collected.is_ok() && (p.control_open || engine::judge_control(p, msg, &mut self.walker).is_none()) {
+            if funs.is_empty() {
+                return Ok(FrameAct::Forward);
+            }
+            if let Some(h) = &self.handle {
+                let target = current_target(&mut self.target, h);
+                self.memo.sync(target, p);
+                if funs.iter().all(|f| engine::remembered(&self.memo, msg, f)) {
                     return Ok(FrameAct::Forward);
                 }
             }

@@ -446,6 +446,22 @@ enum Effect {
     Close,
 }
 
+/// Whether `memo` (synced to the policy and target snapshot at hand) remembers `site` as
+/// passed. A hit means exactly this module text and MD5 (a local fun), or module, function
+/// and arity (an export fun), passed against this snapshot and policy: `atom_bytes` is
+/// `atom_text`'s bytes whenever the latter exists, and only passes of resolved names are
+/// remembered. Old-style funs are never remembered.
+#[inline]
+pub(crate) fn remembered(memo: &FunMemo, msg: &Message<'_>, site: &FunSite<'_>) -> bool {
+    match site.kind {
+        FunKind::New(nf) => atom_bytes(&msg.refs, &nf.module).is_some_and(|b| memo.local_passed(&b, nf.uniq)),
+        FunKind::Export(e) => atom_bytes(&msg.refs, &e.module)
+            .zip(atom_bytes(&msg.refs, &e.function))
+            .is_some_and(|(mb, fb)| memo.export_passed(&mb, &fb, e.arity)),
+        FunKind::Old(_) => false,
+    }
+}
+
 fn judge_funs<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: Registries<'_>, mut memo: Option<&mut FunMemo>) -> Judgement {
     let mut edits: Vec<Edit> = Vec::new();
     let mut findings: Vec<Finding> = Vec::new();
@@ -458,13 +474,8 @@ fn judge_funs<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: R
         }
         let Case { rule, module, subject, action, marker, rewrite } = match site.kind {
                 FunKind::New(nf) => {
-                    // A hit means exactly this module text and MD5 passed against this
-                    // snapshot and policy (atom_bytes is atom_text's bytes whenever the
-                    // latter exists, and only passes of resolved names are remembered).
-                    if let Some(m) = memo.as_deref() {
-                        if atom_bytes(&msg.refs, &nf.module).is_some_and(|b| m.local_passed(&b, nf.uniq)) {
-                            continue;
-                        }
+                    if memo.as_deref().is_some_and(|m| remembered(m, msg, site)) {
+                        continue;
                     }
                     let text = atom_text(&msg.refs, &nf.module);
                     let resolved = text.is_some();
@@ -500,13 +511,8 @@ fn judge_funs<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: R
                     Case { rule: "unknown_fun", module, subject, action, marker, rewrite: rw }
                 }
                 FunKind::Export(e) => {
-                    if let Some(m) = memo.as_deref() {
-                        let hit = atom_bytes(&msg.refs, &e.module)
-                            .zip(atom_bytes(&msg.refs, &e.function))
-                            .is_some_and(|(mb, fb)| m.export_passed(&mb, &fb, e.arity));
-                        if hit {
-                            continue;
-                        }
+                    if memo.as_deref().is_some_and(|m| remembered(m, msg, site)) {
+                        continue;
                     }
                     let (mt, ft) = (atom_text(&msg.refs, &e.module), atom_text(&msg.refs, &e.function));
                     let resolved = mt.is_some() && ft.is_some();

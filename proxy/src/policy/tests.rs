@@ -909,6 +909,30 @@ fn a_remembered_pass_does_not_outlive_a_policy_reload() {
 }
 
 #[test]
+fn a_remembered_fun_passes_nothing_else_with_it() {
+    // Messages whose funs are all remembered are forwarded without the full judgement; the
+    // control rules still apply to them, and a fun not remembered is still judged.
+    let text = "unknown_fun = \"replace\"\nunknown_export = \"replace\"\n[policy.p.control]\nreg_send_allow = [\"sink\"]\n";
+    let (mut d, _h) = direction(Some(policy(text)), None);
+    let mut dec = Decoder::default();
+    let known = tuple(&[new_fun(&atom("shared"), SAME, 0, 1, &[int(5)]), export("m", "f", 1)]);
+    let now = Instant::now();
+    assert_eq!(d.frame(&mut dec, &payload_msg(&known), now).unwrap(), FrameAct::Forward);
+    assert_eq!(d.memo_len(), 2, "both funs remembered");
+    assert_eq!(d.frame(&mut dec, &payload_msg(&known), now).unwrap(), FrameAct::Forward);
+    // The same funs to a name the allow-list does not hold: dropped.
+    let to_other = data(&header(&[]), &reg_send(&atom("other")), Some(&known));
+    assert_eq!(d.frame(&mut dec, &to_other, now).unwrap(), FrameAct::Absorb);
+    // A remembered fun beside one the target does not know: that one is replaced, the
+    // remembered one kept.
+    let mixed = tuple(&[new_fun(&atom("shared"), SAME, 0, 1, &[int(5)]), local_f()]);
+    let act = d.frame(&mut dec, &payload_msg(&mixed), now).unwrap();
+    let FrameAct::Replace { forward, .. } = act else { panic!("{act:?}") };
+    let got = receive(&forward, &mut Decoder::default());
+    assert!(got[0].contains("{distgate_blocked_fun,m,0,") && !got[0].contains("{distgate_blocked_fun,shared"), "{got:?}");
+}
+
+#[test]
 fn the_memo_keys_funs_by_their_module_text_not_their_bytes() {
     // The same fun bytes (module as atom-cache ref 0), with ref 0 naming `shared`, then `m`.
     let (mut d, _h) = direction(Some(policy("unknown_fun = \"replace\"\n")), None);
