@@ -215,6 +215,10 @@ pub struct Link {
     opaque: [usize; 2],
     /// Per direction: the frame at the front was found not streamable; wait for all of it.
     whole: [bool; 2],
+    /// Per leg written to: frames the link built for that leg (a policy's reply to a sender)
+    /// while a streamed frame from the other leg was passing to it. They wait for the rest
+    /// of that frame: written in its middle, they would cut it.
+    deferred: [Vec<u8>; 2],
 }
 
 /// Write the run of passing input that started at `run_start` and ends at `pos` (offsets in
@@ -246,6 +250,7 @@ impl Link {
             close_sent: false,
             opaque: [0; 2],
             whole: [false; 2],
+            deferred: [Vec::new(), Vec::new()],
         }
     }
 
@@ -372,6 +377,10 @@ impl Link {
                 return buf.len();
             }
             if matches!(self.state, State::Forwarding) {
+                // Replies held back for a frame the driver since passed itself (on_passed).
+                for l in [Leg::Down, Leg::Up] {
+                    self.flush_deferred(l, out);
+                }
                 // Frames the decoder streamed in this call, for metrics.
                 let streamed = |l: &Self| l.decoders.as_ref().map_or(0, |d| d[leg.index()].streamed());
                 let before = streamed(self);
@@ -557,6 +566,11 @@ impl Link {
             pos = self.opaque[i].min(buf.len());
             self.opaque[i] -= pos;
             run_start = Some(0);
+            if self.opaque[i] == 0 && !self.deferred[dst.index()].is_empty() {
+                // That frame is complete at dst: what waited for it goes right behind it.
+                end_run(out, dst, base, &mut run_start, pos);
+                self.flush_deferred(dst, out);
+            }
         }
         while pos < buf.len() {
             match split(&buf[pos..], max) {
@@ -616,12 +630,14 @@ impl Link {
                                 out.owned(dst, forward);
                             }
                             if let Some(b) = back {
-                                out.owned(leg, b);
+                                self.back(leg, b, out);
                             }
                         }
                         FrameAct::Close { reason, back } => {
                             if let Some(b) = back {
-                                out.owned(leg, b);
+                                // Held back behind a frame streaming to leg, it is lost with
+                                // the link: the rest of that frame will not be read now.
+                                self.back(leg, b, out);
                             }
                             self.close(out, "policy", Some(leg), reason, true);
                             return buf.len();
@@ -640,6 +656,25 @@ impl Link {
         // Consecutive frames go out as one contiguous range: one write, no copy.
         end_run(out, dst, base, &mut run_start, pos);
         pos
+    }
+
+    /// Write frames the link built to `leg`, the sender of the frame they answer; unless a
+    /// streamed frame from the other leg is passing to `leg` (its start written, its rest
+    /// still to come): then after that frame.
+    fn back(&mut self, leg: Leg, bytes: Vec<u8>, out: &mut Output) {
+        if self.opaque[leg.other().index()] > 0 {
+            self.deferred[leg.index()].extend_from_slice(&bytes);
+        } else {
+            self.flush_deferred(leg, out);
+            out.owned(leg, bytes);
+        }
+    }
+
+    /// Write what was held back for `leg`, once no streamed frame is passing to it.
+    fn flush_deferred(&mut self, leg: Leg, out: &mut Output) {
+        if self.opaque[leg.other().index()] == 0 && !self.deferred[leg.index()].is_empty() {
+            out.owned(leg, std::mem::take(&mut self.deferred[leg.index()]));
+        }
     }
 
     /// The declared data length of the incomplete frame at the front of `rest`, when it is
@@ -1035,5 +1070,59 @@ mod tests {
         assert_eq!(out.writes, vec![(Leg::Up, Chunk::Input(at[0].clone()))]);
         assert!(matches!(&out.events[0], Event::Close { reason, flush: true } if reason.label == "policy" && reason.detail.contains("reg_send_allow")));
         assert!(l.is_closed());
+    }
+
+    /// A reply the policy sends back to down (a refused spawn request's answer) while a large
+    /// up→down frame is streaming to down (its start written, its rest still to come) waits
+    /// for the rest of that frame: written in its middle it would cut the frame and corrupt
+    /// the stream down receives.
+    #[test]
+    fn a_reply_to_the_sender_waits_for_a_frame_streaming_to_it() {
+        use crate::policy::wire::{encode_int, encode_pid, encode_ref};
+        let with_policy = policy_params(Some("[policy.p.control]\nspawn_allow = []\n"));
+        let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
+        let now = Instant::now();
+        // Up sends a 100 000-byte message ending in a binary; its first 1000 bytes arrive.
+        let mut payload = vec![104, 2, 119, 2, b'o', b'k', 109];
+        payload.extend_from_slice(&(100_000u32).to_be_bytes());
+        payload.extend((0..100_000u32).map(|i| i as u8));
+        let mut c = vec![104, 4];
+        encode_int(6, &mut c);
+        encode_pid("b@h", 1, 0, 99, &mut c);
+        distgate_codec::rewrite::encode_atom("", &mut c);
+        distgate_codec::rewrite::encode_atom("sink", &mut c);
+        let big = [dist_frame(&c, Some(&payload)), vec![0, 0, 0, 0]].concat();
+        let mut out = Output::default();
+        assert_eq!(l.on_bytes(Leg::Up, &big[..1000], now, &mut out), 1000);
+        assert_eq!(out.writes, vec![(Leg::Down, Chunk::Input(0..1000))], "cut-through");
+        // Down sends a spawn request the policy refuses.
+        let mut c = vec![104, 6];
+        encode_int(29, &mut c);
+        encode_ref("a@h", 11, &[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3], &mut c);
+        encode_pid("a@h", 5, 0, 11, &mut c);
+        encode_pid("a@h", 6, 0, 11, &mut c);
+        c.extend_from_slice(&[104, 3]);
+        distgate_codec::rewrite::encode_atom("os", &mut c);
+        distgate_codec::rewrite::encode_atom("cmd", &mut c);
+        encode_int(1, &mut c);
+        c.push(106);
+        let spawn = dist_frame(&c, Some(&[106]));
+        let mut out = Output::default();
+        assert_eq!(l.on_bytes(Leg::Down, &spawn, now, &mut out), spawn.len());
+        assert!(out.events.is_empty(), "{:?}", out.events);
+        assert!(out.writes.iter().all(|(leg, _)| *leg != Leg::Down), "nothing written into the streaming frame: {:?}", out.writes);
+        // The rest of the big frame arrives (and the tick behind it): it passes, then the
+        // reply, then the tick.
+        let rest = &big[1000..];
+        let mut out = Output::default();
+        assert_eq!(l.on_bytes(Leg::Up, rest, now, &mut out), rest.len());
+        let to_down = written(&out, Leg::Down, rest);
+        let body_end = big.len() - 1000 - 4;
+        assert_eq!(&to_down[..body_end], &rest[..body_end]);
+        let mut dec = Decoder::default();
+        let reply = &to_down[body_end..to_down.len() - 4];
+        let distgate_codec::message::Decoded::Message(m) = dec.decode(&reply[4..]).unwrap() else { panic!("{reply:?}") };
+        assert_eq!(m.control.op(), 31, "the spawn reply");
+        assert_eq!(&to_down[to_down.len() - 4..], &[0, 0, 0, 0]);
     }
 }
