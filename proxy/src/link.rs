@@ -229,6 +229,10 @@ fn end_run(out: &mut Output, dst: Leg, base: usize, run_start: &mut Option<usize
     }
 }
 
+/// Most bytes of answers (a policy's replies to a sender) held for a frame streaming to that
+/// sender (see `Link::back`): about 7 000 refused spawn requests' replies.
+pub const MAX_DEFERRED: usize = 1 << 20;
+
 /// A frame at least this long that is not all here yet is looked at for streaming: shorter
 /// ones are cheaper to wait for.
 const STREAM_MIN: usize = 16 << 10;
@@ -630,7 +634,11 @@ impl Link {
                                 out.owned(dst, forward);
                             }
                             if let Some(b) = back {
-                                self.back(leg, b, out);
+                                if !self.back(leg, b, out) {
+                                    let detail = format!("more than {MAX_DEFERRED} bytes of answers held for a frame streaming to the {} leg", leg.name());
+                                    self.close(out, "reply_backlog", Some(leg), detail, true);
+                                    return buf.len();
+                                }
                             }
                         }
                         FrameAct::Close { reason, back } => {
@@ -660,14 +668,21 @@ impl Link {
 
     /// Write frames the link built to `leg`, the sender of the frame they answer; unless a
     /// streamed frame from the other leg is passing to `leg` (its start written, its rest
-    /// still to come): then after that frame.
-    fn back(&mut self, leg: Leg, bytes: Vec<u8>, out: &mut Output) {
+    /// still to come): then after that frame. False when that would hold more than
+    /// [`MAX_DEFERRED`] bytes: the link must close (memory is bounded by the link, not by
+    /// how many refused requests a peer sends while a frame to it is slow to arrive).
+    fn back(&mut self, leg: Leg, bytes: Vec<u8>, out: &mut Output) -> bool {
         if self.opaque[leg.other().index()] > 0 {
-            self.deferred[leg.index()].extend_from_slice(&bytes);
+            let held = &mut self.deferred[leg.index()];
+            if held.len() + bytes.len() > MAX_DEFERRED {
+                return false;
+            }
+            held.extend_from_slice(&bytes);
         } else {
             self.flush_deferred(leg, out);
             out.owned(leg, bytes);
         }
+        true
     }
 
     /// Write what was held back for `leg`, once no streamed frame is passing to it.
@@ -1072,17 +1087,13 @@ mod tests {
         assert!(l.is_closed());
     }
 
-    /// A reply the policy sends back to down (a refused spawn request's answer) while a large
-    /// up→down frame is streaming to down (its start written, its rest still to come) waits
-    /// for the rest of that frame: written in its middle it would cut the frame and corrupt
-    /// the stream down receives.
-    #[test]
-    fn a_reply_to_the_sender_waits_for_a_frame_streaming_to_it() {
+    /// A link whose policy refuses every spawn request from down, with a 100 000-byte up→down
+    /// message ending in a binary (and a tick) of which the first 1000 bytes have passed
+    /// (cut-through): returns the link, that frame, and a spawn request from down.
+    fn streaming_to_down() -> (Link, Vec<u8>, Vec<u8>) {
         use crate::policy::wire::{encode_int, encode_pid, encode_ref};
         let with_policy = policy_params(Some("[policy.p.control]\nspawn_allow = []\n"));
         let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
-        let now = Instant::now();
-        // Up sends a 100 000-byte message ending in a binary; its first 1000 bytes arrive.
         let mut payload = vec![104, 2, 119, 2, b'o', b'k', 109];
         payload.extend_from_slice(&(100_000u32).to_be_bytes());
         payload.extend((0..100_000u32).map(|i| i as u8));
@@ -1093,9 +1104,8 @@ mod tests {
         distgate_codec::rewrite::encode_atom("sink", &mut c);
         let big = [dist_frame(&c, Some(&payload)), vec![0, 0, 0, 0]].concat();
         let mut out = Output::default();
-        assert_eq!(l.on_bytes(Leg::Up, &big[..1000], now, &mut out), 1000);
+        assert_eq!(l.on_bytes(Leg::Up, &big[..1000], Instant::now(), &mut out), 1000);
         assert_eq!(out.writes, vec![(Leg::Down, Chunk::Input(0..1000))], "cut-through");
-        // Down sends a spawn request the policy refuses.
         let mut c = vec![104, 6];
         encode_int(29, &mut c);
         encode_ref("a@h", 11, &[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3], &mut c);
@@ -1106,7 +1116,18 @@ mod tests {
         distgate_codec::rewrite::encode_atom("cmd", &mut c);
         encode_int(1, &mut c);
         c.push(106);
-        let spawn = dist_frame(&c, Some(&[106]));
+        (l, big, dist_frame(&c, Some(&[106])))
+    }
+
+    /// A reply the policy sends back to down (a refused spawn request's answer) while a large
+    /// up→down frame is streaming to down (its start written, its rest still to come) waits
+    /// for the rest of that frame: written in its middle it would cut the frame and corrupt
+    /// the stream down receives.
+    #[test]
+    fn a_reply_to_the_sender_waits_for_a_frame_streaming_to_it() {
+        let (mut l, big, spawn) = streaming_to_down();
+        let now = Instant::now();
+        // Down sends a spawn request the policy refuses.
         let mut out = Output::default();
         assert_eq!(l.on_bytes(Leg::Down, &spawn, now, &mut out), spawn.len());
         assert!(out.events.is_empty(), "{:?}", out.events);
@@ -1124,5 +1145,31 @@ mod tests {
         let distgate_codec::message::Decoded::Message(m) = dec.decode(&reply[4..]).unwrap() else { panic!("{reply:?}") };
         assert_eq!(m.control.op(), 31, "the spawn reply");
         assert_eq!(&to_down[to_down.len() - 4..], &[0, 0, 0, 0]);
+    }
+
+    /// Answers held for a frame streaming to their leg are bounded: a peer that keeps sending
+    /// refused requests while that frame is slow to arrive loses its link (a logged reason),
+    /// and distgate's memory stays within `MAX_DEFERRED`.
+    #[test]
+    fn answers_held_for_a_streaming_frame_are_bounded() {
+        let (mut l, _big, spawn) = streaming_to_down();
+        let now = Instant::now();
+        // A batch of requests per read, as a flooding peer would send them.
+        let batch = spawn.repeat(100);
+        let mut requests = 0;
+        let closed = loop {
+            let mut out = Output::default();
+            l.on_bytes(Leg::Down, &batch, now, &mut out);
+            assert!(out.writes.iter().all(|(leg, _)| *leg != Leg::Down), "nothing written into the streaming frame");
+            if let Some(Event::Close { reason, .. }) = out.events.first() {
+                break reason.clone();
+            }
+            requests += 100;
+            assert!(requests < 100_000, "never bounded");
+        };
+        assert_eq!((closed.label, closed.leg), ("reply_backlog", Some(Leg::Down)), "{}", closed.detail);
+        assert!(l.deferred[0].len() <= MAX_DEFERRED && l.deferred[1].is_empty());
+        // Held until the bound, not refused early: every reply is far smaller than 1 KiB.
+        assert!(requests >= MAX_DEFERRED / 1024, "closed after {requests} requests");
     }
 }
