@@ -386,25 +386,33 @@ impl Core {
         let mut events = events;
         events.append(&mut self.out.events);
         for ev in events {
+            // Fetched per event: carrying out one (a failed dial) may have closed the link.
+            let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
             match ev {
+                // The same read closed the link (a send_name, then garbage): no dial.
+                Event::DialUp if c.link.is_closed() => {}
                 Event::DialUp => {
                     let target = *c.route.target.lock().unwrap_or_else(|p| p.into_inner());
-                    match TcpStream::connect(target) {
+                    let failed = match TcpStream::connect(target) {
                         Ok(mut s) => {
                             let _ = s.set_nodelay(true);
-                            if let Err(e) = self.poll.registry().register(&mut s, token(slot, 2), Interest::READABLE | Interest::WRITABLE) {
-                                self.out.clear();
-                                c.link.on_up_connect_failed(&e.to_string(), &mut self.out);
-                            } else {
-                                c.legs[1] = LegIo::new(Some(s), false);
+                            match self.poll.registry().register(&mut s, token(slot, 2), Interest::READABLE | Interest::WRITABLE) {
+                                Ok(()) => {
+                                    c.legs[1] = LegIo::new(Some(s), false);
+                                    None
+                                }
+                                Err(e) => Some(e.to_string()),
                             }
                         }
-                        Err(e) => {
-                            let mut o = Output::default();
-                            c.link.on_up_connect_failed(&format!("{target}: {e}"), &mut o);
-                            self.out = o;
-                            return self.apply(slot, Leg::Up);
-                        }
+                        Err(e) => Some(format!("{target}: {e}")),
+                    };
+                    if let Some(e) = failed {
+                        // What the link answers (a status to down, the close) is carried out
+                        // now; the events after this one still are, below, unless it closed.
+                        let mut o = Output::default();
+                        c.link.on_up_connect_failed(&e, &mut o);
+                        self.out = o;
+                        self.apply(slot, Leg::Up);
                     }
                 }
                 Event::Established { down_name, up_name, flags } => {
