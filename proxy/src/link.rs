@@ -1033,22 +1033,10 @@ mod tests {
 
     #[test]
     fn policy_verdicts_replace_frames_in_place_and_answers_go_back_to_the_sender() {
-        use crate::policy::wire::{encode_int, encode_pid, encode_ref};
         let with_policy = policy_params(Some("[policy.p.control]\nreg_send_allow = [\"ok_*\"]\nspawn_allow = []\n"));
         let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
         assert!(l.is_forwarding());
-        // A spawn request of os:cmd/1.
-        let mut c = vec![104, 6];
-        encode_int(29, &mut c);
-        encode_ref("a@h", 11, &[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3], &mut c);
-        encode_pid("a@h", 5, 0, 11, &mut c);
-        encode_pid("a@h", 6, 0, 11, &mut c);
-        c.extend_from_slice(&[104, 3]);
-        distgate_codec::rewrite::encode_atom("os", &mut c);
-        distgate_codec::rewrite::encode_atom("cmd", &mut c);
-        encode_int(1, &mut c);
-        c.push(106);
-        let spawn = dist_frame(&c, Some(&[106]));
+        let spawn = spawn_os_cmd();
         let frames = [reg_send("ok_1"), reg_send("denied"), reg_send("ok_2"), spawn, reg_send("ok_3")];
         let mut buf = Vec::new();
         let mut at = Vec::new();
@@ -1087,11 +1075,27 @@ mod tests {
         assert!(l.is_closed());
     }
 
+    /// A spawn request of os:cmd/1 from down (frame, length included).
+    fn spawn_os_cmd() -> Vec<u8> {
+        use crate::policy::wire::{encode_int, encode_pid, encode_ref};
+        let mut c = vec![104, 6];
+        encode_int(29, &mut c);
+        encode_ref("a@h", 11, &[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3], &mut c);
+        encode_pid("a@h", 5, 0, 11, &mut c);
+        encode_pid("a@h", 6, 0, 11, &mut c);
+        c.extend_from_slice(&[104, 3]);
+        distgate_codec::rewrite::encode_atom("os", &mut c);
+        distgate_codec::rewrite::encode_atom("cmd", &mut c);
+        encode_int(1, &mut c);
+        c.push(106);
+        dist_frame(&c, Some(&[106]))
+    }
+
     /// A link whose policy refuses every spawn request from down, with a 100 000-byte up→down
     /// message ending in a binary (and a tick) of which the first 1000 bytes have passed
     /// (cut-through): returns the link, that frame, and a spawn request from down.
     fn streaming_to_down() -> (Link, Vec<u8>, Vec<u8>) {
-        use crate::policy::wire::{encode_int, encode_pid, encode_ref};
+        use crate::policy::wire::{encode_int, encode_pid};
         let with_policy = policy_params(Some("[policy.p.control]\nspawn_allow = []\n"));
         let (mut l, _, _) = handshake_with(with_policy, b"down", b"up");
         let mut payload = vec![104, 2, 119, 2, b'o', b'k', 109];
@@ -1106,17 +1110,7 @@ mod tests {
         let mut out = Output::default();
         assert_eq!(l.on_bytes(Leg::Up, &big[..1000], Instant::now(), &mut out), 1000);
         assert_eq!(out.writes, vec![(Leg::Down, Chunk::Input(0..1000))], "cut-through");
-        let mut c = vec![104, 6];
-        encode_int(29, &mut c);
-        encode_ref("a@h", 11, &[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3], &mut c);
-        encode_pid("a@h", 5, 0, 11, &mut c);
-        encode_pid("a@h", 6, 0, 11, &mut c);
-        c.extend_from_slice(&[104, 3]);
-        distgate_codec::rewrite::encode_atom("os", &mut c);
-        distgate_codec::rewrite::encode_atom("cmd", &mut c);
-        encode_int(1, &mut c);
-        c.push(106);
-        (l, big, dist_frame(&c, Some(&[106])))
+        (l, big, spawn_os_cmd())
     }
 
     /// A reply the policy sends back to down (a refused spawn request's answer) while a large
