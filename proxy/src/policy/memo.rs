@@ -80,6 +80,22 @@ fn name_hash(b: &[u8]) -> u64 {
     }
 }
 
+/// `a == b` for names, inline: a slice comparison calls `memcmp`, whose call and length
+/// dispatch cost more than comparing a module name of a dozen bytes, twice per fun probed.
+/// Lengths 8 to 16 compare as two overlapping words.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| s.get(at..at + 8).and_then(|w| w.first_chunk::<8>()).map(|w| u64::from_le_bytes(*w));
+    match a.len() {
+        0..8 => a.iter().zip(b).all(|(x, y)| x == y),
+        n @ 8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
+}
+
 fn index(h: u64) -> usize {
     (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SLOTS
 }
@@ -134,7 +150,7 @@ impl FunMemo {
 
     /// Did a local fun of `module` (its text) with this MD5 pass?
     pub fn local_passed(&self, module: &[u8], uniq: &[u8; 16]) -> bool {
-        self.slot(local_index(uniq)).is_some_and(|s| s.kind == Kind::Local && s.uniq == *uniq && s.module() == module)
+        self.slot(local_index(uniq)).is_some_and(|s| s.kind == Kind::Local && s.uniq == *uniq && same(s.module(), module))
     }
 
     /// A local fun of `module` with this MD5 passed.
@@ -155,7 +171,7 @@ impl FunMemo {
     /// Did the export fun `fun module:function/arity` pass?
     pub fn export_passed(&self, module: &[u8], function: &[u8], arity: u8) -> bool {
         self.slot(export_index(module, function, arity))
-            .is_some_and(|s| s.kind == Kind::Export && s.arity == arity && s.module() == module && s.function() == function)
+            .is_some_and(|s| s.kind == Kind::Export && s.arity == arity && same(s.module(), module) && same(s.function(), function))
     }
 
     /// The export fun `fun module:function/arity` passed.
@@ -191,6 +207,22 @@ mod tests {
 
     fn policy() -> Compiled {
         Compiled::parse("p", "unknown_fun = \"replace\"\n").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn names_compare_as_slices_do() {
+        let names: Vec<Vec<u8>> = (0..=24).map(|n| (0..n as u8).map(|i| b'a' + i).collect()).collect();
+        for a in &names {
+            for b in &names {
+                assert_eq!(same(a, b), a == b, "{a:?} {b:?}");
+            }
+            // One byte changed anywhere.
+            for at in 0..a.len() {
+                let mut c = a.clone();
+                c[at] ^= 0x20;
+                assert!(!same(a, &c) && !same(&c, a), "{a:?} at {at}");
+            }
+        }
     }
 
     #[test]
