@@ -31,11 +31,11 @@ fn start() -> Runtime {
     Runtime::start(Spec {
         sides: vec![side("a", CA), side("b", CB)],
         routes: vec![(0, 1), (1, 0)],
-        limits: LinkLimits { handshake_timeout: Duration::from_secs(3), ..LinkLimits::default() },
+        limits: LinkLimits { handshake_timeout: Duration::from_secs(10), ..LinkLimits::default() },
         link_buffer: 1 << 20,
         threads: 1,
         driver: DriverKind::Poll,
-        epmd_timeout: Duration::from_secs(5),
+        epmd_timeout: Duration::from_secs(10),
         policies: Default::default(),
         registries: Default::default(),
     })
