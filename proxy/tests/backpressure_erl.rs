@@ -29,7 +29,7 @@ fn start() -> Runtime {
         link_buffer: BUDGET,
         threads: 1,
         driver: DriverKind::Poll,
-        epmd_timeout: Duration::from_secs(5),
+        epmd_timeout: Duration::from_secs(10),
         policies: Default::default(),
         registries: Default::default(),
     })

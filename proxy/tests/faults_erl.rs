@@ -41,7 +41,7 @@ fn start() -> Runtime {
         link_buffer: 4 << 20,
         threads: 2,
         driver: DriverKind::Poll,
-        epmd_timeout: Duration::from_secs(5),
+        epmd_timeout: Duration::from_secs(10),
         policies: Default::default(),
         registries: Default::default(),
     })

@@ -33,11 +33,11 @@ fn spec(driver: DriverKind, sides: Vec<SideSpec>) -> Spec {
     Spec {
         sides,
         routes: vec![(0, 1), (1, 0)],
-        limits: LinkLimits { handshake_timeout: Duration::from_secs(5), ..LinkLimits::default() },
+        limits: LinkLimits { handshake_timeout: Duration::from_secs(10), ..LinkLimits::default() },
         link_buffer: 4 << 20,
         threads: 2,
         driver,
-        epmd_timeout: Duration::from_secs(5),
+        epmd_timeout: Duration::from_secs(10),
         policies: Default::default(),
         registries: Default::default(),
     }

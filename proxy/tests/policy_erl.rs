@@ -86,11 +86,11 @@ fn setup(policy_body: Option<&str>) -> Setup {
     let spec = Spec {
         sides: vec![side("a", COOKIE_A), side("b", COOKIE_B)],
         routes: vec![(0, 1), (1, 0)],
-        limits: LinkLimits { handshake_timeout: Duration::from_secs(5), ..LinkLimits::default() },
+        limits: LinkLimits { handshake_timeout: Duration::from_secs(10), ..LinkLimits::default() },
         link_buffer: 4 << 20,
         threads: 2,
         driver: DriverKind::Poll,
-        epmd_timeout: Duration::from_secs(5),
+        epmd_timeout: Duration::from_secs(10),
         policies: table,
         registries: Default::default(),
     };
