@@ -310,12 +310,17 @@ impl Direction {
             Ok(())
         };
         let funs = &*funs;
+        // The control rules, once: a denial is the judgement (as in `engine::judge_memo`).
+        let denied = match collected {
+            Ok(()) if !p.control_open => engine::judge_control(p, msg, &mut self.walker),
+            _ => None,
+        };
         // The common cases on the forwarding path: a whole message without funs, or whose
         // funs all passed recently (the memo). When the control rules pass too, it is
         // forwarded as it came — what the general path below would conclude (no finding, so
         // nothing to audit or refresh, dry-run or not) — without that path's set-up. Anything
-        // else (a denial, a fun not remembered) is judged by the general path from scratch.
-        if held.is_none() && collected.is_ok() && (p.control_open || engine::judge_control(p, msg, &mut self.walker).is_none()) {
+        // else (a denial, a fun not remembered) goes on to the general path.
+        if held.is_none() && collected.is_ok() && denied.is_none() {
             if funs.is_empty() {
                 return Ok(FrameAct::Forward);
             }
@@ -339,7 +344,10 @@ impl Direction {
                 self.memo.sync(t, p);
             }
             let regs = target.as_ref().map(|t| Registries { target: t, source: &source });
-            let j = engine::judge_memo(p, msg, funs, regs, &mut self.walker, Some(&mut self.memo));
+            let j = match denied {
+                Some(j) => j,
+                None => engine::judge_funs_memo(p, msg, funs, regs, Some(&mut self.memo)),
+            };
             // A fun the target lacks may be one it loaded since its last refresh.
             if let Some(h) = handle.filter(|_| j.findings.iter().any(|f| matches!(f.rule, "unknown_fun" | "unknown_export" | "rewrite_fallback"))) {
                 h.target_lacks_fun(now);

@@ -119,6 +119,17 @@ pub fn judge_memo<'a>(
             return j;
         }
     }
+    judge_funs_memo(p, msg, funs, regs, memo)
+}
+
+/// The fun half of [`judge_memo`], for a message whose control rules passed already.
+pub(crate) fn judge_funs_memo<'a>(
+    p: &Compiled,
+    msg: &Message<'a>,
+    funs: &[FunSite<'a>],
+    regs: Option<Registries<'_>>,
+    memo: Option<&mut FunMemo>,
+) -> Judgement {
     match regs {
         Some(regs) if !funs.is_empty() => judge_funs(p, msg, funs, regs, memo.and_then(|m| m.valid_for(regs.target, p))),
         _ => Judgement::pass(),
