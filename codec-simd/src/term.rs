@@ -376,7 +376,7 @@ impl Walker {
                 return Some(Ok(pos));
             }
         }
-        // The last 16 bytes: the window comes from a zero-padded copy of them (see `Tail`).
+        // The last 16 bytes: the window is shifted out of one load of them (see `Tail`).
         // Why a loop of its own: in one loop the choice of source was a branch per term (and
         // a call at the end of every buffer) or, made a select, on the path from one term to
         // the next.
@@ -1030,25 +1030,26 @@ fn node_term_len(tag: u8, w: u128, refs: u64) -> u64 {
 }
 
 /// The fast path reads each header through a window: the 16 bytes after its tag (see
-/// [`skip_header`]). Within 17 bytes of the end of the buffer the window comes from a copy of
-/// the buffer's last 16 bytes followed by zeros, made once per walk (a term's window is never
-/// copied on its own).
+/// [`skip_header`]). Within 17 bytes of the end of the buffer the window is the buffer's last
+/// 16 bytes, read once per walk and shifted down in a register, with zeros shifted in past the
+/// end.
+///
+/// Why a shift and not a zero-padded copy of those bytes: a load from a copy just stored
+/// straddles the stores that made it, which the CPU cannot forward, and the walk stalled on
+/// it at the end of every term.
 struct Tail {
-    /// Offset of the first of `last`'s bytes (0 for a buffer shorter than 16).
+    /// Offset of the byte before the first of `last`'s (so a tag at `at` has all of `last` as
+    /// its window); -1, wrapped, for a buffer of 16 bytes or fewer.
     at: usize,
-    /// The buffer's last 16 bytes (zero-padded if it is shorter), then 16 zeros.
-    last: [u8; 32],
+    /// The buffer's last 16 bytes, little-endian (zero-padded if it is shorter).
+    last: u128,
 }
 
 impl Tail {
     #[inline]
     fn new(buf: &[u8]) -> Tail {
-        let mut last = [0u8; 32];
         match buf.last_chunk::<16>() {
-            Some(c) => {
-                last[..16].copy_from_slice(c);
-                Tail { at: buf.len() - 16, last }
-            }
+            Some(c) => Tail { at: buf.len().wrapping_sub(17), last: u128::from_le_bytes(*c) },
             None => Tail::short(buf),
         }
     }
@@ -1056,9 +1057,9 @@ impl Tail {
     #[cold]
     #[inline(never)]
     fn short(buf: &[u8]) -> Tail {
-        let mut last = [0u8; 32];
+        let mut last = [0u8; 16];
         last[..buf.len()].copy_from_slice(buf);
-        Tail { at: 0, last }
+        Tail { at: usize::MAX, last: u128::from_le_bytes(last) }
     }
 
     /// The 16 bytes after the tag at `pos`, little-endian (byte 0 is the first after the tag).
@@ -1082,9 +1083,9 @@ impl Tail {
     /// tag's is zeros: a field read there lies past the end, so the term cannot fit.
     #[inline(always)]
     fn window(&self, pos: usize) -> u128 {
-        // 1 to 16 for such a tag (`at` is 16 before the end, or 0 with fewer bytes than that).
-        let k = (pos + 1).wrapping_sub(self.at).min(16);
-        self.last.get(k..).and_then(|b| b.first_chunk::<16>()).map_or(0, |c| u128::from_le_bytes(*c))
+        // 0 to 16 bytes of `last` lie before the window (16: the tag is the last byte).
+        let k = pos.wrapping_sub(self.at).min(16) as u32;
+        self.last.checked_shr(8 * k).unwrap_or(0)
     }
 }
 
