@@ -1,16 +1,20 @@
 //! Handshake corner cases with fake peers written here (real nodes rarely produce them on
 //! demand): the target's `nok` (simultaneous connect lost) and `not_allowed` reach the dialler
 //! verbatim and no link comes up; `alive` lets the dialler answer, and its answer reaches the
-//! target; a target presenting another name is refused.
+//! target; a target presenting another name is refused; a target that cannot be reached gets
+//! the dialler a `nok`, whether the connect fails later (refused) or at once (unroutable).
 
-use distgate::driver::DriverKind;
+use distgate::driver::{self, DriverKind};
 use distgate::epmd::{self, NodeInfo};
 use distgate::handshake::{self, Challenge, SendName};
 use distgate::link::{Cookie, LinkLimits};
-use distgate::runtime::{Runtime, SideSpec, Spec};
-use std::io::{Read, Write};
+use distgate::runtime::{Route, Runtime, SideSpec, Spec};
+use distgate::stats::Stats;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const CA: &[u8] = b"fake_cookie_a";
 const CB: &[u8] = b"fake_cookie_b";
@@ -21,6 +25,10 @@ fn lo() -> IpAddr {
 }
 
 fn start() -> Runtime {
+    start_on(DriverKind::Poll)
+}
+
+fn start_on(driver: DriverKind) -> Runtime {
     let side = |name: &str, c: &[u8]| SideSpec {
         name: name.into(),
         cookie: Cookie::new(c),
@@ -34,7 +42,7 @@ fn start() -> Runtime {
         limits: LinkLimits { handshake_timeout: Duration::from_secs(10), ..LinkLimits::default() },
         link_buffer: 1 << 20,
         threads: 1,
-        driver: DriverKind::Poll,
+        driver,
         epmd_timeout: Duration::from_secs(10),
         policies: Default::default(),
         registries: Default::default(),
@@ -165,4 +173,103 @@ fn a_target_presenting_another_name_is_refused() {
     assert_eq!(d.next().unwrap(), b"sok");
     assert_eq!(d.next(), None, "no challenge from an impostor reaches the dialler");
     assert!(rt.stats().get("close:handshake_error") >= 1);
+}
+
+/// A target registered with B's responder whose port no longer listens: the connect is refused
+/// after it was started. The dialler hears `nok`, as it would from a node that refused it, and
+/// the close is counted under its own reason.
+#[test]
+fn a_refused_connect_to_the_target_gets_the_dialler_nok() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let rt = start_on(d);
+        let (l, _reg) = fake_target(&rt, "tgone");
+        drop(l);
+        let mut m = dial(&rt, "tgone");
+        assert_eq!(m.next().as_deref(), Some(&b"snok"[..]), "{d:?}");
+        assert_eq!(m.next(), None, "{d:?}: closed after the nok");
+        wait_for(&rt.stats(), |s| s.get("close:upstream_unreachable") == 1, &format!("{d:?}: the close counted"));
+        assert_eq!(rt.stats().links_established.load(Ordering::Relaxed), 0);
+    }
+}
+
+/// A core serving one hand-made route whose target fails to connect at once: a non-blocking
+/// connect to the broadcast address is refused by the call itself (ENETUNREACH), which a node's
+/// address from EPMD never is on loopback.
+fn unroutable_core(d: DriverKind) -> (Vec<driver::CoreHandle>, Arc<Stats>, SocketAddr) {
+    let stats = Arc::new(Stats::default());
+    let limits = LinkLimits { handshake_timeout: Duration::from_secs(10), ..LinkLimits::default() };
+    let (_, cores, _joins) = driver::start(d, 1, limits, 1 << 20, stats.clone()).unwrap();
+    let l = TcpListener::bind((lo(), 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    let route = Route {
+        from: 0,
+        to: 1,
+        alive: "tsync".into(),
+        port: addr.port(),
+        target: Mutex::new(SocketAddr::new(IpAddr::from([255, 255, 255, 255]), 9)),
+        down_cookie: Cookie::new(CA),
+        up_cookie: Cookie::new(CB),
+        policy: Default::default(),
+    };
+    cores[0].listen(l, Arc::new(route)).unwrap();
+    (cores, stats, addr)
+}
+
+fn wait_for(stats: &Stats, done: impl Fn(&Stats) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(stats) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", stats.labelled());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads until the peer closes; a read that times out instead fails the test (the link was
+/// left open).
+fn read_to_close(s: &mut TcpStream, what: &str) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => got,
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset) => got,
+        Err(e) => panic!("{what}: the socket was not closed ({e}); read {got:?}"),
+    }
+}
+
+#[test]
+fn a_connect_that_fails_at_once_gets_the_dialler_nok() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let (cores, stats, addr) = unroutable_core(d);
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut out = Vec::new();
+        SendName { flags: FLAGS, creation: Some(77), name: "dialler@127.0.0.1".into() }.encode(77, &mut out);
+        s.write_all(&out).unwrap();
+        let mut nok = Vec::new();
+        handshake::encode_status(b"nok", &mut nok);
+        assert_eq!(read_to_close(&mut s, &format!("{d:?}")), nok, "{d:?}");
+        wait_for(&stats, |s| s.get("close:upstream_unreachable") == 1 && s.links_closed.load(Ordering::Relaxed) == 1, &format!("{d:?}"));
+        for c in &cores {
+            c.shutdown();
+        }
+    }
+}
+
+/// A send_name and garbage in one read: the link closes on the garbage, and the dial the
+/// send_name asked for is not made (with mio, a dial failing at once used to drop the close
+/// behind it, and the dialler's socket stayed open).
+#[test]
+fn a_send_name_and_garbage_in_one_read_close_the_link_without_a_dial() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let (cores, stats, addr) = unroutable_core(d);
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut out = Vec::new();
+        SendName { flags: FLAGS, creation: Some(77), name: "dialler@127.0.0.1".into() }.encode(77, &mut out);
+        handshake::frame(&mut out, b"Xgarbage");
+        s.write_all(&out).unwrap();
+        assert_eq!(read_to_close(&mut s, &format!("{d:?}")), b"", "{d:?}: nothing sent, closed");
+        wait_for(&stats, |s| s.get("close:handshake_error") == 1 && s.links_closed.load(Ordering::Relaxed) == 1, &format!("{d:?}"));
+        assert_eq!(stats.get("close:upstream_unreachable"), 0, "{d:?}: no dial was made");
+        for c in &cores {
+            c.shutdown();
+        }
+    }
 }
