@@ -193,6 +193,7 @@ impl Fleet {
             threads,
             driver,
             epmd_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
             policies: Default::default(),
             registries: Default::default(),
         };

@@ -283,6 +283,14 @@ impl Link {
         }
     }
 
+    /// Whether a frame's start has gone out to one leg while the rest of it is still to come
+    /// from the other (a frame streamed as it arrives). A stopping driver waits for that frame
+    /// to end before it closes the link: cut there, its receiver would lose the message that
+    /// was already on its way.
+    pub fn mid_frame(&self) -> bool {
+        matches!(self.state, State::Forwarding) && self.opaque.iter().any(|&n| n > 0)
+    }
+
     /// The driver moved `n` (at most [`Link::opaque_pending`]) bytes from `leg` to the other
     /// leg itself.
     pub fn on_passed(&mut self, leg: Leg, n: usize, now: Instant) {
@@ -932,7 +940,10 @@ mod tests {
                     assert_eq!(sent.len(), 1000, "cut-through");
                     assert_eq!(l.opaque_pending(Leg::Down), big.len() - 1000);
                 }
+                // Mid-frame exactly while the big frame's start is out and its rest is not.
+                assert_eq!(l.mid_frame(), at > 4 && sent.len() < big.len(), "at {at}");
             }
+            assert!(!l.mid_frame());
             assert!(pending.is_empty());
             assert_eq!(sent, stream, "driver passes: {passed_by_driver}");
             assert_eq!(frames, 3);

@@ -52,6 +52,9 @@ pub struct Spec {
     pub threads: usize,
     pub driver: DriverKind,
     pub epmd_timeout: Duration,
+    /// On shutdown, how long established links may take to flush what is queued towards their
+    /// peers before they are closed (`[runtime] drain_timeout`). Applied by a reload too.
+    pub drain_timeout: Duration,
     /// The policy handle of each route direction, by side indices; empty: nothing is judged.
     /// Links take their route's handles when they open; storing a new policy into a handle
     /// ([`crate::policy::RouteHandle::store`], [`PolicyTable::reload`]) applies to
@@ -113,6 +116,8 @@ pub(crate) struct Shared {
     next_creation: AtomicU64,
     stopping: AtomicBool,
     epmd_timeout: Duration,
+    /// `Spec::drain_timeout` in milliseconds; swapped by a reload.
+    drain_ms: AtomicU64,
     pub stats: Arc<Stats>,
     policies: PolicyTable,
 }
@@ -156,6 +161,7 @@ impl Runtime {
             next_core: AtomicUsize::new(0),
             next_creation: AtomicU64::new(seed),
             stopping: AtomicBool::new(false),
+            drain_ms: AtomicU64::new(millis(spec.drain_timeout)),
             epmd_timeout: spec.epmd_timeout,
             stats,
             policies: spec.policies.clone(),
@@ -185,6 +191,7 @@ impl Runtime {
     /// which. Established links are untouched; new EPMD lookups see the new routes. Sides,
     /// listeners, threads and driver need a restart (`Config::restart_required` names them).
     pub fn reload(&self, spec: &Spec) {
+        self.shared.drain_ms.store(millis(spec.drain_timeout), Ordering::Relaxed);
         // Registries first: a cluster whose sources did not change keeps its registry (and
         // what it learnt) and is refreshed now; the others are loaded from their new sources.
         self.registries.adopt(&spec.registries);
@@ -233,8 +240,9 @@ impl Runtime {
                 let _ = TcpStream::connect_timeout(&wake_addr(a), Duration::from_millis(200));
             }
         }
+        let drain = Duration::from_millis(self.shared.drain_ms.load(Ordering::Relaxed));
         for c in &self.shared.cores {
-            c.shutdown();
+            c.shutdown(drain);
         }
         for t in self.core_threads.drain(..) {
             let _ = t.join();
@@ -638,10 +646,15 @@ impl Spec {
                 Driver::Mio => DriverKind::Poll,
             },
             epmd_timeout: Duration::from_secs(5),
+            drain_timeout: cfg.runtime.drain_timeout,
             policies: PolicyTable::from_config(cfg, &registries.registries()),
             registries,
         })
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

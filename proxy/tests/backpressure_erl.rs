@@ -30,6 +30,7 @@ fn start() -> Runtime {
         threads: 1,
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(5),
         policies: Default::default(),
         registries: Default::default(),
     })

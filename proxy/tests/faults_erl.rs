@@ -42,6 +42,7 @@ fn start() -> Runtime {
         threads: 2,
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(5),
         policies: Default::default(),
         registries: Default::default(),
     })

@@ -29,6 +29,10 @@ fn start() -> Runtime {
 }
 
 fn start_on(driver: DriverKind) -> Runtime {
+    start_with(driver, Duration::from_secs(5))
+}
+
+fn start_with(driver: DriverKind, drain_timeout: Duration) -> Runtime {
     let side = |name: &str, c: &[u8]| SideSpec {
         name: name.into(),
         cookie: Cookie::new(c),
@@ -44,6 +48,7 @@ fn start_on(driver: DriverKind) -> Runtime {
         threads: 1,
         driver,
         epmd_timeout: Duration::from_secs(10),
+        drain_timeout,
         policies: Default::default(),
         registries: Default::default(),
     })
@@ -248,7 +253,7 @@ fn a_connect_that_fails_at_once_gets_the_dialler_nok() {
         assert_eq!(read_to_close(&mut s, &format!("{d:?}")), nok, "{d:?}");
         wait_for(&stats, |s| s.get("close:upstream_unreachable") == 1 && s.links_closed.load(Ordering::Relaxed) == 1, &format!("{d:?}"));
         for c in &cores {
-            c.shutdown();
+            c.shutdown(Duration::ZERO);
         }
     }
 }
@@ -269,7 +274,123 @@ fn a_send_name_and_garbage_in_one_read_close_the_link_without_a_dial() {
         wait_for(&stats, |s| s.get("close:handshake_error") == 1 && s.links_closed.load(Ordering::Relaxed) == 1, &format!("{d:?}"));
         assert_eq!(stats.get("close:upstream_unreachable"), 0, "{d:?}: no dial was made");
         for c in &cores {
-            c.shutdown();
+            c.shutdown(Duration::ZERO);
         }
+    }
+}
+
+/// A fake dialler and fake target with a link between them through distgate, both handshakes
+/// done; and the target's EPMD registration (it ends when dropped).
+fn established(rt: &Runtime, alive: &str) -> (Msgs, Msgs, TcpStream) {
+    let (l, reg) = fake_target(rt, alive);
+    let mut d = dial(rt, alive);
+    let mut t = accept(&l);
+    t.send(b"sok");
+    let mut ch = Vec::new();
+    Challenge { flags: FLAGS, challenge: 4242, creation: 9, name: format!("{alive}@127.0.0.1") }.encode(&mut ch);
+    t.s.write_all(&ch).unwrap();
+    assert_eq!(d.next().unwrap(), b"sok");
+    let c = Challenge::parse(&d.next().unwrap()).unwrap();
+    let mut r = Vec::new();
+    handshake::encode_reply(31337, &handshake::digest(CA, c.challenge), &mut r);
+    d.s.write_all(&r).unwrap();
+    let (their, _) = handshake::parse_reply(&t.next().unwrap()).unwrap();
+    let mut a = Vec::new();
+    handshake::encode_ack(&handshake::digest(CB, their), &mut a);
+    t.s.write_all(&a).unwrap();
+    handshake::parse_ack(&d.next().unwrap()).unwrap();
+    (d, t, reg)
+}
+
+/// Frame `i` of the drain tests: a REG_SEND whose payload is a 64 KiB binary of byte `i`.
+fn numbered_frame(i: u8) -> Vec<u8> {
+    let mut body = vec![131, 68, 0, 104, 4, 97, 6, 88];
+    distgate_codec::rewrite::encode_atom("dialler@127.0.0.1", &mut body);
+    body.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 77]);
+    distgate_codec::rewrite::encode_atom("", &mut body);
+    distgate_codec::rewrite::encode_atom("sink", &mut body);
+    body.push(109);
+    body.extend_from_slice(&(64u32 << 10).to_be_bytes());
+    body.extend(std::iter::repeat_n(i, 64 << 10));
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(&body);
+    f
+}
+
+/// A link whose target stops reading while the dialler floods it, until distgate holds a
+/// full link buffer for the target (it stopped reading the dialler). Returns the target's end,
+/// the proxy port the dialler used and the target's registration (the dialler keeps writing
+/// from a thread until its writes fail).
+fn stalled_link(rt: &Runtime, alive: &str) -> (Msgs, u16, TcpStream) {
+    let (d, t, reg) = established(rt, alive);
+    let port = d.s.peer_addr().unwrap().port();
+    let mut ds = d.s;
+    std::thread::spawn(move || {
+        ds.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+        for i in 0..=255u8 {
+            if ds.write_all(&numbered_frame(i)).is_err() {
+                return;
+            }
+        }
+        // Stay connected until distgate closes this leg: the link must end by the shutdown,
+        // not by its dialler leaving.
+        let _ = ds.read(&mut [0u8; 1]);
+    });
+    wait_for(&rt.stats(), |s| s.backpressure_pauses.load(Ordering::Relaxed) >= 1, "the target's queue full");
+    (t, port, reg)
+}
+
+/// On shutdown, a link keeps flushing what distgate holds for a peer that reads slowly for as
+/// long as `drain_timeout` allows (here an hour: longer than any fixed grace), and the peer
+/// then gets whole frames, in order, and the close. Meanwhile nothing new is accepted.
+#[test]
+fn shutdown_drains_queued_frames_for_the_configured_time() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let rt = start_with(d, Duration::from_secs(3600));
+        let stats = rt.stats();
+        let (mut t, port, _reg) = stalled_link(&rt, "tdrain");
+        let stopping = std::thread::spawn(move || rt.shutdown());
+        // Not a timing assertion on distgate's speed: a stop that gave up after a fixed grace
+        // (5 s before drain_timeout was honoured) would be over by now.
+        std::thread::sleep(Duration::from_secs(6));
+        assert!(!stopping.is_finished(), "{d:?}: stopped while frames were still queued");
+        assert!(TcpStream::connect((lo(), port)).is_err(), "{d:?}: the proxy port still accepts while stopping");
+        assert_eq!(stats.links_closed.load(Ordering::Relaxed), 0, "{d:?}");
+        // The target reads again: every frame distgate held arrives whole and in order.
+        t.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        match t.s.read_to_end(&mut got) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{d:?}: no close after the drain ({e})"),
+        }
+        let (mut at, mut n) = (0, 0usize);
+        while at < got.len() {
+            let want = numbered_frame(n as u8);
+            assert!(got.len() - at >= want.len(), "{d:?}: frame {n} cut short at the close");
+            assert!(got[at..at + want.len()] == want[..], "{d:?}: frame {n} differs");
+            at += want.len();
+            n += 1;
+        }
+        assert!(at >= 1 << 20, "{d:?}: only {at} bytes arrived; distgate held a full 1 MiB link buffer");
+        stopping.join().unwrap();
+        assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
+    }
+}
+
+/// With no drain time, shutdown closes a link at once even though its peer never reads.
+#[test]
+fn shutdown_without_drain_time_closes_a_stalled_link() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let rt = start_with(d, Duration::ZERO);
+        let stats = rt.stats();
+        let _stalled = stalled_link(&rt, "tnodrain");
+        let stopping = std::thread::spawn(move || rt.shutdown());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stopping.is_finished() {
+            assert!(Instant::now() < deadline, "{d:?}: shutdown waited for a peer that never reads");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
     }
 }

@@ -38,6 +38,7 @@ fn spec(driver: DriverKind, sides: Vec<SideSpec>) -> Spec {
         threads: 2,
         driver,
         epmd_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(5),
         policies: Default::default(),
         registries: Default::default(),
     }

@@ -91,6 +91,7 @@ fn setup(policy_body: Option<&str>) -> Setup {
         threads: 2,
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(5),
         policies: table,
         registries: Default::default(),
     };

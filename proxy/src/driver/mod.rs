@@ -40,8 +40,8 @@ impl DriverKind {
 pub enum Cmd {
     /// Accept links for `route` on this listener.
     Listen(TcpListener, Arc<Route>),
-    /// Stop accepting, drain, close, exit.
-    Shutdown,
+    /// Stop accepting; let links flush what is queued for at most this long; close; exit.
+    Shutdown(std::time::Duration),
 }
 
 /// How a core is woken up to read its commands.
@@ -76,8 +76,10 @@ impl CoreHandle {
         self.tx.send(Cmd::Listen(l, route)).map_err(|_| io::Error::other("core stopped"))?;
         self.waker.wake()
     }
-    pub fn shutdown(&self) {
-        let _ = self.tx.send(Cmd::Shutdown);
+    /// Stop: no new links; established ones close once nothing is queued towards either of
+    /// their peers, or when `drain` has passed (`[runtime] drain_timeout`).
+    pub fn shutdown(&self, drain: std::time::Duration) {
+        let _ = self.tx.send(Cmd::Shutdown(drain));
         let _ = self.waker.wake();
     }
 }
@@ -140,7 +142,7 @@ pub fn start(
             Err(e) => {
                 // Do not leave the cores already started running.
                 for h in &handles {
-                    h.shutdown();
+                    h.shutdown(std::time::Duration::ZERO);
                 }
                 for j in joins {
                     let _ = j.join();

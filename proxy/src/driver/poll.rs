@@ -26,8 +26,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// call (fewer calls, and the partial frame left at the end of a read is moved to the front
 /// once per this many bytes, not once per 64 KiB frame); it falls back as reads come short.
 const READ_MAX: usize = 512 * 1024;
-/// How long a stopping core lets links flush their queues.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long a link closing with a flush (a refusal, a policy close) may take to write what it
+/// queued before its sockets are shut regardless.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
 struct LegIo {
     sock: Option<TcpStream>,
@@ -59,7 +60,7 @@ struct Conn {
     route: Arc<Route>,
     /// Set when the link asked to close after flushing.
     closing: bool,
-    /// When `closing` began: a peer that never reads cannot hold the link open past DRAIN.
+    /// When `closing` began: a peer that never reads cannot hold the link open past CLOSE_FLUSH.
     closing_since: Option<Instant>,
 }
 
@@ -80,6 +81,8 @@ struct Core {
     out: Output,
     next_link: u64,
     stopping: Option<Instant>,
+    /// How long, once stopping, links may take to flush their queues (`[runtime] drain_timeout`).
+    drain: Duration,
 }
 
 /// Tokens: slot index × 4 + kind (0 listener, 1 down leg, 2 up leg).
@@ -102,6 +105,7 @@ pub fn spawn(id: usize, limits: LinkLimits, link_buffer: usize, stats: Arc<Stats
         out: Output::default(),
         next_link: (id as u64) << 48,
         stopping: None,
+        drain: Duration::ZERO,
     };
     let j = std::thread::Builder::new().name(format!("core-{id}")).spawn(move || core.run(rx))?;
     Ok((CoreHandle::new(tx, waker), j))
@@ -146,7 +150,8 @@ impl Core {
             loop {
                 match rx.try_recv() {
                     Ok(Cmd::Listen(l, route)) => self.add_listener(l, route),
-                    Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => self.begin_stop(),
+                    Ok(Cmd::Shutdown(drain)) => self.begin_stop(drain),
+                    Err(TryRecvError::Disconnected) => self.begin_stop(Duration::ZERO),
                     Err(TryRecvError::Empty) => break,
                 }
             }
@@ -156,8 +161,10 @@ impl Core {
                 self.timers(now);
             }
             if let Some(since) = self.stopping {
-                let busy = self.slots.iter().any(|s| matches!(s, Slot::Conn(c) if c.legs.iter().any(|l| l.queued() > 0)));
-                if !busy || now.duration_since(since) > DRAIN {
+                // Busy: bytes queued towards a peer, or a frame streaming through (see
+                // `Link::mid_frame`). Links close once none is, or when the drain time is up.
+                let busy = self.slots.iter().any(|s| matches!(s, Slot::Conn(c) if c.link.mid_frame() || c.legs.iter().any(|l| l.queued() > 0)));
+                if !busy || now.duration_since(since) > self.drain {
                     for i in 0..self.slots.len() {
                         if matches!(self.slots[i], Slot::Conn(_)) {
                             self.drop_conn(i, "shutdown", "distgate is stopping");
@@ -169,11 +176,12 @@ impl Core {
         }
     }
 
-    fn begin_stop(&mut self) {
+    fn begin_stop(&mut self, drain: Duration) {
         if self.stopping.is_some() {
             return;
         }
         self.stopping = Some(Instant::now());
+        self.drain = drain;
         // Stop accepting: listeners go first, links drain.
         for i in 0..self.slots.len() {
             if let Slot::Listener(l, _) = &mut self.slots[i] {
@@ -462,7 +470,7 @@ impl Core {
     fn timers(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
             let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { continue };
-            if c.closing_since.is_some_and(|t| now.duration_since(t) > DRAIN) {
+            if c.closing_since.is_some_and(|t| now.duration_since(t) > CLOSE_FLUSH) {
                 self.drop_conn(slot, "flush_timeout", "peer did not read what was queued before the close");
                 continue;
             }

@@ -75,8 +75,6 @@ const POOL_MAX: usize = 32;
 const IOV_BATCH: usize = 64;
 /// Batches at least this large go as `SENDMSG_ZC` (when available and paying).
 const ZC_MIN: usize = 64 * 1024;
-/// How long a stopping core lets links flush their queues (as mio).
-const DRAIN: Duration = Duration::from_secs(5);
 /// How long a core waits for cancelled operations before it leaks their memory and exits.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(250);
@@ -547,6 +545,8 @@ struct Core {
     out: Output,
     next_link: u64,
     stopping: Option<Instant>,
+    /// How long, once stopping, links may take to flush their queues (`[runtime] drain_timeout`).
+    drain: Duration,
     efd: Arc<File>,
     /// The eventfd counter the wake-up `READ` fills; boxed for a stable address.
     wake_buf: Box<u64>,
@@ -591,6 +591,7 @@ pub fn spawn(id: usize, limits: LinkLimits, link_buffer: usize, stats: Arc<Stats
             out: Output::default(),
             next_link: (id as u64) << 48,
             stopping: None,
+            drain: Duration::ZERO,
             efd: core_efd,
             wake_buf: Box::new(0),
             wake_armed: false,
@@ -673,7 +674,8 @@ impl Core {
             loop {
                 match rx.try_recv() {
                     Ok(Cmd::Listen(l, route)) => self.add_listener(l, route),
-                    Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => self.begin_stop(),
+                    Ok(Cmd::Shutdown(drain)) => self.begin_stop(drain),
+                    Err(TryRecvError::Disconnected) => self.begin_stop(Duration::ZERO),
                     Err(TryRecvError::Empty) => break,
                 }
             }
@@ -683,8 +685,10 @@ impl Core {
                 self.timers(now);
             }
             if let Some(since) = self.stopping {
-                let busy = self.slots.iter().any(|s| matches!(s, Slot::Conn(c) if !c.dead && c.legs.iter().any(|l| l.queued() > 0)));
-                if !busy || now.duration_since(since) > DRAIN {
+                // Busy: bytes queued towards a peer, or a frame streaming through (see
+                // `Link::mid_frame`). Links close once none is, or when the drain time is up.
+                let busy = self.slots.iter().any(|s| matches!(s, Slot::Conn(c) if !c.dead && (c.link.mid_frame() || c.legs.iter().any(|l| l.queued() > 0))));
+                if !busy || now.duration_since(since) > self.drain {
                     for i in 0..self.slots.len() {
                         if matches!(&self.slots[i], Slot::Conn(c) if !c.dead) {
                             self.drop_conn(i, "shutdown", "distgate is stopping");
@@ -749,11 +753,12 @@ impl Core {
 
     // ---- control -----------------------------------------------------------------------
 
-    fn begin_stop(&mut self) {
+    fn begin_stop(&mut self, drain: Duration) {
         if self.stopping.is_some() {
             return;
         }
         self.stopping = Some(Instant::now());
+        self.drain = drain;
         // Stop accepting: listeners go first, links drain.
         for i in 0..self.slots.len() {
             let Slot::Listener(l) = &mut self.slots[i] else { continue };
