@@ -258,6 +258,12 @@ impl Link {
         }
     }
 
+    /// The largest frame this link accepts (its limits are fixed when it opens; a reload
+    /// changes those of later links only).
+    pub fn max_frame(&self) -> usize {
+        self.params.limits.max_frame
+    }
+
     pub fn id(&self) -> u64 {
         self.params.id
     }

@@ -90,14 +90,21 @@ fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-fn init_logging(log: Option<&distgate_config::Log>) {
-    use tracing_subscriber::EnvFilter;
+/// Swaps the log filter on a reload; `None` when `DISTGATE_LOG` set it (it wins over the file).
+type LogLevel = Option<tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>>;
+
+fn init_logging(log: Option<&distgate_config::Log>) -> LogLevel {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
     // DISTGATE_LOG overrides the configured level (handy for one-off debugging).
     let level = log.map_or("info", |l| l.level.as_str());
-    let filter = EnvFilter::try_from_env("DISTGATE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let from_env = EnvFilter::try_from_env("DISTGATE_LOG").ok();
+    let pinned = from_env.is_some();
+    let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(level)));
     let json = log.is_some_and(|l| l.format == distgate_config::LogFormat::Json);
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { b.json().try_init() } else { b.try_init() };
+    let out = if json { fmt::layer().json().with_writer(std::io::stderr).boxed() } else { fmt::layer().with_writer(std::io::stderr).boxed() };
+    let _ = tracing_subscriber::registry().with(filter).with(out).try_init();
+    (!pinned).then_some(handle)
 }
 
 fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> Result<(), String> {
@@ -105,7 +112,7 @@ fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> 
         Some(f) => (distgate_config::load(f).map_err(|e| e.to_string())?, f.display().to_string()),
         None => (distgate_config::Config::embedded_default(), distgate_config::EMBEDDED_DEFAULT_NAME.to_string()),
     };
-    init_logging(Some(&cfg.log));
+    let log_level = init_logging(Some(&cfg.log));
     let mut spec = distgate::runtime::Spec::from_config(&cfg).map_err(|e| format!("{name}: {e}"))?;
     if let Some(d) = driver {
         spec.driver = match d {
@@ -153,6 +160,11 @@ fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> 
                 Ok((new, spec)) => {
                     for what in current.restart_required(&new) {
                         tracing::warn!(change = %what, "SIGHUP: this change needs a restart; kept the running value");
+                    }
+                    if let Some(h) = log_level.as_ref().filter(|_| new.log.level != current.log.level) {
+                        if let Err(e) = h.reload(tracing_subscriber::EnvFilter::new(&new.log.level)) {
+                            tracing::warn!(error = %e, "SIGHUP: the log level could not be changed");
+                        }
                     }
                     // Registries whose sources did not change are refreshed now.
                     rt.reload(&spec);

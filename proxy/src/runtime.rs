@@ -74,8 +74,10 @@ pub struct Route {
     pub port: u16,
     /// Where the target listens; refreshed at every PORT_PLEASE2 for it.
     pub target: Mutex<SocketAddr>,
-    pub down_cookie: Cookie,
-    pub up_cookie: Cookie,
+    /// The cookies of the dialler's and the target's clusters, for handshakes from now on
+    /// (a reload swaps them).
+    pub down_cookie: Mutex<Cookie>,
+    pub up_cookie: Mutex<Cookie>,
     /// The policy handles links on this port use.
     pub policy: LinkPolicy,
 }
@@ -86,11 +88,26 @@ impl Route {
         crate::link::LinkParams {
             id,
             target: self.alive.clone(),
-            down_cookie: self.down_cookie.clone(),
-            up_cookie: self.up_cookie.clone(),
+            down_cookie: self.down_cookie.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            up_cookie: self.up_cookie.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             limits,
             policy: self.policy.clone(),
         }
+    }
+}
+
+/// What a reload changes of a side.
+struct Live {
+    cookie: Cookie,
+    upstream_epmd: Option<SocketAddr>,
+}
+
+impl Side {
+    fn cookie(&self) -> Cookie {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).cookie.clone()
+    }
+    fn upstream_epmd(&self) -> Option<SocketAddr> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).upstream_epmd
     }
 }
 
@@ -101,7 +118,9 @@ struct Registered {
 }
 
 struct Side {
+    /// As started; `live` holds what a reload may change.
     spec: SideSpec,
+    live: Mutex<Live>,
     table: Mutex<HashMap<String, Registered>>,
     responder: Option<SocketAddr>,
 }
@@ -146,7 +165,8 @@ impl Runtime {
                 None => (None, None),
             };
             listeners.push(listener);
-            sides.push(Side { spec: s.clone(), table: Mutex::new(HashMap::new()), responder });
+            let live = Mutex::new(Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd });
+            sides.push(Side { spec: s.clone(), live, table: Mutex::new(HashMap::new()), responder });
         }
         let seed = {
             let mut b = [0u8; 4];
@@ -187,9 +207,11 @@ impl Runtime {
         self.driver
     }
 
-    /// Apply what a reloaded configuration may change while links run: which sides may dial
-    /// which. Established links are untouched; new EPMD lookups see the new routes. Sides,
-    /// listeners, threads and driver need a restart (`Config::restart_required` names them).
+    /// Apply what a reloaded configuration may change while links run: policies and
+    /// registries (established links too, from their next frame); which sides may dial which,
+    /// each side's cookie and upstream EPMD, the link limits and buffer, and the drain time
+    /// (for what starts from now on: lookups, handshakes, links). Sides, listeners, threads and
+    /// driver need a restart (`Config::restart_required` names them).
     pub fn reload(&self, spec: &Spec) {
         self.shared.drain_ms.store(millis(spec.drain_timeout), Ordering::Relaxed);
         // Registries first: a cluster whose sources did not change keeps its registry (and
@@ -209,6 +231,18 @@ impl Runtime {
             return;
         }
         self.shared.routes_allowed.store(Arc::new(spec.routes.clone()));
+        // Cookies and upstream EPMDs: for handshakes and lookups from now on.
+        for (side, new) in self.shared.sides.iter().zip(&spec.sides) {
+            *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd };
+        }
+        for ((from, to, _), r) in self.shared.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            *r.down_cookie.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.sides[*from].cookie();
+            *r.up_cookie.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.sides[*to].cookie();
+        }
+        // Limits: for links accepted from now on.
+        for c in &self.shared.cores {
+            let _ = c.set_limits(spec.limits, spec.link_buffer);
+        }
     }
 
     /// The policy handles this runtime was started with (for a reload).
@@ -288,7 +322,7 @@ impl FindNodes for SideNodes {
             .iter()
             .map(|(n, r)| (n.clone(), SocketAddr::new(r.ip, r.info.port)))
             .collect();
-        if let Some(up) = upstream.or(side.spec.upstream_epmd) {
+        if let Some(up) = upstream.or(side.upstream_epmd()) {
             let ours: HashSet<(String, u16)> = sh
                 .routes
                 .lock()
@@ -437,7 +471,7 @@ fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
             }
         }
     }
-    if let Some(up) = me.spec.upstream_epmd {
+    if let Some(up) = me.upstream_epmd() {
         if let Ok(Some(info)) = epmd::port_please(up, name, sh.epmd_timeout) {
             return Some(info);
         }
@@ -454,7 +488,7 @@ fn find_in_side(sh: &Shared, side: usize, name: &str, upstream_only: bool) -> Op
             return Some((r.info.clone(), SocketAddr::new(r.ip, r.info.port)));
         }
     }
-    let up = s.spec.upstream_epmd?;
+    let up = s.upstream_epmd()?;
     match epmd::port_please(up, name, sh.epmd_timeout) {
         Ok(Some(info)) => {
             let addr = SocketAddr::new(up.ip(), info.port);
@@ -477,7 +511,7 @@ fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<
         if to != side {
             continue;
         }
-        let Some(up) = sh.sides[from].spec.upstream_epmd else { continue };
+        let Some(up) = sh.sides[from].upstream_epmd() else { continue };
         let port = match route_for(sh, from, to, &info.name, target) {
             Ok(p) => p,
             Err(e) => {
@@ -513,8 +547,8 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         alive: name.to_string(),
         port,
         target: Mutex::new(target),
-        down_cookie: sh.sides[from].spec.cookie.clone(),
-        up_cookie: sh.sides[to].spec.cookie.clone(),
+        down_cookie: Mutex::new(sh.sides[from].cookie()),
+        up_cookie: Mutex::new(sh.sides[to].cookie()),
         policy: sh.policies.link(from, to, sh.stats.clone()),
     });
     // One listener per core (SO_REUSEPORT: the kernel spreads the connections); a single

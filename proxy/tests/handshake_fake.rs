@@ -33,6 +33,11 @@ fn start_on(driver: DriverKind) -> Runtime {
 }
 
 fn start_with(driver: DriverKind, drain_timeout: Duration) -> Runtime {
+    Runtime::start(spec(driver, drain_timeout, CA, CB)).unwrap()
+}
+
+/// Two clusters, a and b, that may dial each other, with these cookies.
+fn spec(driver: DriverKind, drain_timeout: Duration, ca: &[u8], cb: &[u8]) -> Spec {
     let side = |name: &str, c: &[u8]| SideSpec {
         name: name.into(),
         cookie: Cookie::new(c),
@@ -40,8 +45,8 @@ fn start_with(driver: DriverKind, drain_timeout: Duration) -> Runtime {
         upstream_epmd: None,
         proxy_ip: lo(),
     };
-    Runtime::start(Spec {
-        sides: vec![side("a", CA), side("b", CB)],
+    Spec {
+        sides: vec![side("a", ca), side("b", cb)],
         routes: vec![(0, 1), (1, 0)],
         limits: LinkLimits { handshake_timeout: Duration::from_secs(10), ..LinkLimits::default() },
         link_buffer: 1 << 20,
@@ -51,8 +56,7 @@ fn start_with(driver: DriverKind, drain_timeout: Duration) -> Runtime {
         drain_timeout,
         policies: Default::default(),
         registries: Default::default(),
-    })
-    .unwrap()
+    }
 }
 
 /// Reads 2-byte-length handshake messages.
@@ -212,8 +216,8 @@ fn unroutable_core(d: DriverKind) -> (Vec<driver::CoreHandle>, Arc<Stats>, Socke
         alive: "tsync".into(),
         port: addr.port(),
         target: Mutex::new(SocketAddr::new(IpAddr::from([255, 255, 255, 255]), 9)),
-        down_cookie: Cookie::new(CA),
-        up_cookie: Cookie::new(CB),
+        down_cookie: Mutex::new(Cookie::new(CA)),
+        up_cookie: Mutex::new(Cookie::new(CB)),
         policy: Default::default(),
     };
     cores[0].listen(l, Arc::new(route)).unwrap();
@@ -282,9 +286,21 @@ fn a_send_name_and_garbage_in_one_read_close_the_link_without_a_dial() {
 /// A fake dialler and fake target with a link between them through distgate, both handshakes
 /// done; and the target's EPMD registration (it ends when dropped).
 fn established(rt: &Runtime, alive: &str) -> (Msgs, Msgs, TcpStream) {
+    established_with(rt, alive, CA, CB)
+}
+
+/// [`established`] with the cookies distgate is expected to use: `ca` towards the dialler,
+/// `cb` towards the target (each fake peer checks distgate's digest).
+fn established_with(rt: &Runtime, alive: &str, ca: &[u8], cb: &[u8]) -> (Msgs, Msgs, TcpStream) {
     let (l, reg) = fake_target(rt, alive);
+    let (d, t) = link_to(rt, alive, &l, ca, cb);
+    (d, t, reg)
+}
+
+/// A link through distgate to the fake target listening on `l`, both handshakes done.
+fn link_to(rt: &Runtime, alive: &str, l: &TcpListener, ca: &[u8], cb: &[u8]) -> (Msgs, Msgs) {
     let mut d = dial(rt, alive);
-    let mut t = accept(&l);
+    let mut t = accept(l);
     t.send(b"sok");
     let mut ch = Vec::new();
     Challenge { flags: FLAGS, challenge: 4242, creation: 9, name: format!("{alive}@127.0.0.1") }.encode(&mut ch);
@@ -292,14 +308,16 @@ fn established(rt: &Runtime, alive: &str) -> (Msgs, Msgs, TcpStream) {
     assert_eq!(d.next().unwrap(), b"sok");
     let c = Challenge::parse(&d.next().unwrap()).unwrap();
     let mut r = Vec::new();
-    handshake::encode_reply(31337, &handshake::digest(CA, c.challenge), &mut r);
+    handshake::encode_reply(31337, &handshake::digest(ca, c.challenge), &mut r);
     d.s.write_all(&r).unwrap();
-    let (their, _) = handshake::parse_reply(&t.next().unwrap()).unwrap();
+    let (their, dig) = handshake::parse_reply(&t.next().unwrap()).unwrap();
+    assert_eq!(dig, handshake::digest(cb, 4242), "distgate answers the target's challenge with its cluster's cookie");
     let mut a = Vec::new();
-    handshake::encode_ack(&handshake::digest(CB, their), &mut a);
+    handshake::encode_ack(&handshake::digest(cb, their), &mut a);
     t.s.write_all(&a).unwrap();
-    handshake::parse_ack(&d.next().unwrap()).unwrap();
-    (d, t, reg)
+    let ack = handshake::parse_ack(&d.next().unwrap()).unwrap();
+    assert_eq!(ack, handshake::digest(ca, 31337), "distgate acknowledges the dialler with its cluster's cookie");
+    (d, t)
 }
 
 /// Frame `i` of the drain tests: a REG_SEND whose payload is a 64 KiB binary of byte `i`.
@@ -392,5 +410,49 @@ fn shutdown_without_drain_time_closes_a_stalled_link() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
+    }
+}
+
+/// A reload swaps each cluster's cookie for the handshakes that follow, on a proxy port opened
+/// before it too; a link established before it keeps forwarding.
+#[test]
+fn a_reload_changes_the_cookies_of_later_handshakes() {
+    let rt = start();
+    let (l, _reg) = fake_target(&rt, "tcookie");
+    let (mut d1, mut t1) = link_to(&rt, "tcookie", &l, CA, CB);
+    rt.reload(&spec(DriverKind::Poll, Duration::from_secs(5), b"rotated_a", b"rotated_b"));
+    let (_d2, _t2) = link_to(&rt, "tcookie", &l, b"rotated_a", b"rotated_b");
+    // The first link still forwards: a tick each way.
+    d1.s.write_all(&[0, 0, 0, 0]).unwrap();
+    t1.s.write_all(&[0, 0, 0, 0]).unwrap();
+    let mut tick = [9u8; 4];
+    t1.s.read_exact(&mut tick).unwrap();
+    d1.s.read_exact(&mut tick).unwrap();
+    assert_eq!(tick, [0; 4]);
+    assert_eq!(rt.stats().get("close:bad_cookie"), 0);
+}
+
+/// A reload's limits apply to links accepted after it: a 64 KiB frame still passes on a link
+/// from before a reload to a 16 KiB frame limit, and closes a link from after it.
+#[test]
+fn a_reload_changes_the_limits_of_later_links() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let rt = start_on(d);
+        let (l, _reg) = fake_target(&rt, "tlimit");
+        let (mut d1, mut t1) = link_to(&rt, "tlimit", &l, CA, CB);
+        let mut small = spec(d, Duration::from_secs(5), CA, CB);
+        small.limits.max_frame = 16 << 10;
+        rt.reload(&small);
+        // The core takes the new limits from its command queue; the link after it is accepted
+        // later on the same core, so it gets them.
+        let (mut d2, _t2) = link_to(&rt, "tlimit", &l, CA, CB);
+        let frame = numbered_frame(1);
+        d1.s.write_all(&frame).unwrap();
+        let mut got = vec![0u8; frame.len()];
+        t1.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        t1.s.read_exact(&mut got).unwrap();
+        assert!(got == frame, "{d:?}: the older link forwards a frame over the new limit");
+        d2.s.write_all(&frame).unwrap();
+        wait_for(&rt.stats(), |s| s.get("close:frame_too_large") == 1, &format!("{d:?}: the newer link refuses it"));
     }
 }

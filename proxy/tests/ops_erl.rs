@@ -178,3 +178,20 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(v["level"], "ERROR", "{warn}");
     assert!(warn.contains("distgate.toml:3:1") && warn.contains("treads"), "{warn}");
 }
+
+/// `[log] level` is applied at start and changed by a SIGHUP: at `warn` the informational
+/// start-up lines are not written; after a reload to `info`, the reload's own line is.
+#[test]
+fn a_reload_changes_the_log_level() {
+    let dir = TempDir::new("dg_ops_level");
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let cfg = config(&dir, ea, eb, mp, true);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{base}\n[log]\nlevel = \"warn\"\n")).unwrap();
+    let mut dg = Daemon::start_at_configured_level(BIN, &cfg, mp);
+    assert!(!dg.log().iter().any(|l| l.contains("distgate running")), "info lines at level warn: {:?}", dg.log());
+    std::fs::write(&cfg, format!("{base}\n[log]\nlevel = \"info\"\n")).unwrap();
+    dg.signal("HUP");
+    dg.wait_for("SIGHUP: configuration reloaded");
+    assert!(!dg.log().iter().any(|l| l.contains("distgate running")), "the start-up line is not written late");
+}

@@ -18,10 +18,30 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `bin run -c config` with `DISTGATE_LOG=info` and waits for "distgate running".
     pub fn start(bin: &str, config: &Path) -> Daemon {
-        let mut child = Command::new(bin)
-            .args(["run", "-c"])
-            .arg(config)
-            .env("DISTGATE_LOG", "info")
+        let mut d = Daemon::spawn(bin, config, Some("info"));
+        d.wait_for("distgate running");
+        d
+    }
+
+    /// Starts `bin run -c config` logging at the configured level (no `DISTGATE_LOG`), and
+    /// waits until its metrics endpoint at `metrics` (port on 127.0.0.1) answers.
+    pub fn start_at_configured_level(bin: &str, config: &Path, metrics: u16) -> Daemon {
+        let d = Daemon::spawn(bin, config, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", metrics)).is_err() {
+            assert!(Instant::now() < deadline, "distgate's metrics endpoint never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn spawn(bin: &str, config: &Path, log: Option<&str>) -> Daemon {
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "-c"]).arg(config).env_remove("DISTGATE_LOG");
+        if let Some(l) = log {
+            cmd.env("DISTGATE_LOG", l);
+        }
+        let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -33,9 +53,7 @@ impl Daemon {
                 let _ = tx.send(l);
             }
         });
-        let mut d = Daemon { child, lines: rx, log: Vec::new() };
-        d.wait_for("distgate running");
-        d
+        Daemon { child, lines: rx, log: Vec::new() }
     }
 
     /// Waits (30 s at most) for a log line containing `what` and returns it; panics with the

@@ -40,6 +40,8 @@ impl DriverKind {
 pub enum Cmd {
     /// Accept links for `route` on this listener.
     Listen(TcpListener, Arc<Route>),
+    /// Limits for the links accepted from now on, and the per-link buffer (a reload).
+    Limits(LinkLimits, usize),
     /// Stop accepting; let links flush what is queued for at most this long; close; exit.
     Shutdown(std::time::Duration),
 }
@@ -74,6 +76,11 @@ impl CoreHandle {
     pub fn listen(&self, l: TcpListener, route: Arc<Route>) -> io::Result<()> {
         l.set_nonblocking(true)?;
         self.tx.send(Cmd::Listen(l, route)).map_err(|_| io::Error::other("core stopped"))?;
+        self.waker.wake()
+    }
+    /// Limits for links accepted from now on, and the per-link buffer for every link.
+    pub fn set_limits(&self, limits: LinkLimits, link_buffer: usize) -> io::Result<()> {
+        self.tx.send(Cmd::Limits(limits, link_buffer)).map_err(|_| io::Error::other("core stopped"))?;
         self.waker.wake()
     }
     /// Stop: no new links; established ones close once nothing is queued towards either of

@@ -150,6 +150,7 @@ impl Core {
             loop {
                 match rx.try_recv() {
                     Ok(Cmd::Listen(l, route)) => self.add_listener(l, route),
+                    Ok(Cmd::Limits(limits, link_buffer)) => (self.limits, self.link_buffer) = (limits, link_buffer),
                     Ok(Cmd::Shutdown(drain)) => self.begin_stop(drain),
                     Err(TryRecvError::Disconnected) => self.begin_stop(Duration::ZERO),
                     Err(TryRecvError::Empty) => break,
@@ -243,7 +244,6 @@ impl Core {
 
     fn readable(&mut self, slot: usize, leg: Leg) {
         let budget = self.link_buffer;
-        let max_buf = self.limits.max_frame + 4;
         // Reads stay within a quarter of the per-link budget (two legs, two directions).
         let read_max = (budget / 4).clamp(READ_CHUNK, READ_MAX);
         let i = leg.index();
@@ -256,6 +256,7 @@ impl Core {
                 }
                 return;
             }
+            let max_buf = c.link.max_frame() + 4;
             let io = &mut c.legs[i];
             if !io.connected {
                 return;

@@ -674,6 +674,7 @@ impl Core {
             loop {
                 match rx.try_recv() {
                     Ok(Cmd::Listen(l, route)) => self.add_listener(l, route),
+                    Ok(Cmd::Limits(limits, link_buffer)) => (self.limits, self.link_buffer) = (limits, link_buffer),
                     Ok(Cmd::Shutdown(drain)) => self.begin_stop(drain),
                     Err(TryRecvError::Disconnected) => self.begin_stop(Duration::ZERO),
                     Err(TryRecvError::Empty) => break,
@@ -861,11 +862,11 @@ impl Core {
 
     fn arm_recv(&mut self, slot: usize, i: usize) {
         let budget = self.link_buffer;
-        let max_buf = self.limits.max_frame + 4;
         let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
         if c.dead {
             return;
         }
+        let max_buf = c.link.max_frame() + 4;
         if c.legs[1 - i].queued() > budget {
             if !c.legs[i].paused {
                 c.legs[i].paused = true;
