@@ -148,20 +148,7 @@ fn alive_is_answered_by_the_dialler_and_the_link_completes() {
     d.send(b"strue");
     assert_eq!(t.next().unwrap(), b"strue", "the dialler's answer reaches the target");
     // The rest of a normal handshake, with the real cookies of each side.
-    let mut ch = Vec::new();
-    Challenge { flags: FLAGS | 1, challenge: 4242, creation: 9, name: "talive@127.0.0.1".into() }.encode(&mut ch);
-    t.s.write_all(&ch).unwrap();
-    let c = Challenge::parse(&d.next().unwrap()).unwrap();
-    assert_eq!((c.name.as_str(), c.creation), ("talive@127.0.0.1", 9), "the target's real name and creation");
-    let mut r = Vec::new();
-    handshake::encode_reply(31337, &handshake::digest(CA, c.challenge), &mut r);
-    d.s.write_all(&r).unwrap();
-    let (their, dig) = handshake::parse_reply(&t.next().unwrap()).unwrap();
-    assert_eq!(dig, handshake::digest(CB, 4242), "distgate answers B's challenge with B's cookie");
-    let mut a = Vec::new();
-    handshake::encode_ack(&handshake::digest(CB, their), &mut a);
-    t.s.write_all(&a).unwrap();
-    assert_eq!(handshake::parse_ack(&d.next().unwrap()).unwrap(), handshake::digest(CA, 31337));
+    challenge_to_ack(&mut d, &mut t, "talive", FLAGS | 1, CA, CB);
     // Frames now flow: a tick from each side arrives at the other.
     d.s.write_all(&[0, 0, 0, 0]).unwrap();
     let mut tick = [9u8; 4];
@@ -244,21 +231,32 @@ fn read_to_close(s: &mut TcpStream, what: &str) -> Vec<u8> {
     }
 }
 
+/// On a core serving the unroutable route, a dialler sends its send_name followed by `then`,
+/// and reads until distgate closes: what it read, and the core's counters once the link is
+/// counted closed.
+fn unroutable_exchange(d: DriverKind, then: &[u8]) -> (Vec<u8>, Arc<Stats>) {
+    let (cores, stats, addr) = unroutable_core(d);
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut out = Vec::new();
+    SendName { flags: FLAGS, creation: Some(77), name: "dialler@127.0.0.1".into() }.encode(77, &mut out);
+    out.extend_from_slice(then);
+    s.write_all(&out).unwrap();
+    let got = read_to_close(&mut s, &format!("{d:?}"));
+    wait_for(&stats, |s| s.links_closed.load(Ordering::Relaxed) == 1, &format!("{d:?}: the link counted closed"));
+    for c in &cores {
+        c.shutdown(Duration::ZERO);
+    }
+    (got, stats)
+}
+
 #[test]
 fn a_connect_that_fails_at_once_gets_the_dialler_nok() {
     for d in [DriverKind::Poll, DriverKind::Uring] {
-        let (cores, stats, addr) = unroutable_core(d);
-        let mut s = TcpStream::connect(addr).unwrap();
-        let mut out = Vec::new();
-        SendName { flags: FLAGS, creation: Some(77), name: "dialler@127.0.0.1".into() }.encode(77, &mut out);
-        s.write_all(&out).unwrap();
+        let (got, stats) = unroutable_exchange(d, b"");
         let mut nok = Vec::new();
         handshake::encode_status(b"nok", &mut nok);
-        assert_eq!(read_to_close(&mut s, &format!("{d:?}")), nok, "{d:?}");
-        wait_for(&stats, |s| s.get("close:upstream_unreachable") == 1 && s.links_closed.load(Ordering::Relaxed) == 1, &format!("{d:?}"));
-        for c in &cores {
-            c.shutdown(Duration::ZERO);
-        }
+        assert_eq!(got, nok, "{d:?}");
+        assert_eq!(stats.get("close:upstream_unreachable"), 1, "{d:?}: {:?}", stats.labelled());
     }
 }
 
@@ -268,18 +266,12 @@ fn a_connect_that_fails_at_once_gets_the_dialler_nok() {
 #[test]
 fn a_send_name_and_garbage_in_one_read_close_the_link_without_a_dial() {
     for d in [DriverKind::Poll, DriverKind::Uring] {
-        let (cores, stats, addr) = unroutable_core(d);
-        let mut s = TcpStream::connect(addr).unwrap();
-        let mut out = Vec::new();
-        SendName { flags: FLAGS, creation: Some(77), name: "dialler@127.0.0.1".into() }.encode(77, &mut out);
-        handshake::frame(&mut out, b"Xgarbage");
-        s.write_all(&out).unwrap();
-        assert_eq!(read_to_close(&mut s, &format!("{d:?}")), b"", "{d:?}: nothing sent, closed");
-        wait_for(&stats, |s| s.get("close:handshake_error") == 1 && s.links_closed.load(Ordering::Relaxed) == 1, &format!("{d:?}"));
+        let mut garbage = Vec::new();
+        handshake::frame(&mut garbage, b"Xgarbage");
+        let (got, stats) = unroutable_exchange(d, &garbage);
+        assert_eq!(got, b"", "{d:?}: nothing sent, closed");
+        assert_eq!(stats.get("close:handshake_error"), 1, "{d:?}: {:?}", stats.labelled());
         assert_eq!(stats.get("close:upstream_unreachable"), 0, "{d:?}: no dial was made");
-        for c in &cores {
-            c.shutdown(Duration::ZERO);
-        }
     }
 }
 
@@ -302,11 +294,20 @@ fn link_to(rt: &Runtime, alive: &str, l: &TcpListener, ca: &[u8], cb: &[u8]) -> 
     let mut d = dial(rt, alive);
     let mut t = accept(l);
     t.send(b"sok");
-    let mut ch = Vec::new();
-    Challenge { flags: FLAGS, challenge: 4242, creation: 9, name: format!("{alive}@127.0.0.1") }.encode(&mut ch);
-    t.s.write_all(&ch).unwrap();
     assert_eq!(d.next().unwrap(), b"sok");
+    challenge_to_ack(&mut d, &mut t, alive, FLAGS, ca, cb);
+    (d, t)
+}
+
+/// The handshake from the target's challenge to the dialler's ack. Each fake peer checks
+/// distgate's digests: `ca` towards the dialler, `cb` towards the target.
+fn challenge_to_ack(d: &mut Msgs, t: &mut Msgs, alive: &str, flags: u64, ca: &[u8], cb: &[u8]) {
+    let name = format!("{alive}@127.0.0.1");
+    let mut ch = Vec::new();
+    Challenge { flags, challenge: 4242, creation: 9, name: name.clone() }.encode(&mut ch);
+    t.s.write_all(&ch).unwrap();
     let c = Challenge::parse(&d.next().unwrap()).unwrap();
+    assert_eq!((c.name, c.creation), (name, 9), "the target's real name and creation");
     let mut r = Vec::new();
     handshake::encode_reply(31337, &handshake::digest(ca, c.challenge), &mut r);
     d.s.write_all(&r).unwrap();
@@ -317,7 +318,6 @@ fn link_to(rt: &Runtime, alive: &str, l: &TcpListener, ca: &[u8], cb: &[u8]) -> 
     t.s.write_all(&a).unwrap();
     let ack = handshake::parse_ack(&d.next().unwrap()).unwrap();
     assert_eq!(ack, handshake::digest(ca, 31337), "distgate acknowledges the dialler with its cluster's cookie");
-    (d, t)
 }
 
 /// Frame `i` of the drain tests: a REG_SEND whose payload is a 64 KiB binary of byte `i`.
