@@ -195,3 +195,24 @@ fn a_reload_changes_the_log_level() {
     dg.wait_for("SIGHUP: configuration reloaded");
     assert!(!dg.log().iter().any(|l| l.contains("distgate running")), "the start-up line is not written late");
 }
+
+/// A SIGHUP that rotates cluster b's cookie: a node of a reaches a b node that runs with the
+/// new cookie (distgate's handshake towards b uses it), while the link opened before keeps
+/// working. Real nodes on both sides.
+#[test]
+fn a_reload_rotates_a_clusters_cookie_for_new_links() {
+    let dir = TempDir::new("dg_ops_cookie");
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let cfg = config(&dir, ea, eb, mp, true);
+    let mut dg = Daemon::start(BIN, &cfg);
+    let a = Node::start_with("ra", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
+    let b = Node::start_with("rb", NodeOptions { cookie: "ops_cookie_b".into(), epmd_port: Some(eb), ..NodeOptions::default() });
+    assert_eq!(a.eval(&format!("net_adm:ping({}).", b.atom())), "pong");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("ops_cookie_b", "ops_cookie_b_rotated");
+    std::fs::write(&cfg, text).unwrap();
+    dg.signal("HUP");
+    dg.wait_for("SIGHUP: configuration reloaded");
+    let b2 = Node::start_with("rb2", NodeOptions { cookie: "ops_cookie_b_rotated".into(), epmd_port: Some(eb), ..NodeOptions::default() });
+    assert_eq!(a.eval(&format!("net_adm:ping({}).", b2.atom())), "pong", "distgate answers b2 with b's new cookie");
+    assert_eq!(a.eval(&format!("rpc:call({}, erlang, node, []).", b.atom())), b.atom(), "the link from before the reload still works");
+}
