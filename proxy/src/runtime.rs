@@ -118,8 +118,10 @@ struct Registered {
 }
 
 struct Side {
-    /// As started; `live` holds what a reload may change.
-    spec: SideSpec,
+    /// Fixed for the runtime's life; `live` holds what a reload may change (the cookie and
+    /// upstream EPMD are kept only there, so nothing reads a value a reload replaced).
+    name: String,
+    proxy_ip: IpAddr,
     live: Mutex<Live>,
     table: Mutex<HashMap<String, Registered>>,
     responder: Option<SocketAddr>,
@@ -166,7 +168,7 @@ impl Runtime {
             };
             listeners.push(listener);
             let live = Mutex::new(Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd });
-            sides.push(Side { spec: s.clone(), live, table: Mutex::new(HashMap::new()), responder });
+            sides.push(Side { name: s.name.clone(), proxy_ip: s.proxy_ip, live, table: Mutex::new(HashMap::new()), responder });
         }
         let seed = {
             let mut b = [0u8; 4];
@@ -190,8 +192,8 @@ impl Runtime {
         for (i, l) in listeners.into_iter().enumerate() {
             let Some(l) = l else { continue };
             let sh = shared.clone();
-            tracing::info!(side = %sh.sides[i].spec.name, addr = %l.local_addr()?, "EPMD responder listening");
-            responder_threads.push(thread::Builder::new().name(format!("epmd-{}", sh.sides[i].spec.name)).spawn(move || accept_loop(sh, i, l))?);
+            tracing::info!(side = %sh.sides[i].name, addr = %l.local_addr()?, "EPMD responder listening");
+            responder_threads.push(thread::Builder::new().name(format!("epmd-{}", sh.sides[i].name)).spawn(move || accept_loop(sh, i, l))?);
         }
         // Directories and the cache load here; live nodes are asked in the background.
         spec.registries.start(Arc::new(SideNodes(Arc::downgrade(&shared))));
@@ -200,7 +202,7 @@ impl Runtime {
 
     /// The bound address of a side's responder (useful when configured with port 0).
     pub fn responder_addr(&self, side: &str) -> Option<SocketAddr> {
-        self.shared.sides.iter().find(|s| s.spec.name == side).and_then(|s| s.responder)
+        self.shared.sides.iter().find(|s| s.name == side).and_then(|s| s.responder)
     }
 
     pub fn driver(&self) -> DriverKind {
@@ -225,7 +227,7 @@ impl Runtime {
             }
         }
         if spec.sides.len() != self.shared.sides.len()
-            || spec.sides.iter().zip(&self.shared.sides).any(|(a, b)| a.name != b.spec.name)
+            || spec.sides.iter().zip(&self.shared.sides).any(|(a, b)| a.name != b.name)
         {
             tracing::warn!("reload: clusters changed; routes not applied (restart needed)");
             return;
@@ -313,7 +315,7 @@ struct SideNodes(Weak<Shared>);
 impl FindNodes for SideNodes {
     fn find(&self, cluster: &str, upstream: Option<SocketAddr>, timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)> {
         let Some(sh) = self.0.upgrade() else { return Vec::new() };
-        let Some(i) = sh.sides.iter().position(|s| s.spec.name == cluster) else { return Vec::new() };
+        let Some(i) = sh.sides.iter().position(|s| s.name == cluster) else { return Vec::new() };
         let side = &sh.sides[i];
         let mut out: Vec<(String, SocketAddr)> = side
             .table
@@ -364,7 +366,7 @@ fn accept_loop(sh: Arc<Shared>, side: usize, l: TcpListener) {
         let sh = sh.clone();
         let _ = thread::Builder::new().name("epmd-conn".into()).spawn(move || {
             if let Err(e) = serve(&sh, side, s) {
-                tracing::debug!(side = %sh.sides[side].spec.name, error = %e, "EPMD connection ended");
+                tracing::debug!(side = %sh.sides[side].name, error = %e, "EPMD connection ended");
             }
         });
     }
@@ -379,7 +381,7 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
         Ok(r) => r,
         Err(e) => {
             sh.stats.count("epmd_bad_request");
-            tracing::warn!(side = %sh.sides[side].spec.name, %peer, error = %e, "EPMD: bad request");
+            tracing::warn!(side = %sh.sides[side].name, %peer, error = %e, "EPMD: bad request");
             return Ok(());
         }
     };
@@ -400,10 +402,10 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
             };
             s.write_all(&epmd::alive2_response(creation.is_some(), creation.unwrap_or(0), info.highest))?;
             let Some(creation) = creation else {
-                tracing::warn!(side = %me.spec.name, node = %name, "EPMD: name already registered");
+                tracing::warn!(side = %me.name, node = %name, "EPMD: name already registered");
                 return Ok(());
             };
-            tracing::info!(side = %me.spec.name, node = %name, port = info.port, creation, "node registered");
+            tracing::info!(side = %me.name, node = %name, port = info.port, creation, "node registered");
             let mirrors = mirror(sh, side, &info, SocketAddr::new(peer.ip(), info.port));
             // The registration lives as long as this connection.
             s.set_read_timeout(None)?;
@@ -416,12 +418,12 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
             }
             drop(mirrors);
             me.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
-            tracing::info!(side = %me.spec.name, node = %name, "node unregistered");
+            tracing::info!(side = %me.name, node = %name, "node unregistered");
         }
         Request::PortPlease2(name) => {
             let answer = resolve(sh, side, &name);
             if answer.is_none() {
-                tracing::debug!(side = %me.spec.name, node = %name, "EPMD: unknown name");
+                tracing::debug!(side = %me.name, node = %name, "EPMD: unknown name");
             }
             s.write_all(&epmd::port2_response(answer.as_ref()))?;
         }
@@ -496,7 +498,7 @@ fn find_in_side(sh: &Shared, side: usize, name: &str, upstream_only: bool) -> Op
         }
         Ok(None) => None,
         Err(e) => {
-            tracing::warn!(side = %s.spec.name, upstream = %up, error = %e, "upstream EPMD unreachable");
+            tracing::warn!(side = %s.name, upstream = %up, error = %e, "upstream EPMD unreachable");
             None
         }
     }
@@ -539,7 +541,7 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         *r.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
         return Ok(r.port);
     }
-    let listeners = proxy_listeners(SocketAddr::new(sh.sides[from].spec.proxy_ip, 0), sh.cores.len())?;
+    let listeners = proxy_listeners(SocketAddr::new(sh.sides[from].proxy_ip, 0), sh.cores.len())?;
     let port = listeners[0].local_addr()?.port();
     let route = Arc::new(Route {
         from,
@@ -558,7 +560,7 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
     for (i, l) in listeners.into_iter().enumerate() {
         sh.cores[(first + i) % sh.cores.len()].listen(l, route.clone())?;
     }
-    tracing::info!(from = %sh.sides[from].spec.name, to = %sh.sides[to].spec.name, node = %name, port, %target, listeners = n, "proxy port opened");
+    tracing::info!(from = %sh.sides[from].name, to = %sh.sides[to].name, node = %name, port, %target, listeners = n, "proxy port opened");
     routes.insert(key, route);
     Ok(port)
 }
