@@ -216,3 +216,50 @@ fn a_reload_rotates_a_clusters_cookie_for_new_links() {
     assert_eq!(a.eval(&format!("net_adm:ping({}).", b2.atom())), "pong", "distgate answers b2 with b's new cookie");
     assert_eq!(a.eval(&format!("rpc:call({}, erlang, node, []).", b.atom())), b.atom(), "the link from before the reload still works");
 }
+
+/// A real `epmd -port PORT`, killed when dropped.
+struct Epmd(std::process::Child, u16);
+
+impl Epmd {
+    fn start() -> Epmd {
+        let port = free_port();
+        let child = std::process::Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd (erlang-base) starts");
+        let epmd = Epmd(child, port);
+        // A node started before its epmd listens fails to register and halts.
+        distgate_testkit::daemon::wait_listening(port, "epmd");
+        epmd
+    }
+}
+
+impl Drop for Epmd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A SIGHUP that moves cluster b's `upstream_epmd` to another real epmd: distgate resolves a
+/// b node registered only there for a node of a, while the link to the b node found through
+/// the old epmd keeps working.
+#[test]
+fn a_reload_swaps_a_clusters_upstream_epmd_for_new_lookups() {
+    let dir = TempDir::new("dg_ops_upstream");
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let (e1, e2) = (Epmd::start(), Epmd::start());
+    let cfg = config(&dir, ea, eb, mp, true);
+    // b's nodes register with a real epmd, not with distgate's responder for b.
+    let (base, listen_b) = (std::fs::read_to_string(&cfg).unwrap(), format!("listen = \"127.0.0.1:{eb}\"\n"));
+    let with_upstream = |port: u16| std::fs::write(&cfg, base.replace(&listen_b, &format!("{listen_b}upstream_epmd = \"127.0.0.1:{port}\"\n"))).unwrap();
+    with_upstream(e1.1);
+    let mut dg = Daemon::start(BIN, &cfg);
+    let a = Node::start_with("ua", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
+    let b1 = Node::start_with("ub1", NodeOptions { cookie: "ops_cookie_b".into(), epmd_port: Some(e1.1), ..NodeOptions::default() });
+    assert_eq!(a.eval(&format!("net_adm:ping({}).", b1.atom())), "pong", "b1 found through the first epmd");
+    // b2 registers with the second epmd only: the first one never hears of it.
+    let b2 = Node::start_with("ub2", NodeOptions { cookie: "ops_cookie_b".into(), epmd_port: Some(e2.1), ..NodeOptions::default() });
+    with_upstream(e2.1);
+    dg.signal("HUP");
+    dg.wait_for("SIGHUP: configuration reloaded");
+    assert_eq!(a.eval(&format!("net_adm:ping({}).", b2.atom())), "pong", "b2 found through the new upstream epmd");
+    assert_eq!(a.eval(&format!("rpc:call({}, erlang, node, []).", b1.atom())), b1.atom(), "the link from before the reload still works");
+}
