@@ -57,7 +57,7 @@ pub struct Spec {
     pub drain_timeout: Duration,
     /// The policy handle of each route direction, by side indices; empty: nothing is judged.
     /// Links take their route's handles when they open; storing a new policy into a handle
-    /// ([`crate::policy::RouteHandle::store`], [`PolicyTable::reload`]) applies to
+    /// ([`crate::policy::RouteHandle::store`], [`Runtime::reload`]) applies to
     /// established links from their next frame.
     pub policies: PolicyTable,
     /// Every cluster's module registry with its sources, loaded and refreshed once the runtime
@@ -140,7 +140,9 @@ pub(crate) struct Shared {
     /// `Spec::drain_timeout` in milliseconds; swapped by a reload.
     drain_ms: AtomicU64,
     pub stats: Arc<Stats>,
-    policies: PolicyTable,
+    /// The policy handle of every connected pair. Swapped whole by a reload that connects a
+    /// new pair (a handle, once made, stays: established links keep theirs).
+    policies: arc_swap::ArcSwap<PolicyTable>,
 }
 
 /// A running distgate. Dropping it stops it (see [`Runtime::shutdown`]).
@@ -186,7 +188,7 @@ impl Runtime {
             drain_ms: AtomicU64::new(millis(spec.drain_timeout)),
             epmd_timeout: spec.epmd_timeout,
             stats,
-            policies: spec.policies.clone(),
+            policies: arc_swap::ArcSwap::from_pointee(spec.policies.clone()),
         });
         let mut responder_threads = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
@@ -212,44 +214,59 @@ impl Runtime {
     /// Apply what a reloaded configuration may change while links run: policies and
     /// registries (established links too, from their next frame); which sides may dial which,
     /// each side's cookie and upstream EPMD, the link limits and buffer, and the drain time
-    /// (for what starts from now on: lookups, handshakes, links). Sides, listeners, threads and
-    /// driver need a restart (`Config::restart_required` names them).
+    /// (for what starts from now on: lookups, handshakes, links). Sides are matched by name: a
+    /// cluster added or removed needs a restart (`Config::restart_required` names it) and
+    /// is left out here, while everything else of the reload still applies. Listeners,
+    /// threads and driver need a restart too.
     pub fn reload(&self, spec: &Spec) {
-        self.shared.drain_ms.store(millis(spec.drain_timeout), Ordering::Relaxed);
+        let sh = &self.shared;
+        sh.drain_ms.store(millis(spec.drain_timeout), Ordering::Relaxed);
+        // The running index of the new spec's side `k`, if that cluster runs.
+        let running: Vec<Option<usize>> = spec.sides.iter().map(|n| sh.sides.iter().position(|s| s.name == n.name)).collect();
+        if running.iter().any(Option::is_none) || spec.sides.len() != sh.sides.len() {
+            tracing::warn!("reload: clusters added or removed; those take a restart, the rest applies now");
+        }
         // Registries first: a cluster whose sources did not change keeps its registry (and
         // what it learnt) and is refreshed now; the others are loaded from their new sources.
         self.registries.adopt(&spec.registries);
-        // Policies and registries apply to established links too, from their next frame.
-        self.shared.policies.adopt(&spec.policies);
-        for h in self.shared.policies.handles() {
+        // Policies apply to established links too, from their next frame. A pair connected
+        // only now gets its handles here, before lookups can open a port for it.
+        let mut table = PolicyTable::clone(&sh.policies.load());
+        table.adopt(&spec.policies);
+        for (from, to, h) in spec.policies.entries() {
+            if let (Some(Some(f)), Some(Some(t))) = (running.get(from), running.get(to)) {
+                if table.get(*f, *t).is_none() {
+                    table.insert(*f, *t, h.clone());
+                }
+            }
+        }
+        for h in table.handles() {
             if let (Some(from), Some(to)) = (self.registries.registry(&h.from), self.registries.registry(&h.to)) {
                 h.store_registries(from, to);
             }
         }
-        if spec.sides.len() != self.shared.sides.len()
-            || spec.sides.iter().zip(&self.shared.sides).any(|(a, b)| a.name != b.name)
-        {
-            tracing::warn!("reload: clusters changed; routes not applied (restart needed)");
-            return;
-        }
-        self.shared.routes_allowed.store(Arc::new(spec.routes.clone()));
+        sh.policies.store(Arc::new(table));
+        let routes = spec.routes.iter().filter_map(|&(f, t)| Some(((*running.get(f)?)?, (*running.get(t)?)?))).collect();
+        sh.routes_allowed.store(Arc::new(routes));
         // Cookies and upstream EPMDs: for handshakes and lookups from now on.
-        for (side, new) in self.shared.sides.iter().zip(&spec.sides) {
-            *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd };
+        for (new, i) in spec.sides.iter().zip(&running) {
+            if let Some(side) = i.and_then(|i| sh.sides.get(i)) {
+                *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd };
+            }
         }
-        for ((from, to, _), r) in self.shared.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            *r.down_cookie.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.sides[*from].cookie();
-            *r.up_cookie.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.sides[*to].cookie();
+        for ((from, to, _), r) in sh.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            *r.down_cookie.lock().unwrap_or_else(|p| p.into_inner()) = sh.sides[*from].cookie();
+            *r.up_cookie.lock().unwrap_or_else(|p| p.into_inner()) = sh.sides[*to].cookie();
         }
         // Limits: for links accepted from now on.
-        for c in &self.shared.cores {
+        for c in &sh.cores {
             let _ = c.set_limits(spec.limits, spec.link_buffer);
         }
     }
 
     /// The policy handles this runtime was started with (for a reload).
-    pub fn policies(&self) -> &PolicyTable {
-        &self.shared.policies
+    pub fn policies(&self) -> Arc<PolicyTable> {
+        self.shared.policies.load_full()
     }
 
     /// The module registries and their refreshers.
@@ -551,7 +568,7 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         target: Mutex::new(target),
         down_cookie: Mutex::new(sh.sides[from].cookie()),
         up_cookie: Mutex::new(sh.sides[to].cookie()),
-        policy: sh.policies.link(from, to, sh.stats.clone()),
+        policy: sh.policies.load().link(from, to, sh.stats.clone()),
     });
     // One listener per core (SO_REUSEPORT: the kernel spreads the connections); a single
     // listener goes to the next core in turn.

@@ -263,3 +263,50 @@ fn a_reload_swaps_a_clusters_upstream_epmd_for_new_lookups() {
     assert_eq!(a.eval(&format!("net_adm:ping({}).", b2.atom())), "pong", "b2 found through the new upstream epmd");
     assert_eq!(a.eval(&format!("rpc:call({}, erlang, node, []).", b1.atom())), b1.atom(), "the link from before the reload still works");
 }
+
+/// A SIGHUP that connects two clusters that were not connected: a node of a reaches b, and
+/// the new route's policy judges that link (a REG_SEND to a name it does not allow is
+/// dropped, one it allows arrives).
+#[test]
+fn a_reload_that_adds_a_route_with_a_policy_judges_its_links() {
+    let dir = TempDir::new("dg_ops_add_route");
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let cfg = config(&dir, ea, eb, mp, false);
+    let mut dg = Daemon::start(BIN, &cfg);
+    let a = Node::start_with("na", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
+    let b = Node::start_with("nb", NodeOptions { cookie: "ops_cookie_b".into(), epmd_port: Some(eb), ..NodeOptions::default() });
+    assert_eq!(a.eval(&format!("net_adm:ping({}).", b.atom())), "pang", "no route yet");
+    policy_config(&dir, ea, eb, mp, &["dg_count"]);
+    dg.signal("HUP");
+    dg.wait_for("SIGHUP: configuration reloaded");
+    b.eval("register(dg_other, spawn(fun() -> L = fun Loop(Got) -> receive {get, F} -> F ! {other, lists:reverse(Got)}, Loop(Got); X -> Loop([X | Got]) end end, L([]) end)).");
+    b.eval("register(dg_count, spawn(fun() -> L = fun Loop() -> receive {sync, F} -> F ! synced, Loop() end end, L() end)).");
+    a.eval(&format!("B = {}.", b.atom()));
+    assert_eq!(a.eval("net_adm:ping(B)."), "pong", "the added route is in force");
+    // Refused by the policy, then a sync through an allowed name on the same link: once it
+    // is answered, whatever dg_other will ever get of the first is in its mailbox.
+    let r = a.eval("{dg_other, B} ! refused, {dg_count, B} ! {sync, self()}, receive synced -> ok after 30000 -> timeout end.");
+    assert_eq!(r, "ok");
+    assert_eq!(b.eval("dg_other ! {get, self()}, receive {other, Got} -> Got after 30000 -> timeout end."), "[]", "judged by the new route's policy");
+    assert_eq!(sample(&scrape(mp), "distgate_policy_actions_total{action=\"drop\"}"), 1.0);
+}
+
+/// A SIGHUP whose file also adds a cluster (which needs a restart) still applies the rest:
+/// here cluster b's rotated cookie.
+#[test]
+fn a_reload_that_adds_a_cluster_still_applies_the_rest() {
+    let dir = TempDir::new("dg_ops_add_cluster");
+    let (ea, eb, mp, ec) = (free_port(), free_port(), free_port(), free_port());
+    let cfg = config(&dir, ea, eb, mp, true);
+    let mut dg = Daemon::start(BIN, &cfg);
+    let a = Node::start_with("ca", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("ops_cookie_b", "ops_cookie_b_rotated");
+    let text = format!("[[cluster]]\nname = \"c\"\ncookie = \"ops_cookie_c\"\nlisten = \"127.0.0.1:{ec}\"\n\n{text}");
+    std::fs::write(&cfg, text).unwrap();
+    dg.signal("HUP");
+    let l = dg.wait_for("needs a restart");
+    assert!(l.contains("cluster 'c' (added)"), "{l}");
+    dg.wait_for("SIGHUP: configuration reloaded");
+    let b = Node::start_with("cb", NodeOptions { cookie: "ops_cookie_b_rotated".into(), epmd_port: Some(eb), ..NodeOptions::default() });
+    assert_eq!(a.eval(&format!("net_adm:ping({}).", b.atom())), "pong", "b's new cookie is in force");
+}

@@ -119,6 +119,11 @@ impl PolicyTable {
         self.routes.iter().find(|(f, t, _)| (*f, *t) == (from, to)).map(|(_, _, h)| h.clone())
     }
 
+    /// Every handle with its pair of cluster indices.
+    pub fn entries(&self) -> impl Iterator<Item = (usize, usize, &Arc<RouteHandle>)> {
+        self.routes.iter().map(|(f, t, h)| (*f, *t, h))
+    }
+
     pub fn handles(&self) -> impl Iterator<Item = &Arc<RouteHandle>> {
         self.routes.iter().map(|(_, _, h)| h)
     }
