@@ -177,7 +177,7 @@ fn cookies_flag_reads_the_secrets() {
     let stderr = text(&out.stderr);
     assert!(
         stderr.starts_with(&format!(
-            "error: cluster[1].cookie_env: environment variable DISTGATE_BENCH_COOKIE_B is not set at {rel}:13:14\n"
+            "error: cluster[1].cookie_env: environment variable DISTGATE_BENCH_COOKIE_B is not set at {rel}:15:14\n"
         )),
         "{stderr}"
     );

@@ -139,13 +139,16 @@ impl PolicyTable {
     /// of the configuration uses `registries[i]`.
     pub fn from_config(cfg: &distgate_config::Config, registries: &[Arc<Registry>]) -> PolicyTable {
         let mut t = PolicyTable::default();
+        // One compiled policy per name, shared by every route direction that names it: its
+        // audit rate limit is per policy, as documented, not per direction.
+        let mut compiled: std::collections::HashMap<&str, Arc<Compiled>> = Default::default();
         for (i, a) in cfg.clusters.iter().enumerate() {
             for (j, b) in cfg.clusters.iter().enumerate() {
                 if !cfg.connected(&a.name, &b.name) {
                     continue;
                 }
                 let (Some(src), Some(dst)) = (registries.get(i), registries.get(j)) else { continue };
-                let policy = cfg.policy_for(&a.name, &b.name).map(|p| Arc::new(Compiled::new(p)));
+                let policy = cfg.policy_for(&a.name, &b.name).map(|p| compiled.entry(p.name.as_str()).or_insert_with(|| Arc::new(Compiled::new(p))).clone());
                 t.insert(i, j, Arc::new(RouteHandle::new(&a.name, &b.name, policy, src.clone(), dst.clone())));
             }
         }

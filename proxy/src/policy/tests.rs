@@ -993,3 +993,27 @@ fn judging_with_the_memo_gives_the_same_judgements() {
         assert!(!memo.is_empty());
     }
 }
+
+/// Route directions naming the same policy share one compiled policy, so its audit budget
+/// is per policy (docs/policy.md), not per direction.
+#[test]
+fn directions_naming_one_policy_share_it_and_its_audit_budget() {
+    let text = "[[cluster]]\nname = \"a\"\ncookie = \"x\"\nlisten = \"127.0.0.1:1\"\n\
+                [[cluster]]\nname = \"b\"\ncookie = \"y\"\nlisten = \"127.0.0.1:2\"\n\
+                [[cluster]]\nname = \"c\"\ncookie = \"z\"\nlisten = \"127.0.0.1:3\"\n\
+                [[route]]\nfrom = \"a\"\nto = \"b\"\npolicy = \"p\"\n\
+                [[route]]\nfrom = \"c\"\nto = \"b\"\npolicy = \"p\"\n\
+                [[route]]\nfrom = \"b\"\nto = \"a\"\npolicy = \"q\"\n\
+                [policy.p]\naudit_per_second = 1\n[policy.q]\naudit_per_second = 1\n";
+    let cfg = distgate_config::parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let regs: Vec<Arc<Registry>> = ["a", "b", "c"].iter().map(|n| Arc::new(Registry::new(n))).collect();
+    let t = super::PolicyTable::from_config(&cfg, &regs);
+    let policy = |f, to| t.get(f, to).and_then(|h| h.current()).unwrap_or_else(|| panic!("{f} -> {to} has a policy"));
+    let (ab, cb, ba) = (policy(0, 1), policy(2, 1), policy(1, 0));
+    assert!(Arc::ptr_eq(&ab, &cb), "a -> b and c -> b both name p");
+    assert!(!Arc::ptr_eq(&ab, &ba), "b -> a names q");
+    let now = std::time::Instant::now();
+    assert!(ab.audit.allow(now));
+    assert!(!cb.audit.allow(now), "p's one line this second was spent by a -> b");
+    assert!(ba.audit.allow(now), "q has its own budget");
+}
