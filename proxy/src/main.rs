@@ -30,9 +30,9 @@ enum Cmd {
         /// Data-plane driver, overriding [runtime] driver: auto, io_uring or mio.
         #[arg(long)]
         driver: Option<String>,
-        /// Data-plane threads (default: one per core).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// Data-plane threads, 1 to 1024, overriding [runtime] threads.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=distgate_config::MAX_THREADS as i64))]
+        threads: Option<u16>,
     },
     /// Check a configuration file: print "FILE: ok", or every problem found, one per line with
     /// its file:line:column, key and a hint (exit status 1). Without -c, checks the embedded
@@ -107,7 +107,7 @@ fn init_logging(log: Option<&distgate_config::Log>) -> LogLevel {
     (!pinned).then_some(handle)
 }
 
-fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> Result<(), String> {
+fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<u16>) -> Result<(), String> {
     let (cfg, name) = match file {
         Some(f) => (distgate_config::load(f).map_err(|e| e.to_string())?, f.display().to_string()),
         None => (distgate_config::Config::embedded_default(), distgate_config::EMBEDDED_DEFAULT_NAME.to_string()),
@@ -123,7 +123,7 @@ fn run(file: Option<&PathBuf>, driver: Option<&str>, threads: Option<usize>) -> 
         };
     }
     if let Some(t) = threads {
-        spec.threads = t.max(1);
+        spec.threads = t as usize;
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

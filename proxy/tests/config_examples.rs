@@ -188,3 +188,15 @@ fn cookies_flag_reads_the_secrets() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!text(&out.stderr).contains("secret"), "{}", text(&out.stderr));
 }
+
+/// `run --threads` takes what `[runtime] threads` takes (1 to 1024) and refuses the rest
+/// before anything starts, naming the flag.
+#[test]
+fn run_refuses_a_thread_count_out_of_range() {
+    for bad in ["0", "1025", "many"] {
+        let out = Command::new(BIN).args(["run", "--threads", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--threads {bad}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("'--threads <THREADS>'") && stderr.contains(bad), "{stderr}");
+    }
+}
