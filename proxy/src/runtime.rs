@@ -38,6 +38,8 @@ pub struct SideSpec {
     pub upstream_epmd: Option<SocketAddr>,
     /// Address the dedicated proxy ports for this side's diallers listen on.
     pub proxy_ip: IpAddr,
+    /// Links between this side's nodes and another side's are hidden ([`Route::hidden`]).
+    pub hidden: bool,
 }
 
 /// Everything the runtime needs; built from configuration (or the embedded default).
@@ -80,6 +82,9 @@ pub struct Route {
     pub up_cookie: Mutex<Cookie>,
     /// The policy handles links on this port use.
     pub policy: LinkPolicy,
+    /// Links on this port are hidden (`LinkParams::hidden`): `from` and `to` differ and either
+    /// is a hidden cluster. For handshakes from now on (a reload may change it).
+    pub hidden: AtomicBool,
 }
 
 impl Route {
@@ -92,6 +97,7 @@ impl Route {
             up_cookie: self.up_cookie.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             limits,
             policy: self.policy.clone(),
+            hidden: self.hidden.load(Ordering::Relaxed),
         }
     }
 }
@@ -100,6 +106,7 @@ impl Route {
 struct Live {
     cookie: Cookie,
     upstream_epmd: Option<SocketAddr>,
+    hidden: bool,
 }
 
 impl Side {
@@ -108,6 +115,9 @@ impl Side {
     }
     fn upstream_epmd(&self) -> Option<SocketAddr> {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).upstream_epmd
+    }
+    fn hidden(&self) -> bool {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).hidden
     }
 }
 
@@ -167,7 +177,7 @@ impl Runtime {
                 None => (None, None),
             };
             listeners.push(listener);
-            let live = Mutex::new(Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd });
+            let live = Mutex::new(Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd, hidden: s.hidden });
             sides.push(Side { name: s.name.clone(), proxy_ip: s.proxy_ip, live, table: Mutex::new(HashMap::new()), responder });
         }
         let seed = {
@@ -211,7 +221,7 @@ impl Runtime {
 
     /// Apply what a reloaded configuration may change while links run: policies and
     /// registries (established links too, from their next frame); which sides may dial which,
-    /// each side's cookie and upstream EPMD, the link limits and buffer, and the drain time
+    /// each side's cookie, upstream EPMD and `hidden`, the link limits and buffer, and the drain time
     /// (for what starts from now on: lookups, handshakes, links). Sides, listeners, threads and
     /// driver need a restart (`Config::restart_required` names them).
     pub fn reload(&self, spec: &Spec) {
@@ -233,13 +243,14 @@ impl Runtime {
             return;
         }
         self.shared.routes_allowed.store(Arc::new(spec.routes.clone()));
-        // Cookies and upstream EPMDs: for handshakes and lookups from now on.
+        // Cookies, upstream EPMDs and `hidden`: for handshakes and lookups from now on.
         for (side, new) in self.shared.sides.iter().zip(&spec.sides) {
-            *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd };
+            *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd, hidden: new.hidden };
         }
         for ((from, to, _), r) in self.shared.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             *r.down_cookie.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.sides[*from].cookie();
             *r.up_cookie.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.sides[*to].cookie();
+            r.hidden.store(hidden_between(&self.shared, *from, *to), Ordering::Relaxed);
         }
         // Limits: for links accepted from now on.
         for c in &self.shared.cores {
@@ -552,6 +563,7 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         down_cookie: Mutex::new(sh.sides[from].cookie()),
         up_cookie: Mutex::new(sh.sides[to].cookie()),
         policy: sh.policies.link(from, to, sh.stats.clone()),
+        hidden: AtomicBool::new(hidden_between(sh, from, to)),
     });
     // One listener per core (SO_REUSEPORT: the kernel spreads the connections); a single
     // listener goes to the next core in turn.
@@ -563,6 +575,12 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
     tracing::info!(from = %sh.sides[from].name, to = %sh.sides[to].name, node = %name, port, %target, listeners = n, "proxy port opened");
     routes.insert(key, route);
     Ok(port)
+}
+
+/// Whether links from side `from`'s nodes to side `to`'s are hidden: `hidden` is about nodes of
+/// *other* clusters, so a self-route (`from == to`, the embedded default's) never is.
+fn hidden_between(sh: &Shared, from: usize, to: usize) -> bool {
+    from != to && (sh.sides[from].hidden() || sh.sides[to].hidden())
 }
 
 /// Listeners for a new proxy port: with more than one core, one per core on the same port
@@ -652,6 +670,7 @@ impl Spec {
                 epmd_listen: Some(c.listen),
                 upstream_epmd,
                 proxy_ip: c.listen.ip(),
+                hidden: c.hidden,
             });
         }
         let mut routes = Vec::new();

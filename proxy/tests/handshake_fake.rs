@@ -44,6 +44,7 @@ fn spec(driver: DriverKind, drain_timeout: Duration, ca: &[u8], cb: &[u8]) -> Sp
         epmd_listen: Some(SocketAddr::new(lo(), 0)),
         upstream_epmd: None,
         proxy_ip: lo(),
+        hidden: false,
     };
     Spec {
         sides: vec![side("a", ca), side("b", cb)],
@@ -206,6 +207,7 @@ fn unroutable_core(d: DriverKind) -> (Vec<driver::CoreHandle>, Arc<Stats>, Socke
         down_cookie: Mutex::new(Cookie::new(CA)),
         up_cookie: Mutex::new(Cookie::new(CB)),
         policy: Default::default(),
+        hidden: Default::default(),
     };
     cores[0].listen(l, Arc::new(route)).unwrap();
     (cores, stats, addr)
