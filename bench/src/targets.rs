@@ -184,6 +184,7 @@ impl Fleet {
             epmd_listen: Some(SocketAddr::new(lo(), 0)),
             upstream_epmd: None,
             proxy_ip: lo(),
+            hidden: false,
         };
         let mut spec = Spec {
             sides: vec![side("senders"), side("sinks")],

@@ -79,8 +79,10 @@ pub struct Cluster {
     pub nodes: Option<Vec<NodePattern>>,
     /// Ports for the listeners distgate opens per remote node; `None`: the system picks.
     pub node_ports: Option<PortRange>,
-    /// Links into this cluster are made hidden: nodes of other clusters do not appear in its
-    /// `nodes()` nor join its `global` mesh.
+    /// Links between this cluster's nodes and another cluster's, whichever dials, are hidden on
+    /// both nodes (distgate presents no `PUBLISHED` on either leg): nodes of other clusters do
+    /// not appear in its `nodes()` nor join its `global` mesh, and it does not appear in theirs.
+    /// Links within the cluster (a self-route) are left as they are.
     pub hidden: bool,
     /// Where this cluster's module versions are learnt (`[cluster.registry]`).
     pub registry: ClusterRegistry,

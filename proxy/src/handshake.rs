@@ -42,6 +42,7 @@ pub mod flag {
     /// Every flag whose traffic distgate's codec understands. Flags outside this set are
     /// removed from what each leg is offered, so both legs negotiate only what distgate can read
     /// (e.g. OTP 28's ALTACT_SIG is decoded, but OTP 29's NATIVE_RECORDS is not offered).
+    /// `PUBLISHED` is also removed on both legs of a hidden link (`LinkParams::hidden`).
     pub const SUPPORTED: u64 = PUBLISHED
         | ATOM_CACHE
         | EXTENDED_REFERENCES

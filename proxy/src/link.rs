@@ -22,6 +22,10 @@
 //!  ◀── a(md5(cookieDown, chA))
 //!  frames ⇄ codec ⇄ frames
 //! ```
+//! S is the set of flags distgate's codec understands, without `PUBLISHED` when the link is
+//! hidden (`LinkParams::hidden`): then neither node sees the other's `PUBLISHED`, and each
+//! treats the connection as hidden. Both still negotiate F: `PUBLISHED` says what the sender
+//! is, so taking it out of what both receive changes F by that bit on both sides alike.
 //! Down learns B's real name and creation, so pids stay valid; a wrong cookie on either side
 //! fails that side's digest and no link comes up.
 
@@ -122,6 +126,10 @@ pub struct LinkParams {
     pub limits: LinkLimits,
     /// The route's policy handles (none: frames are decoded and forwarded, not judged).
     pub policy: LinkPolicy,
+    /// The link is hidden: `PUBLISHED` is cleared from the flags distgate presents on both
+    /// legs (the send_name to up, the challenge to down), so each node sees the other as a
+    /// hidden node (`nodes(hidden)`, not `nodes()`, and no `global` sync between them).
+    pub hidden: bool,
 }
 
 /// Why a link closed. Labels are stable metric labels; `detail` is for the log.
@@ -310,6 +318,16 @@ impl Link {
         self.negotiated
     }
 
+    /// The flags distgate may present on either leg: those its codec understands, without
+    /// `PUBLISHED` on a hidden link.
+    fn offerable(&self) -> u64 {
+        if self.params.hidden {
+            flag::SUPPORTED & !flag::PUBLISHED
+        } else {
+            flag::SUPPORTED
+        }
+    }
+
     fn close(&mut self, out: &mut Output, label: &'static str, leg: Option<Leg>, detail: impl Into<String>, flush: bool) {
         self.state = State::Closed;
         if !self.close_sent {
@@ -327,7 +345,7 @@ impl Link {
         };
         // Offer up only what down offered and distgate understands.
         let mut b = Vec::new();
-        let offered = SendName { flags: sn.flags & flag::SUPPORTED, creation: sn.creation, name: sn.name.clone() };
+        let offered = SendName { flags: sn.flags & self.offerable(), creation: sn.creation, name: sn.name.clone() };
         offered.encode(sn.creation.unwrap_or(0), &mut b);
         out.owned(Leg::Up, b);
         self.state = State::AwaitUpStatus { sn };
@@ -487,7 +505,10 @@ impl Link {
                 let Some(down_challenge) = handshake::random_challenge() else {
                     return bad("no entropy source for a challenge");
                 };
-                let negotiated = sn.flags & flag::SUPPORTED & up.flags;
+                // Up negotiates its own flags ∩ what it was offered (sn.flags ∩ offerable): this.
+                // Down is presented exactly this, so it negotiates this too. PUBLISHED, taken out
+                // of both on a hidden link, says what the sender is, not what it can decode.
+                let negotiated = sn.flags & self.offerable() & up.flags;
                 let mut b = Vec::new();
                 Challenge { flags: negotiated, challenge: down_challenge, creation: up.creation, name: up.name.clone() }
                     .encode(&mut b);
@@ -732,6 +753,7 @@ mod tests {
             up_cookie: Cookie::new(b"up"),
             limits: LinkLimits::default(),
             policy: LinkPolicy::default(),
+            hidden: false,
         }
     }
 
@@ -809,6 +831,57 @@ mod tests {
         assert!(matches!(&to_down[0].1, Chunk::Owned(a) if a[2] == b'a' && handshake::parse_ack(&a[2..]).unwrap() == handshake::digest(b"down", 555)));
         assert!(matches!(&to_down[1].1, Chunk::Input(r) if r.len() == 4));
         assert!(matches!(&ev[0], Event::Established { down_name, up_name, .. } if down_name == "a@h" && up_name == "b@h"));
+    }
+
+    /// Two published nodes (both send `PUBLISHED`) through a link: the flags distgate presents
+    /// to up (send_name) and to down (challenge), and the flags each node then negotiates as OTP
+    /// does (its own ∩ what it was presented), with the flags the link reports.
+    fn presented_flags(hidden: bool) -> (u64, u64, [u64; 3]) {
+        let now = Instant::now();
+        let mut l = Link::new(LinkParams { hidden, ..params() }, now);
+        let mut out = Output::default();
+        let (down_own, up_own) = (FLAGS | flag::PUBLISHED, FLAGS | flag::PUBLISHED);
+        let mut b = Vec::new();
+        SendName { flags: down_own, creation: Some(11), name: "a@h".into() }.encode(11, &mut b);
+        l.on_bytes(Leg::Down, &b, now, &mut out);
+        out.clear();
+        l.on_up_connected(now, &mut out);
+        let to_up = SendName::parse(handshake::split(&owned(&out, Leg::Up)).unwrap().0).unwrap().flags;
+        out.clear();
+        let mut b = Vec::new();
+        handshake::encode_status(b"ok", &mut b);
+        Challenge { flags: up_own, challenge: 777, creation: 99, name: "b@h".into() }.encode(&mut b);
+        l.on_bytes(Leg::Up, &b, now, &mut out);
+        let to_down_bytes = owned(&out, Leg::Down);
+        let n = handshake::split(&to_down_bytes).unwrap().1;
+        let ch = Challenge::parse(handshake::split(&to_down_bytes[n..]).unwrap().0).unwrap();
+        let to_down = ch.flags;
+        out.clear();
+        let mut b = Vec::new();
+        handshake::encode_reply(555, &handshake::digest(b"down", ch.challenge), &mut b);
+        l.on_bytes(Leg::Down, &b, now, &mut out);
+        let (their, _) = handshake::parse_reply(handshake::split(&owned(&out, Leg::Up)).unwrap().0).unwrap();
+        out.clear();
+        let mut b = Vec::new();
+        handshake::encode_ack(&handshake::digest(b"up", their), &mut b);
+        l.on_bytes(Leg::Up, &b, now, &mut out);
+        assert!(l.is_forwarding(), "{:?}", out.events);
+        (to_up, to_down, [down_own & to_down, up_own & to_up, l.flags()])
+    }
+
+    #[test]
+    fn a_hidden_link_presents_no_published_flag_on_either_leg() {
+        let (to_up, to_down, [down, up, link]) = presented_flags(true);
+        assert_eq!(to_up & flag::PUBLISHED, 0, "send_name to up: {to_up:#x}");
+        assert_eq!(to_down & flag::PUBLISHED, 0, "challenge to down: {to_down:#x}");
+        assert_eq!((down, up), (link, link), "both nodes negotiate the flags the link reports");
+        assert_eq!(link, FLAGS & flag::SUPPORTED, "only PUBLISHED is taken away");
+        // Not hidden: both legs carry PUBLISHED, and both nodes still negotiate the same flags.
+        let (to_up, to_down, [down, up, link]) = presented_flags(false);
+        assert_ne!(to_up & flag::PUBLISHED, 0, "send_name to up: {to_up:#x}");
+        assert_ne!(to_down & flag::PUBLISHED, 0, "challenge to down: {to_down:#x}");
+        assert_eq!((down, up), (link, link));
+        assert_eq!(link, (FLAGS | flag::PUBLISHED) & flag::SUPPORTED);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct SideSpec {
     pub upstream_epmd: Option<SocketAddr>,
     /// Address the dedicated proxy ports for this side's diallers listen on.
     pub proxy_ip: IpAddr,
+    /// Links between this side's nodes and another side's are hidden ([`Route::hidden`]).
+    pub hidden: bool,
 }
 
 /// Everything the runtime needs; built from configuration (or the embedded default).
@@ -80,6 +82,9 @@ pub struct Route {
     pub up_cookie: Mutex<Cookie>,
     /// The policy handles links on this port use.
     pub policy: LinkPolicy,
+    /// Links on this port are hidden (`LinkParams::hidden`): `from` and `to` differ and either
+    /// is a hidden cluster. For handshakes from now on (a reload may change it).
+    pub hidden: AtomicBool,
 }
 
 impl Route {
@@ -92,6 +97,7 @@ impl Route {
             up_cookie: self.up_cookie.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             limits,
             policy: self.policy.clone(),
+            hidden: self.hidden.load(Ordering::Relaxed),
         }
     }
 }
@@ -100,6 +106,7 @@ impl Route {
 struct Live {
     cookie: Cookie,
     upstream_epmd: Option<SocketAddr>,
+    hidden: bool,
 }
 
 impl Side {
@@ -108,6 +115,9 @@ impl Side {
     }
     fn upstream_epmd(&self) -> Option<SocketAddr> {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).upstream_epmd
+    }
+    fn hidden(&self) -> bool {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).hidden
     }
 }
 
@@ -169,7 +179,7 @@ impl Runtime {
                 None => (None, None),
             };
             listeners.push(listener);
-            let live = Mutex::new(Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd });
+            let live = Mutex::new(Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd, hidden: s.hidden });
             sides.push(Side { name: s.name.clone(), proxy_ip: s.proxy_ip, live, table: Mutex::new(HashMap::new()), responder });
         }
         let seed = {
@@ -213,11 +223,11 @@ impl Runtime {
 
     /// Apply what a reloaded configuration may change while links run: policies and
     /// registries (established links too, from their next frame); which sides may dial which,
-    /// each side's cookie and upstream EPMD, the link limits and buffer, and the drain time
-    /// (for what starts from now on: lookups, handshakes, links). Sides are matched by name: a
-    /// cluster added or removed needs a restart (`Config::restart_required` names it) and
-    /// is left out here, while everything else of the reload still applies. Listeners,
-    /// threads and driver need a restart too.
+    /// each side's cookie, upstream EPMD and `hidden`, the link limits and buffer, and the
+    /// drain time (for what starts from now on: lookups, handshakes, links). Sides are matched
+    /// by name: a cluster added or removed needs a restart (`Config::restart_required` names
+    /// it) and is left out here, while everything else of the reload still applies.
+    /// Listeners, threads and driver need a restart too.
     pub fn reload(&self, spec: &Spec) {
         let sh = &self.shared;
         sh.drain_ms.store(millis(spec.drain_timeout), Ordering::Relaxed);
@@ -248,15 +258,17 @@ impl Runtime {
         sh.policies.store(Arc::new(table));
         let routes = spec.routes.iter().filter_map(|&(f, t)| Some(((*running.get(f)?)?, (*running.get(t)?)?))).collect();
         sh.routes_allowed.store(Arc::new(routes));
-        // Cookies and upstream EPMDs: for handshakes and lookups from now on.
+        // Cookies, upstream EPMDs and `hidden`: for handshakes and lookups from now on.
         for (new, i) in spec.sides.iter().zip(&running) {
             if let Some(side) = i.and_then(|i| sh.sides.get(i)) {
-                *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd };
+                *side.live.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd, hidden: new.hidden };
             }
         }
         for ((from, to, _), r) in sh.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             *r.down_cookie.lock().unwrap_or_else(|p| p.into_inner()) = sh.sides[*from].cookie();
             *r.up_cookie.lock().unwrap_or_else(|p| p.into_inner()) = sh.sides[*to].cookie();
+            r.hidden.store(hidden_between(sh, *from, *to), Ordering::Relaxed);
         }
         // Limits: for links accepted from now on.
         for c in &sh.cores {
@@ -569,6 +581,7 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         down_cookie: Mutex::new(sh.sides[from].cookie()),
         up_cookie: Mutex::new(sh.sides[to].cookie()),
         policy: sh.policies.load().link(from, to, sh.stats.clone()),
+        hidden: AtomicBool::new(hidden_between(sh, from, to)),
     });
     // One listener per core (SO_REUSEPORT: the kernel spreads the connections); a single
     // listener goes to the next core in turn.
@@ -580,6 +593,12 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
     tracing::info!(from = %sh.sides[from].name, to = %sh.sides[to].name, node = %name, port, %target, listeners = n, "proxy port opened");
     routes.insert(key, route);
     Ok(port)
+}
+
+/// Whether links from side `from`'s nodes to side `to`'s are hidden: `hidden` is about nodes of
+/// *other* clusters, so a self-route (`from == to`, the embedded default's) never is.
+fn hidden_between(sh: &Shared, from: usize, to: usize) -> bool {
+    from != to && (sh.sides[from].hidden() || sh.sides[to].hidden())
 }
 
 /// Listeners for a new proxy port: with more than one core, one per core on the same port
@@ -669,6 +688,7 @@ impl Spec {
                 epmd_listen: Some(c.listen),
                 upstream_epmd,
                 proxy_ip: c.listen.ip(),
+                hidden: c.hidden,
             });
         }
         let mut routes = Vec::new();

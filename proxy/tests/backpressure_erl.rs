@@ -21,6 +21,7 @@ fn start() -> Runtime {
         epmd_listen: Some(SocketAddr::new(lo, 0)),
         upstream_epmd: None,
         proxy_ip: lo,
+        hidden: false,
     };
     Runtime::start(Spec {
         sides: vec![side("a"), side("b")],

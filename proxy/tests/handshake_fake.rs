@@ -44,6 +44,7 @@ fn spec(driver: DriverKind, drain_timeout: Duration, ca: &[u8], cb: &[u8]) -> Sp
         epmd_listen: Some(SocketAddr::new(lo(), 0)),
         upstream_epmd: None,
         proxy_ip: lo(),
+        hidden: false,
     };
     Spec {
         sides: vec![side("a", ca), side("b", cb)],
@@ -93,9 +94,14 @@ impl Msgs {
 
 /// A fake target node `alive` of cluster B: registered with B's responder, listening.
 fn fake_target(rt: &Runtime, alive: &str) -> (TcpListener, TcpStream) {
+    fake_target_on(rt, "b", alive)
+}
+
+/// A fake target node `alive` of cluster `side`: registered with its responder, listening.
+fn fake_target_on(rt: &Runtime, side: &str, alive: &str) -> (TcpListener, TcpStream) {
     let l = TcpListener::bind((lo(), 0)).unwrap();
     let info = NodeInfo { port: l.local_addr().unwrap().port(), node_type: 77, protocol: 0, highest: 6, lowest: 6, name: alive.into(), extra: vec![] };
-    let (reg, _creation) = epmd::alive2(rt.responder_addr("b").unwrap(), &info, Duration::from_secs(5)).unwrap();
+    let (reg, _creation) = epmd::alive2(rt.responder_addr(side).unwrap(), &info, Duration::from_secs(5)).unwrap();
     (l, reg)
 }
 
@@ -206,6 +212,7 @@ fn unroutable_core(d: DriverKind) -> (Vec<driver::CoreHandle>, Arc<Stats>, Socke
         down_cookie: Mutex::new(Cookie::new(CA)),
         up_cookie: Mutex::new(Cookie::new(CB)),
         policy: Default::default(),
+        hidden: Default::default(),
     };
     cores[0].listen(l, Arc::new(route)).unwrap();
     (cores, stats, addr)
@@ -454,5 +461,53 @@ fn a_reload_changes_the_limits_of_later_links() {
         assert!(got == frame, "{d:?}: the older link forwards a frame over the new limit");
         d2.s.write_all(&frame).unwrap();
         wait_for(&rt.stats(), |s| s.get("close:frame_too_large") == 1, &format!("{d:?}: the newer link refuses it"));
+    }
+}
+
+/// Through distgate, from a fake dialler of cluster `from` to the fake target `alive` of the
+/// other cluster, listening on `l`, both published (`PUBLISHED` in what each sends): the flags
+/// distgate presents to the target (its send_name) and to the dialler (its challenge). The
+/// handshake goes no further.
+fn presented_flags(rt: &Runtime, from: &str, alive: &str, l: &TcpListener) -> (u64, u64) {
+    let published = FLAGS | handshake::flag::PUBLISHED;
+    let port = epmd::port_please(rt.responder_addr(from).unwrap(), alive, Duration::from_secs(5)).unwrap().unwrap().port;
+    let mut d = Msgs::new(TcpStream::connect((lo(), port)).unwrap());
+    let mut out = Vec::new();
+    SendName { flags: published, creation: Some(77), name: "dialler@127.0.0.1".into() }.encode(77, &mut out);
+    d.s.write_all(&out).unwrap();
+    let mut t = Msgs::new(l.accept().unwrap().0);
+    let to_target = SendName::parse(&t.next().unwrap()).unwrap().flags;
+    t.send(b"sok");
+    let mut ch = Vec::new();
+    Challenge { flags: published, challenge: 4242, creation: 9, name: format!("{alive}@127.0.0.1") }.encode(&mut ch);
+    t.s.write_all(&ch).unwrap();
+    assert_eq!(d.next().unwrap(), b"sok");
+    let to_dialler = Challenge::parse(&d.next().unwrap()).unwrap().flags;
+    (to_target, to_dialler)
+}
+
+/// With cluster b hidden, distgate presents no `PUBLISHED` on either leg of a link between a
+/// and b, whichever side dials, though both peers send it (every other flag passes as before).
+/// A reload making b not hidden gives the next links on the same proxy ports `PUBLISHED` on
+/// both legs; one making it hidden again takes it away again.
+#[test]
+fn links_with_a_hidden_cluster_present_no_published_flag_on_either_leg() {
+    let spec_b_hidden = |hidden: bool| {
+        let mut s = spec(DriverKind::Poll, Duration::from_secs(5), CA, CB);
+        s.sides[1].hidden = hidden;
+        s
+    };
+    let rt = Runtime::start(spec_b_hidden(true)).unwrap();
+    let (lb, _rb) = fake_target_on(&rt, "b", "thid_b");
+    let (la, _ra) = fake_target_on(&rt, "a", "thid_a");
+    let hidden = FLAGS & handshake::flag::SUPPORTED & !handshake::flag::PUBLISHED;
+    let published = (FLAGS | handshake::flag::PUBLISHED) & handshake::flag::SUPPORTED;
+    for (b_hidden, want) in [(true, hidden), (false, published), (true, hidden)] {
+        rt.reload(&spec_b_hidden(b_hidden));
+        for (from, alive, l) in [("a", "thid_b", &lb), ("b", "thid_a", &la)] {
+            let (to_target, to_dialler) = presented_flags(&rt, from, alive, l);
+            assert_eq!(to_target, want, "b hidden: {b_hidden}; {from} dials: send_name to the target {to_target:#x}");
+            assert_eq!(to_dialler, want, "b hidden: {b_hidden}; {from} dials: challenge to the dialler {to_dialler:#x}");
+        }
     }
 }

@@ -82,6 +82,7 @@ fn setup(policy_body: Option<&str>) -> Setup {
         epmd_listen: Some(std::net::SocketAddr::new(lo, 0)),
         upstream_epmd: None,
         proxy_ip: lo,
+        hidden: false,
     };
     let spec = Spec {
         sides: vec![side("a", COOKIE_A), side("b", COOKIE_B)],
