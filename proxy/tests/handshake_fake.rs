@@ -222,7 +222,7 @@ fn wait_for(stats: &Stats, done: impl Fn(&Stats) -> bool, what: &str) {
 /// Reads until the peer closes; a read that times out instead fails the test (the link was
 /// left open).
 fn read_to_close(s: &mut TcpStream, what: &str) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut got = Vec::new();
     match s.read_to_end(&mut got) {
         Ok(_) => got,
@@ -340,6 +340,9 @@ fn numbered_frame(i: u8) -> Vec<u8> {
 /// the proxy port the dialler used and the target's registration (the dialler keeps writing
 /// from a thread until its writes fail).
 fn stalled_link(rt: &Runtime, alive: &str) -> (Msgs, u16, TcpStream) {
+    // A stalled link pauses its dialler once: the target never reads, so its queue never
+    // drains below half.
+    let pauses = rt.stats().backpressure_pauses.load(Ordering::Relaxed);
     let (d, t, reg) = established(rt, alive);
     let port = d.s.peer_addr().unwrap().port();
     let mut ds = d.s;
@@ -354,7 +357,7 @@ fn stalled_link(rt: &Runtime, alive: &str) -> (Msgs, u16, TcpStream) {
         // not by its dialler leaving.
         let _ = ds.read(&mut [0u8; 1]);
     });
-    wait_for(&rt.stats(), |s| s.backpressure_pauses.load(Ordering::Relaxed) >= 1, "the target's queue full");
+    wait_for(&rt.stats(), |s| s.backpressure_pauses.load(Ordering::Relaxed) > pauses, "the target's queue full");
     (t, port, reg)
 }
 
@@ -410,6 +413,47 @@ fn shutdown_without_drain_time_closes_a_stalled_link() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
+    }
+}
+
+/// The sum of `close:*` counters.
+fn closes_counted(stats: &Stats) -> u64 {
+    stats.labelled().iter().filter(|(k, _)| k.starts_with("close:")).map(|(_, n)| n).sum()
+}
+
+/// A link's close is counted once, under its first reason: a link that closed with a flush
+/// (here a frame over the limit from a target that reads nothing) is not counted again when
+/// that flush times out, nor when distgate stops while it is still flushing. The close
+/// reasons then add up to the closed links.
+#[test]
+fn every_close_is_counted_once_under_its_first_reason() {
+    let over_the_limit = [0xff; 4];
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let rt = start_with(d, Duration::ZERO);
+        let stats = rt.stats();
+        let closed = |n: u64| move |s: &Stats| s.links_closed.load(Ordering::Relaxed) == n;
+        // An ordinary end: the dialler leaves.
+        let (d1, mut t1, _r1) = established(&rt, "tpeer");
+        drop(d1);
+        read_to_close(&mut t1.s, &format!("{d:?}: the target of the link its dialler left"));
+        wait_for(&stats, closed(1), &format!("{d:?}: peer_closed counted"));
+        // Closed with a flush towards a target that never reads: the flush times out.
+        let (mut t2, _, _r2) = stalled_link(&rt, "tflush");
+        t2.s.write_all(&over_the_limit).unwrap();
+        wait_for(&stats, |s| s.get("close:frame_too_large") == 1, &format!("{d:?}: the close counted"));
+        wait_for(&stats, closed(2), &format!("{d:?}: the link dropped when its flush timed out"));
+        assert_eq!(stats.get("flush_timeout"), 1, "{d:?}: {:?}", stats.labelled());
+        // The same, still flushing when distgate stops.
+        let (mut t3, _, _r3) = stalled_link(&rt, "tcut");
+        t3.s.write_all(&over_the_limit).unwrap();
+        wait_for(&stats, |s| s.get("close:frame_too_large") == 2, &format!("{d:?}: the close counted"));
+        // Open and idle when distgate stops.
+        let (_d4, _t4, _r4) = established(&rt, "tstop");
+        rt.shutdown();
+        assert_eq!(stats.links_closed.load(Ordering::Relaxed), 4, "{d:?}");
+        assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: only the idle link closed by the stop: {:?}", stats.labelled());
+        assert_eq!(stats.get("close:peer_closed"), 1, "{d:?}: {:?}", stats.labelled());
+        assert_eq!(closes_counted(&stats), 4, "{d:?}: every close counted once: {:?}", stats.labelled());
     }
 }
 
