@@ -361,6 +361,20 @@ fn stalled_link(rt: &Runtime, alive: &str) -> (Msgs, u16, TcpStream) {
     (t, port, reg)
 }
 
+/// What the target of a [`stalled_link`] read: whole numbered frames, in order, from the
+/// first. Returns how many bytes.
+fn assert_numbered_frames(got: &[u8], what: &str) -> usize {
+    let (mut at, mut n) = (0, 0usize);
+    while at < got.len() {
+        let want = numbered_frame(n as u8);
+        assert!(got.len() - at >= want.len(), "{what}: frame {n} cut short at the close");
+        assert!(got[at..at + want.len()] == want[..], "{what}: frame {n} differs");
+        at += want.len();
+        n += 1;
+    }
+    at
+}
+
 /// On shutdown, a link keeps flushing what distgate holds for a peer that reads slowly for as
 /// long as `drain_timeout` allows (here an hour: longer than any fixed grace), and the peer
 /// then gets whole frames, in order, and the close. Meanwhile nothing new is accepted.
@@ -385,14 +399,7 @@ fn shutdown_drains_queued_frames_for_the_configured_time() {
             Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
             Err(e) => panic!("{d:?}: no close after the drain ({e})"),
         }
-        let (mut at, mut n) = (0, 0usize);
-        while at < got.len() {
-            let want = numbered_frame(n as u8);
-            assert!(got.len() - at >= want.len(), "{d:?}: frame {n} cut short at the close");
-            assert!(got[at..at + want.len()] == want[..], "{d:?}: frame {n} differs");
-            at += want.len();
-            n += 1;
-        }
+        let at = assert_numbered_frames(&got, &format!("{d:?}"));
         assert!(at >= 1 << 20, "{d:?}: only {at} bytes arrived; distgate held a full 1 MiB link buffer");
         stopping.join().unwrap();
         assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
@@ -413,6 +420,36 @@ fn shutdown_without_drain_time_closes_a_stalled_link() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
+    }
+}
+
+/// Draining is per link: on shutdown, a link with nothing queued and no frame streaming is
+/// closed at once, towards both of its peers, while another on the same core still has a
+/// full queue for a target that does not read; that one is closed once the target reads
+/// it all.
+#[test]
+fn shutdown_closes_an_idle_link_while_a_stalled_one_drains() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        // One core (the spec's `threads = 1`) holds both links; the drain time is an hour.
+        let rt = start_with(d, Duration::from_secs(3600));
+        let stats = rt.stats();
+        let (mut t, _port, _reg) = stalled_link(&rt, "tbusy");
+        let (mut di, mut ti, _reg_idle) = established(&rt, "tidle");
+        let stopping = std::thread::spawn(move || rt.shutdown());
+        assert_eq!(read_to_close(&mut di.s, &format!("{d:?}: the idle link's dialler")), b"", "{d:?}");
+        assert_eq!(read_to_close(&mut ti.s, &format!("{d:?}: the idle link's target")), b"", "{d:?}");
+        // The stalled link cannot have closed: its target has read nothing and the drain time
+        // is an hour.
+        assert_eq!(stats.links_closed.load(Ordering::Relaxed), 1, "{d:?}: only the idle link closed");
+        assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
+        assert!(!stopping.is_finished(), "{d:?}: stopped while frames were still queued");
+        // The target reads again: what distgate held arrives whole, then the close.
+        let got = read_to_close(&mut t.s, &format!("{d:?}: the stalled link's target"));
+        let at = assert_numbered_frames(&got, &format!("{d:?}"));
+        assert!(at >= 1 << 20, "{d:?}: only {at} bytes arrived; distgate held a full 1 MiB link buffer");
+        stopping.join().unwrap();
+        assert_eq!(stats.links_closed.load(Ordering::Relaxed), 2, "{d:?}");
+        assert_eq!(stats.get("close:shutdown"), 2, "{d:?}: {:?}", stats.labelled());
     }
 }
 

@@ -42,7 +42,8 @@ pub enum Cmd {
     Listen(TcpListener, Arc<Route>),
     /// Limits for the links accepted from now on, and the per-link buffer (a reload).
     Limits(LinkLimits, usize),
-    /// Stop accepting; let links flush what is queued for at most this long; close; exit.
+    /// Stop accepting; close each link once it is idle (see [`CoreHandle::shutdown`]), or when
+    /// this long has passed; exit.
     Shutdown(std::time::Duration),
 }
 
@@ -83,8 +84,10 @@ impl CoreHandle {
         self.tx.send(Cmd::Limits(limits, link_buffer)).map_err(|_| io::Error::other("core stopped"))?;
         self.waker.wake()
     }
-    /// Stop: no new links; established ones close once nothing is queued towards either of
-    /// their peers, or when `drain` has passed (`[runtime] drain_timeout`).
+    /// Stop: no new links; each link is closed as soon as it is idle (nothing queued towards
+    /// either of its peers, no frame streaming through it: see `Link::mid_frame`), the others
+    /// when they become so or, at the latest, when `drain` has passed (`[runtime]
+    /// drain_timeout`). Links keep being read meanwhile, so a frame streaming through one can end.
     pub fn shutdown(&self, drain: std::time::Duration) {
         let _ = self.tx.send(Cmd::Shutdown(drain));
         let _ = self.waker.wake();

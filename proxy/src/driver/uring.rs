@@ -694,13 +694,25 @@ impl Core {
                 self.timers(now);
             }
             if let Some(since) = self.stopping {
-                // Busy: bytes queued towards a peer, or a frame streaming through (see
-                // `Link::mid_frame`). Links close once none is, or when the drain time is up.
-                let busy = self.slots.iter().any(|s| matches!(s, Slot::Conn(c) if !c.dead && (c.link.mid_frame() || c.legs.iter().any(|l| l.queued() > 0))));
-                if !busy || now.duration_since(since) > self.drain {
-                    for i in 0..self.slots.len() {
-                        self.cut(i, "shutdown", "distgate is stopping");
+                // As mio: each link is closed once it is idle: nothing queued towards either
+                // peer (queued counts what is in flight too, so nothing is left to flush) and
+                // no frame streaming through it (see `Link::mid_frame`); the others keep
+                // draining until they are, or until the drain time is up. A link already
+                // closing is only waiting for its flush.
+                let over = now.duration_since(since) >= self.drain;
+                let mut open = false;
+                for i in 0..self.slots.len() {
+                    let Slot::Conn(c) = &self.slots[i] else { continue };
+                    if c.dead {
+                        continue;
                     }
+                    if over || (!c.link.mid_frame() && c.legs.iter().all(|l| l.queued() == 0)) {
+                        self.cut(i, "shutdown", "distgate is stopping");
+                    } else {
+                        open = true;
+                    }
+                }
+                if !open {
                     self.exit();
                     return;
                 }
