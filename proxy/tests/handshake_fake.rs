@@ -229,7 +229,7 @@ fn wait_for(stats: &Stats, done: impl Fn(&Stats) -> bool, what: &str) {
 /// Reads until the peer closes; a read that times out instead fails the test (the link was
 /// left open).
 fn read_to_close(s: &mut TcpStream, what: &str) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut got = Vec::new();
     match s.read_to_end(&mut got) {
         Ok(_) => got,
@@ -347,6 +347,9 @@ fn numbered_frame(i: u8) -> Vec<u8> {
 /// the proxy port the dialler used and the target's registration (the dialler keeps writing
 /// from a thread until its writes fail).
 fn stalled_link(rt: &Runtime, alive: &str) -> (Msgs, u16, TcpStream) {
+    // A stalled link pauses its dialler once: the target never reads, so its queue never
+    // drains below half.
+    let pauses = rt.stats().backpressure_pauses.load(Ordering::Relaxed);
     let (d, t, reg) = established(rt, alive);
     let port = d.s.peer_addr().unwrap().port();
     let mut ds = d.s;
@@ -361,8 +364,22 @@ fn stalled_link(rt: &Runtime, alive: &str) -> (Msgs, u16, TcpStream) {
         // not by its dialler leaving.
         let _ = ds.read(&mut [0u8; 1]);
     });
-    wait_for(&rt.stats(), |s| s.backpressure_pauses.load(Ordering::Relaxed) >= 1, "the target's queue full");
+    wait_for(&rt.stats(), |s| s.backpressure_pauses.load(Ordering::Relaxed) > pauses, "the target's queue full");
     (t, port, reg)
+}
+
+/// What the target of a [`stalled_link`] read: whole numbered frames, in order, from the
+/// first. Returns how many bytes.
+fn assert_numbered_frames(got: &[u8], what: &str) -> usize {
+    let (mut at, mut n) = (0, 0usize);
+    while at < got.len() {
+        let want = numbered_frame(n as u8);
+        assert!(got.len() - at >= want.len(), "{what}: frame {n} cut short at the close");
+        assert!(got[at..at + want.len()] == want[..], "{what}: frame {n} differs");
+        at += want.len();
+        n += 1;
+    }
+    at
 }
 
 /// On shutdown, a link keeps flushing what distgate holds for a peer that reads slowly for as
@@ -389,14 +406,7 @@ fn shutdown_drains_queued_frames_for_the_configured_time() {
             Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
             Err(e) => panic!("{d:?}: no close after the drain ({e})"),
         }
-        let (mut at, mut n) = (0, 0usize);
-        while at < got.len() {
-            let want = numbered_frame(n as u8);
-            assert!(got.len() - at >= want.len(), "{d:?}: frame {n} cut short at the close");
-            assert!(got[at..at + want.len()] == want[..], "{d:?}: frame {n} differs");
-            at += want.len();
-            n += 1;
-        }
+        let at = assert_numbered_frames(&got, &format!("{d:?}"));
         assert!(at >= 1 << 20, "{d:?}: only {at} bytes arrived; distgate held a full 1 MiB link buffer");
         stopping.join().unwrap();
         assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
@@ -417,6 +427,77 @@ fn shutdown_without_drain_time_closes_a_stalled_link() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
+    }
+}
+
+/// Draining is per link: on shutdown, a link with nothing queued and no frame streaming is
+/// closed at once, towards both of its peers, while another on the same core still has a
+/// full queue for a target that does not read; that one is closed once the target reads
+/// it all.
+#[test]
+fn shutdown_closes_an_idle_link_while_a_stalled_one_drains() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        // One core (the spec's `threads = 1`) holds both links; the drain time is an hour.
+        let rt = start_with(d, Duration::from_secs(3600));
+        let stats = rt.stats();
+        let (mut t, _port, _reg) = stalled_link(&rt, "tbusy");
+        let (mut di, mut ti, _reg_idle) = established(&rt, "tidle");
+        let stopping = std::thread::spawn(move || rt.shutdown());
+        assert_eq!(read_to_close(&mut di.s, &format!("{d:?}: the idle link's dialler")), b"", "{d:?}");
+        assert_eq!(read_to_close(&mut ti.s, &format!("{d:?}: the idle link's target")), b"", "{d:?}");
+        // The stalled link cannot have closed: its target has read nothing and the drain time
+        // is an hour.
+        assert_eq!(stats.links_closed.load(Ordering::Relaxed), 1, "{d:?}: only the idle link closed");
+        assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: {:?}", stats.labelled());
+        assert!(!stopping.is_finished(), "{d:?}: stopped while frames were still queued");
+        // The target reads again: what distgate held arrives whole, then the close.
+        let got = read_to_close(&mut t.s, &format!("{d:?}: the stalled link's target"));
+        let at = assert_numbered_frames(&got, &format!("{d:?}"));
+        assert!(at >= 1 << 20, "{d:?}: only {at} bytes arrived; distgate held a full 1 MiB link buffer");
+        stopping.join().unwrap();
+        assert_eq!(stats.links_closed.load(Ordering::Relaxed), 2, "{d:?}");
+        assert_eq!(stats.get("close:shutdown"), 2, "{d:?}: {:?}", stats.labelled());
+    }
+}
+
+/// The sum of `close:*` counters.
+fn closes_counted(stats: &Stats) -> u64 {
+    stats.labelled().iter().filter(|(k, _)| k.starts_with("close:")).map(|(_, n)| n).sum()
+}
+
+/// A link's close is counted once, under its first reason: a link that closed with a flush
+/// (here a frame over the limit from a target that reads nothing) is not counted again when
+/// that flush times out, nor when distgate stops while it is still flushing. The close
+/// reasons then add up to the closed links.
+#[test]
+fn every_close_is_counted_once_under_its_first_reason() {
+    let over_the_limit = [0xff; 4];
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let rt = start_with(d, Duration::ZERO);
+        let stats = rt.stats();
+        let closed = |n: u64| move |s: &Stats| s.links_closed.load(Ordering::Relaxed) == n;
+        // An ordinary end: the dialler leaves.
+        let (d1, mut t1, _r1) = established(&rt, "tpeer");
+        drop(d1);
+        read_to_close(&mut t1.s, &format!("{d:?}: the target of the link its dialler left"));
+        wait_for(&stats, closed(1), &format!("{d:?}: peer_closed counted"));
+        // Closed with a flush towards a target that never reads: the flush times out.
+        let (mut t2, _, _r2) = stalled_link(&rt, "tflush");
+        t2.s.write_all(&over_the_limit).unwrap();
+        wait_for(&stats, |s| s.get("close:frame_too_large") == 1, &format!("{d:?}: the close counted"));
+        wait_for(&stats, closed(2), &format!("{d:?}: the link dropped when its flush timed out"));
+        assert_eq!(stats.get("flush_timeout"), 1, "{d:?}: {:?}", stats.labelled());
+        // The same, still flushing when distgate stops.
+        let (mut t3, _, _r3) = stalled_link(&rt, "tcut");
+        t3.s.write_all(&over_the_limit).unwrap();
+        wait_for(&stats, |s| s.get("close:frame_too_large") == 2, &format!("{d:?}: the close counted"));
+        // Open and idle when distgate stops.
+        let (_d4, _t4, _r4) = established(&rt, "tstop");
+        rt.shutdown();
+        assert_eq!(stats.links_closed.load(Ordering::Relaxed), 4, "{d:?}");
+        assert_eq!(stats.get("close:shutdown"), 1, "{d:?}: only the idle link closed by the stop: {:?}", stats.labelled());
+        assert_eq!(stats.get("close:peer_closed"), 1, "{d:?}: {:?}", stats.labelled());
+        assert_eq!(closes_counted(&stats), 4, "{d:?}: every close counted once: {:?}", stats.labelled());
     }
 }
 

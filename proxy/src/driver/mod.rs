@@ -10,7 +10,7 @@
 pub mod poll;
 pub mod uring;
 
-use crate::link::LinkLimits;
+use crate::link::{CloseReason, LinkLimits};
 use crate::runtime::Route;
 use crate::stats::Stats;
 use std::io;
@@ -42,7 +42,8 @@ pub enum Cmd {
     Listen(TcpListener, Arc<Route>),
     /// Limits for the links accepted from now on, and the per-link buffer (a reload).
     Limits(LinkLimits, usize),
-    /// Stop accepting; let links flush what is queued for at most this long; close; exit.
+    /// Stop accepting; close each link once it is idle (see [`CoreHandle::shutdown`]), or when
+    /// this long has passed; exit.
     Shutdown(std::time::Duration),
 }
 
@@ -83,8 +84,10 @@ impl CoreHandle {
         self.tx.send(Cmd::Limits(limits, link_buffer)).map_err(|_| io::Error::other("core stopped"))?;
         self.waker.wake()
     }
-    /// Stop: no new links; established ones close once nothing is queued towards either of
-    /// their peers, or when `drain` has passed (`[runtime] drain_timeout`).
+    /// Stop: no new links; each link is closed as soon as it is idle (nothing queued towards
+    /// either of its peers, no frame streaming through it: see `Link::mid_frame`), the others
+    /// when they become so or, at the latest, when `drain` has passed (`[runtime]
+    /// drain_timeout`). Links keep being read meanwhile, so a frame streaming through one can end.
     pub fn shutdown(&self, drain: std::time::Duration) {
         let _ = self.tx.send(Cmd::Shutdown(drain));
         let _ = self.waker.wake();
@@ -184,6 +187,31 @@ fn on_close(stats: &Stats, core: usize, link: u64, node: &str, reason: &crate::l
         tracing::info!(core, link, node = %node, reason = %reason, "link closed");
     } else {
         tracing::warn!(core, link, node = %node, reason = %reason, "link closed");
+    }
+}
+
+/// How long a link closing with a flush (a refusal, a policy close) may take to write what it
+/// queued before its sockets are shut regardless.
+const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What both drivers do when a link that closed with a flush (counted then, by [`on_close`])
+/// is dropped because its peer did not read what was left within [`CLOSE_FLUSH`]: not a second
+/// close, but lost bytes, so an event of its own and a warning.
+fn on_flush_timeout(stats: &Stats, core: usize, link: u64, node: &str, queued: usize) {
+    stats.count("flush_timeout");
+    tracing::warn!(core, link, node = %node, queued, "closing link dropped: its peer did not read the last writes within 5 s");
+}
+
+/// What both drivers do when they close a link for a reason of their own (the core stopping
+/// or failing): count and log it as [`on_close`] does, unless the link had already closed for
+/// a reason of its own and was only flushing (`flushing`: the bytes it still had queued): a
+/// close is counted once, under its first reason. Cutting such a flush loses what was left of
+/// it: logged.
+fn on_cut(stats: &Stats, core: usize, link: u64, node: &str, flushing: Option<usize>, label: &'static str, detail: &str) {
+    if let Some(queued) = flushing {
+        tracing::info!(core, link, node = %node, queued, reason = %detail, "closing link cut before its last writes were read");
+    } else {
+        on_close(stats, core, link, node, &CloseReason { label, leg: None, detail: detail.to_string() });
     }
 }
 

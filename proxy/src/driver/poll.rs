@@ -26,9 +26,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// call (fewer calls, and the partial frame left at the end of a read is moved to the front
 /// once per this many bytes, not once per 64 KiB frame); it falls back as reads come short.
 const READ_MAX: usize = 512 * 1024;
-/// How long a link closing with a flush (a refusal, a policy close) may take to write what it
-/// queued before its sockets are shut regardless.
-const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
 struct LegIo {
     sock: Option<TcpStream>,
@@ -60,7 +57,8 @@ struct Conn {
     route: Arc<Route>,
     /// Set when the link asked to close after flushing.
     closing: bool,
-    /// When `closing` began: a peer that never reads cannot hold the link open past CLOSE_FLUSH.
+    /// When `closing` began: a peer that never reads cannot hold the link open past
+    /// `CLOSE_FLUSH`.
     closing_since: Option<Instant>,
 }
 
@@ -124,6 +122,9 @@ impl Core {
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(core = self.id, error = %e, "poll failed; core stops");
+                    for i in 0..self.slots.len() {
+                        self.cut(i, "internal", &format!("its core stopped: poll failed: {e}"));
+                    }
                     return;
                 }
             }
@@ -162,15 +163,21 @@ impl Core {
                 self.timers(now);
             }
             if let Some(since) = self.stopping {
-                // Busy: bytes queued towards a peer, or a frame streaming through (see
-                // `Link::mid_frame`). Links close once none is, or when the drain time is up.
-                let busy = self.slots.iter().any(|s| matches!(s, Slot::Conn(c) if c.link.mid_frame() || c.legs.iter().any(|l| l.queued() > 0)));
-                if !busy || now.duration_since(since) > self.drain {
-                    for i in 0..self.slots.len() {
-                        if matches!(self.slots[i], Slot::Conn(_)) {
-                            self.drop_conn(i, "shutdown", "distgate is stopping");
-                        }
+                // Each link is closed once it is idle: nothing queued towards either peer (so
+                // nothing is left to flush) and no frame streaming through it (see
+                // `Link::mid_frame`); the others keep draining until they are, or until the
+                // drain time is up. A link already closing is only waiting for its flush.
+                let over = now.duration_since(since) >= self.drain;
+                let mut open = false;
+                for i in 0..self.slots.len() {
+                    let Slot::Conn(c) = &self.slots[i] else { continue };
+                    if over || (!c.link.mid_frame() && c.legs.iter().all(|l| l.queued() == 0)) {
+                        self.cut(i, "shutdown", "distgate is stopping");
+                    } else {
+                        open = true;
                     }
+                }
+                if !open {
                     return;
                 }
             }
@@ -348,7 +355,7 @@ impl Core {
         if let Err(e) = flush(io) {
             if c.closing {
                 // Already closing: nothing more can be delivered on this leg.
-                self.drop_conn(slot, "", "");
+                self.drop_conn(slot);
                 return;
             }
             self.out.clear();
@@ -357,7 +364,7 @@ impl Core {
             return;
         }
         if c.closing && c.legs.iter().all(|l| l.queued() == 0) {
-            self.drop_conn(slot, "", "");
+            self.drop_conn(slot);
             return;
         }
         // Resume the leg this one's queue was throttling.
@@ -436,7 +443,7 @@ impl Core {
                         c.closing = true;
                         c.closing_since = Some(Instant::now());
                     } else {
-                        self.drop_conn(slot, "", "");
+                        self.drop_conn(slot);
                         return;
                     }
                 }
@@ -444,13 +451,19 @@ impl Core {
         }
     }
 
-    fn drop_conn(&mut self, slot: usize, label: &str, detail: &str) {
+    /// Close a link for a reason of the core's own (stopping, failing): counted under `label`
+    /// unless it already closed with a flush (counted then); see `super::on_cut`.
+    fn cut(&mut self, slot: usize, label: &'static str, detail: &str) {
+        let Some(Slot::Conn(c)) = self.slots.get(slot) else { return };
+        let flushing = c.closing.then(|| c.legs.iter().map(LegIo::queued).sum());
+        super::on_cut(&self.stats, self.id, c.link.id(), &c.route.alive, flushing, label, detail);
+        self.drop_conn(slot);
+    }
+
+    /// Tear a link down. Its close was counted already (`super::on_close`, `super::on_cut`).
+    fn drop_conn(&mut self, slot: usize) {
         let s = std::mem::replace(&mut self.slots[slot], Slot::Free);
         if let Slot::Conn(mut c) = s {
-            if !label.is_empty() {
-                self.stats.count(&format!("close:{label}"));
-                tracing::info!(core = self.id, link = c.link.id(), reason = %detail, "link closed");
-            }
             // Counted before the sockets shut, as the io_uring driver does: a peer that sees
             // the close never reads metrics that have not caught up with it.
             Stats::add(&self.stats.links_closed, 1);
@@ -471,8 +484,9 @@ impl Core {
     fn timers(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
             let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { continue };
-            if c.closing_since.is_some_and(|t| now.duration_since(t) > CLOSE_FLUSH) {
-                self.drop_conn(slot, "flush_timeout", "peer did not read what was queued before the close");
+            if c.closing_since.is_some_and(|t| now.duration_since(t) > super::CLOSE_FLUSH) {
+                super::on_flush_timeout(&self.stats, self.id, c.link.id(), &c.route.alive, c.legs.iter().map(LegIo::queued).sum());
+                self.drop_conn(slot);
                 continue;
             }
             if c.link.next_deadline().is_some_and(|d| d <= now) {

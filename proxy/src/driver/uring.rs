@@ -31,6 +31,8 @@
 //!   still waiting for zero-copy notifications after `ZC_GRACE` (its data sits in a send queue
 //!   towards a peer that does not read) has those sockets reset, which releases the buffers.
 //!   Unlike mio, a link flushing before its close whose send fails is dropped, not left waiting.
+//!   As with mio, a link flushing before its close towards a peer that does not read is dropped
+//!   after `CLOSE_FLUSH`.
 //!
 //! Backpressure as with mio: when the queue towards one leg holds more than `link_buffer`
 //! bytes, the other leg is not read (no recv armed) until the queue drains below half.
@@ -508,6 +510,9 @@ struct Conn {
     route: Arc<Route>,
     /// Set when the link asked to close after flushing.
     closing: bool,
+    /// When `closing` began: a peer that never reads cannot hold the link open past
+    /// `CLOSE_FLUSH`.
+    closing_since: Option<Instant>,
     /// Closed: waiting for in-flight operations before the slot is freed.
     dead: bool,
     /// Operations (and zero-copy notifications) whose completion has not arrived.
@@ -666,6 +671,9 @@ impl Core {
             if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
                 if !matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)) {
                     tracing::error!(core = self.id, error = %e, "io_uring_enter failed; core stops");
+                    for i in 0..self.slots.len() {
+                        self.cut(i, "internal", &format!("its core stopped: io_uring_enter failed: {e}"));
+                    }
                     self.exit();
                     return;
                 }
@@ -686,15 +694,25 @@ impl Core {
                 self.timers(now);
             }
             if let Some(since) = self.stopping {
-                // Busy: bytes queued towards a peer, or a frame streaming through (see
-                // `Link::mid_frame`). Links close once none is, or when the drain time is up.
-                let busy = self.slots.iter().any(|s| matches!(s, Slot::Conn(c) if !c.dead && (c.link.mid_frame() || c.legs.iter().any(|l| l.queued() > 0))));
-                if !busy || now.duration_since(since) > self.drain {
-                    for i in 0..self.slots.len() {
-                        if matches!(&self.slots[i], Slot::Conn(c) if !c.dead) {
-                            self.drop_conn(i, "shutdown", "distgate is stopping");
-                        }
+                // As mio: each link is closed once it is idle: nothing queued towards either
+                // peer (queued counts what is in flight too, so nothing is left to flush) and
+                // no frame streaming through it (see `Link::mid_frame`); the others keep
+                // draining until they are, or until the drain time is up. A link already
+                // closing is only waiting for its flush.
+                let over = now.duration_since(since) >= self.drain;
+                let mut open = false;
+                for i in 0..self.slots.len() {
+                    let Slot::Conn(c) = &self.slots[i] else { continue };
+                    if c.dead {
+                        continue;
                     }
+                    if over || (!c.link.mid_frame() && c.legs.iter().all(|l| l.queued() == 0)) {
+                        self.cut(i, "shutdown", "distgate is stopping");
+                    } else {
+                        open = true;
+                    }
+                }
+                if !open {
                     self.exit();
                     return;
                 }
@@ -850,6 +868,7 @@ impl Core {
             legs: [LegIo::new(Some(sock), true, zc), LegIo::new(None, false, zc)],
             route,
             closing: false,
+            closing_since: None,
             dead: false,
             ops: 0,
             dead_since: None,
@@ -1020,7 +1039,7 @@ impl Core {
             let why = if res == 0 { "peer closed".to_string() } else { errno_text(res) };
             if c.closing {
                 // Flushing a closed link: what cannot be written never will be.
-                self.drop_conn(slot, "", "");
+                self.drop_conn(slot);
                 return;
             }
             self.out.clear();
@@ -1029,7 +1048,7 @@ impl Core {
             return;
         }
         if c.closing && c.legs.iter().all(|l| l.queued() == 0 || l.sock.is_none() || !l.connected) {
-            self.drop_conn(slot, "", "");
+            self.drop_conn(slot);
             return;
         }
         // Resume the leg this one's queue was throttling.
@@ -1169,8 +1188,9 @@ impl Core {
                     super::on_close(&self.stats, self.id, c.link.id(), &c.route.alive, &reason);
                     if want_flush && c.legs.iter().any(|l| l.queued() > 0 && l.sock.is_some() && l.connected) {
                         c.closing = true;
+                        c.closing_since = Some(Instant::now());
                     } else {
-                        self.drop_conn(slot, "", "");
+                        self.drop_conn(slot);
                         return;
                     }
                 }
@@ -1178,17 +1198,26 @@ impl Core {
         }
     }
 
-    /// Close a link: count it, cancel its operations, and free it once they completed.
-    fn drop_conn(&mut self, slot: usize, label: &str, detail: &str) {
+    /// Close a link for a reason of the core's own (stopping, failing): counted under `label`
+    /// unless it already closed with a flush (counted then); see `super::on_cut`.
+    fn cut(&mut self, slot: usize, label: &'static str, detail: &str) {
+        let Some(Slot::Conn(c)) = self.slots.get(slot) else { return };
+        if c.dead {
+            return;
+        }
+        let flushing = c.closing.then(|| c.legs.iter().map(LegIo::queued).sum());
+        super::on_cut(&self.stats, self.id, c.link.id(), &c.route.alive, flushing, label, detail);
+        self.drop_conn(slot);
+    }
+
+    /// Close a link whose close was counted already (`super::on_close`, `super::on_cut`):
+    /// cancel its operations, and free it once they completed.
+    fn drop_conn(&mut self, slot: usize) {
         let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
         if c.dead {
             return;
         }
         c.dead = true;
-        if !label.is_empty() {
-            self.stats.count(&format!("close:{label}"));
-            tracing::info!(core = self.id, link = c.link.id(), reason = %detail, "link closed");
-        }
         Stats::add(&self.stats.links_closed, 1);
         self.stats.links_open.fetch_sub(1, Ordering::Relaxed);
         c.dead_since = Some(Instant::now());
@@ -1260,6 +1289,11 @@ impl Core {
     fn timers(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
             let (fired, rearm) = match &mut self.slots[slot] {
+                Slot::Conn(c) if !c.dead && c.closing_since.is_some_and(|t| now.duration_since(t) > super::CLOSE_FLUSH) => {
+                    super::on_flush_timeout(&self.stats, self.id, c.link.id(), &c.route.alive, c.legs.iter().map(LegIo::queued).sum());
+                    self.drop_conn(slot);
+                    (false, false)
+                }
                 Slot::Conn(c) if !c.dead && c.link.next_deadline().is_some_and(|d| d <= now) => {
                     self.out.clear();
                     c.link.on_timer(now, &mut self.out);
@@ -1302,7 +1336,9 @@ impl Core {
         for i in 0..self.slots.len() {
             let cancel_accept = match &mut self.slots[i] {
                 Slot::Conn(c) if !c.dead => {
-                    self.drop_conn(i, "", "");
+                    // Not reached after a stop or a failure (`run` cut every link), but a
+                    // link is never left uncounted.
+                    self.cut(i, "internal", "its core stopped");
                     false
                 }
                 Slot::Listener(l) if l.armed && !l.closing => {
