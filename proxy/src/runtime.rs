@@ -82,6 +82,10 @@ pub struct Route {
     pub up_cookie: Mutex<Cookie>,
     /// The policy handles links on this port use.
     pub policy: LinkPolicy,
+    /// Whether the two clusters are still connected by a route. A reload that removes the
+    /// last route between them clears it: the port then refuses new connections, and links
+    /// on it are closed (`route_removed`). A later reload may set it again.
+    pub open: AtomicBool,
     /// Links on this port are hidden (`LinkParams::hidden`): `from` and `to` differ and either
     /// is a hidden cluster. For handshakes from now on (a reload may change it).
     pub hidden: AtomicBool,
@@ -265,10 +269,21 @@ impl Runtime {
                     Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd, hidden: new.hidden };
             }
         }
+        let allowed = sh.routes_allowed.load();
+        let mut closed = false;
         for ((from, to, _), r) in sh.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             *r.down_cookie.lock().unwrap_or_else(|p| p.into_inner()) = sh.sides[*from].cookie();
             *r.up_cookie.lock().unwrap_or_else(|p| p.into_inner()) = sh.sides[*to].cookie();
             r.hidden.store(hidden_between(sh, *from, *to), Ordering::Relaxed);
+            let open = allowed.contains(&(*from, *to));
+            closed |= r.open.swap(open, Ordering::Release) && !open;
+        }
+        // Links between clusters no longer connected are closed: a removed route is what an
+        // operator cuts a partner off with, and its policy (gone with it) no longer judges them.
+        if closed {
+            for c in &sh.cores {
+                let _ = c.close_unrouted();
+            }
         }
         // Limits: for links accepted from now on.
         for c in &sh.cores {
@@ -582,6 +597,7 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         up_cookie: Mutex::new(sh.sides[to].cookie()),
         policy: sh.policies.load().link(from, to, sh.stats.clone()),
         hidden: AtomicBool::new(hidden_between(sh, from, to)),
+        open: AtomicBool::new(true),
     });
     // One listener per core (SO_REUSEPORT: the kernel spreads the connections); a single
     // listener goes to the next core in turn.

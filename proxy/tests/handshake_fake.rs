@@ -213,6 +213,7 @@ fn unroutable_core(d: DriverKind) -> (Vec<driver::CoreHandle>, Arc<Stats>, Socke
         up_cookie: Mutex::new(Cookie::new(CB)),
         policy: Default::default(),
         hidden: Default::default(),
+        open: std::sync::atomic::AtomicBool::new(true),
     };
     cores[0].listen(l, Arc::new(route)).unwrap();
     (cores, stats, addr)
@@ -590,5 +591,35 @@ fn links_with_a_hidden_cluster_present_no_published_flag_on_either_leg() {
             assert_eq!(to_target, want, "b hidden: {b_hidden}; {from} dials: send_name to the target {to_target:#x}");
             assert_eq!(to_dialler, want, "b hidden: {b_hidden}; {from} dials: challenge to the dialler {to_dialler:#x}");
         }
+    }
+}
+
+/// A reload that removes the only route between the two clusters closes the link between them
+/// (`route_removed`, both peers see EOF) and its port refuses connections; a reload putting
+/// the route back opens the same port again. Both drivers.
+#[test]
+fn a_reload_removing_the_route_closes_its_links_and_refuses_new_ones() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let rt = start_on(d);
+        let (l, _reg) = fake_target(&rt, "tcut");
+        let port = epmd::port_please(rt.responder_addr("a").unwrap(), "tcut", Duration::from_secs(5)).unwrap().unwrap().port;
+        let (mut dl, mut tl) = link_to(&rt, "tcut", &l, CA, CB);
+        let mut cut = spec(d, Duration::from_secs(5), CA, CB);
+        cut.routes.clear();
+        rt.reload(&cut);
+        read_to_close(&mut dl.s, &format!("{d:?}: the dialler's leg"));
+        read_to_close(&mut tl.s, &format!("{d:?}: the target's leg"));
+        wait_for(&rt.stats(), |s| s.get("close:route_removed") == 1, &format!("{d:?}: counted"));
+        let mut s = TcpStream::connect((lo(), port)).unwrap();
+        read_to_close(&mut s, &format!("{d:?}: a connection to the removed route's port"));
+        wait_for(&rt.stats(), |s| s.get("refused:route_removed") == 1, &format!("{d:?}: refused, counted"));
+        rt.reload(&spec(d, Duration::from_secs(5), CA, CB));
+        let (mut d2, mut t2) = link_to(&rt, "tcut", &l, CA, CB);
+        let frame = numbered_frame(1);
+        d2.s.write_all(&frame).unwrap();
+        let mut got = vec![0u8; frame.len()];
+        t2.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        t2.s.read_exact(&mut got).unwrap();
+        assert!(got == frame, "{d:?}: the route is back on the same port");
     }
 }

@@ -60,19 +60,34 @@ fn run_with_a_file_metrics_reload_and_sigterm() {
     assert!(l.contains("treads"), "{l}");
     assert_eq!(a.eval("rpc:call(B, erlang, node, [])."), b.atom(), "the link survived");
 
-    // SIGHUP with the route removed: established links keep running, new lookups see it.
+    // SIGHUP with the route removed: the clusters are cut apart. The established link is
+    // closed (nodedown), its port refuses connections, new lookups find nothing.
+    let b_name = b.atom().trim_matches('\'').split('@').next().unwrap().to_string();
+    let port = a.eval(&format!("{{port, P, _}} = erl_epmd:port_please(\"{b_name}\", \"127.0.0.1\"), P."));
+    let port: u16 = port.parse().unwrap_or_else(|_| panic!("port_please: {port}"));
     config(&dir, ea, eb, mp, false);
     dg.signal("HUP");
     dg.wait_for("SIGHUP: configuration reloaded");
-    assert_eq!(a.eval("rpc:call(B, erlang, node, [])."), b.atom(), "no link dropped by a reload");
+    let gone = "W = fun Wait(0) -> nodes(); Wait(K) -> case nodes() of [] -> []; _ -> receive after 50 -> Wait(K - 1) end end end, W(600).";
+    assert_eq!(a.eval(gone), "[]", "the link is closed");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    assert_eq!(std::io::Read::read(&mut s, &mut [0u8; 16]).unwrap_or(0), 0, "the removed route's port closes at once");
+    let m = scrape(mp);
+    assert_eq!(sample(&m, "distgate_link_close_total{reason=\"route_removed\"}"), 1.0, "{m}");
+    assert_eq!(sample(&m, "distgate_events_total{event=\"refused:route_removed\"}"), 1.0, "{m}");
     let c = Node::start_with("oc", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
     assert_eq!(c.eval(&format!("net_adm:ping({}).", b.atom())), "pang", "no route any more for new links");
+    // Put back: the same port serves again.
+    config(&dir, ea, eb, mp, true);
+    dg.signal("HUP");
+    dg.wait_for("SIGHUP: configuration reloaded");
+    assert_eq!(a.eval("net_adm:ping(B)."), "pong", "the route is back");
 
     // SIGTERM: the link is closed (nodedown on both sides) and distgate exits cleanly.
     dg.signal("TERM");
     let status = dg.wait();
     assert!(status.success(), "{status:?}");
-    let gone = "W = fun Wait(0) -> nodes(); Wait(K) -> case nodes() of [] -> []; _ -> receive after 50 -> Wait(K - 1) end end end, W(600).";
     assert_eq!(a.eval(gone), "[]");
     assert_eq!(b.eval(gone), "[]");
 }

@@ -42,6 +42,8 @@ pub enum Cmd {
     Listen(TcpListener, Arc<Route>),
     /// Limits for the links accepted from now on, and the per-link buffer (a reload).
     Limits(LinkLimits, usize),
+    /// Close every link whose route was removed (`Route::open` cleared by a reload).
+    CloseUnrouted,
     /// Stop accepting; close each link once it is idle (see [`CoreHandle::shutdown`]), or when
     /// this long has passed; exit.
     Shutdown(std::time::Duration),
@@ -82,6 +84,12 @@ impl CoreHandle {
     /// Limits for links accepted from now on, and the per-link buffer for every link.
     pub fn set_limits(&self, limits: LinkLimits, link_buffer: usize) -> io::Result<()> {
         self.tx.send(Cmd::Limits(limits, link_buffer)).map_err(|_| io::Error::other("core stopped"))?;
+        self.waker.wake()
+    }
+    /// Close every link on this core whose route a reload removed (`Route::open`), counted
+    /// `route_removed`. (New connections on such a route's port are refused at accept.)
+    pub fn close_unrouted(&self) -> io::Result<()> {
+        self.tx.send(Cmd::CloseUnrouted).map_err(|_| io::Error::other("core stopped"))?;
         self.waker.wake()
     }
     /// Stop: no new links; each link is closed as soon as it is idle (nothing queued towards
@@ -207,6 +215,15 @@ fn on_flush_timeout(stats: &Stats, core: usize, link: u64, node: &str, queued: u
 /// a reason of its own and was only flushing (`flushing`: the bytes it still had queued): a
 /// close is counted once, under its first reason. Cutting such a flush loses what was left of
 /// it: logged.
+/// What a link closed because its route was removed is told.
+const ROUTE_REMOVED: &str = "a reload removed the route between these clusters";
+
+/// A connection accepted on the port of a route a reload removed: refused, counted.
+fn refuse_unrouted(stats: &Stats, core: usize, node: &str, peer: Option<std::net::SocketAddr>) {
+    stats.count("refused:route_removed");
+    tracing::info!(core, node = %node, peer = ?peer, "connection refused: {ROUTE_REMOVED}");
+}
+
 fn on_cut(stats: &Stats, core: usize, link: u64, node: &str, flushing: Option<usize>, label: &'static str, detail: &str) {
     if let Some(queued) = flushing {
         tracing::info!(core, link, node = %node, queued, reason = %detail, "closing link cut before its last writes were read");

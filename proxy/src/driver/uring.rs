@@ -684,6 +684,13 @@ impl Core {
                     Ok(Cmd::Listen(l, route)) => self.add_listener(l, route),
                     Ok(Cmd::Limits(limits, link_buffer)) => (self.limits, self.link_buffer) = (limits, link_buffer),
                     Ok(Cmd::Shutdown(drain)) => self.begin_stop(drain),
+                    Ok(Cmd::CloseUnrouted) => {
+                        for i in 0..self.slots.len() {
+                            if matches!(&self.slots[i], Slot::Conn(c) if !c.route.open.load(Ordering::Acquire)) {
+                                self.cut(i, "route_removed", super::ROUTE_REMOVED);
+                            }
+                        }
+                    }
                     Err(TryRecvError::Disconnected) => self.begin_stop(Duration::ZERO),
                     Err(TryRecvError::Empty) => break,
                 }
@@ -854,8 +861,12 @@ impl Core {
     }
 
     fn new_conn(&mut self, sock: TcpStream, route: Arc<Route>) {
-        let _ = sock.set_nodelay(true);
         let peer = sock.peer_addr().ok();
+        if !route.open.load(Ordering::Acquire) {
+            super::refuse_unrouted(&self.stats, self.id, &route.alive, peer);
+            return;
+        }
+        let _ = sock.set_nodelay(true);
         self.next_link += 1;
         let params = route.link_params(self.next_link, self.limits);
         Stats::add(&self.stats.links_accepted, 1);
