@@ -262,7 +262,17 @@ impl Direction {
                 let held = match msg.framing {
                     Framing::Fragmented { seq, fragments } if fragments > 1 => match self.held.iter().position(|h| h.0 == seq) {
                         Some(i) => Some(self.held.swap_remove(i).1 == self.cache_epoch),
-                        None => None,
+                        // Not held: it began while no policy applied (or in dry-run), and its
+                        // earlier fragments were forwarded as they came; the receiver completes
+                        // it from this one, so it passes too. A dry run judges it (to audit; it
+                        // forwards anyway); any other policy that applies now must not: it
+                        // could only replace or drop this last fragment and leave the receiver
+                        // a broken sequence.
+                        None if policy.is_some_and(|p| p.dry_run) => None,
+                        None => {
+                            self.funs = recycle(funs);
+                            return Ok(FrameAct::Forward);
+                        }
                     },
                     _ => {
                         // A whole message: its header (if it defines entries) reaches the

@@ -1017,3 +1017,26 @@ fn directions_naming_one_policy_share_it_and_its_audit_budget() {
     assert!(!cb.audit.allow(now), "p's one line this second was spent by a -> b");
     assert!(ba.audit.allow(now), "q has its own budget");
 }
+
+/// A fragmented message that began while no policy applied has had its first fragments
+/// forwarded as they came: if a reload brings a policy before its last fragment, that one
+/// passes too, unjudged (docs/policy.md), whatever the policy would do with the whole; the
+/// messages after it are judged.
+#[test]
+fn a_sequence_begun_unjudged_completes_unjudged_under_a_new_policy() {
+    for action in ["replace", "drop", "close"] {
+        let (mut d, h) = direction(None, None);
+        let mut dec = Decoder::default();
+        let payload = tuple(&[bin(&[0; 100_000]), local_f()]);
+        let frags = fragments(5, &header(&[]), &reg_send(&atom("sink")), &payload, 65_536);
+        let (last, first) = frags.split_last().unwrap_or_else(|| panic!("fragments"));
+        let (fwd, back, closed) = feed(&mut d, &mut dec, first);
+        assert!(back.is_empty() && closed.is_none());
+        assert_eq!(fwd, first.iter().flat_map(|f| with_len(f)).collect::<Vec<u8>>());
+        h.store(Some(Arc::new(policy(&format!("unknown_fun = \"{action}\"\n")))));
+        assert_eq!(d.frame(&mut dec, last, Instant::now()).unwrap(), FrameAct::Forward, "{action}: the last fragment as it came");
+        // The next message, whole, is judged.
+        let next = data(&header(&[]), &reg_send(&atom("sink")), Some(&payload));
+        assert_ne!(d.frame(&mut dec, &next, Instant::now()).unwrap(), FrameAct::Forward, "{action}: the next message is judged");
+    }
+}
