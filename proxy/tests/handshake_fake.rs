@@ -623,3 +623,87 @@ fn a_reload_removing_the_route_closes_its_links_and_refuses_new_ones() {
         assert!(got == frame, "{d:?}: the route is back on the same port");
     }
 }
+
+/// A `spawn_request` of `erlang:apply/2` (frame with its length): `131 68`, an empty cache
+/// header, `{29, Ref, From, GroupLeader, {erlang, apply, 2}, []}`, the argument list `[]`.
+fn spawn_request_frame(n: u32) -> Vec<u8> {
+    let atom = |s: &str, v: &mut Vec<u8>| {
+        v.extend_from_slice(&[119, s.len() as u8]);
+        v.extend_from_slice(s.as_bytes());
+    };
+    let pid = |id: u32, v: &mut Vec<u8>| {
+        v.push(88);
+        atom("dialler@127.0.0.1", v);
+        v.extend_from_slice(&id.to_be_bytes());
+        v.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 77]);
+    };
+    let mut v = vec![131, 68, 0, 104, 6, 97, 29, 90, 0, 3];
+    atom("dialler@127.0.0.1", &mut v);
+    v.extend_from_slice(&77u32.to_be_bytes());
+    v.extend_from_slice(&n.to_be_bytes());
+    v.extend_from_slice(&[0; 8]);
+    pid(1, &mut v);
+    pid(2, &mut v);
+    v.extend_from_slice(&[104, 3]);
+    atom("erlang", &mut v);
+    atom("apply", &mut v);
+    v.extend_from_slice(&[97, 2, 106, 106]);
+    let mut f = (v.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(&v);
+    f
+}
+
+/// A dialler that floods `spawn_request`s the policy denies and reads none of the answers
+/// (SPAWN_REPLY errors distgate writes back to it) is no longer read once those answers
+/// exceed the link's budget: its writes block, distgate's memory stays bounded. When it
+/// reads again, every request has its answer. Both drivers.
+#[test]
+fn answers_a_peer_does_not_read_stop_distgate_reading_it() {
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let mut s = spec(d, Duration::from_secs(5), CA, CB);
+        let deny = distgate::policy::Compiled::parse("p", "[policy.p.control]\nspawn_allow = [\"nothing:here\"]\n").unwrap();
+        let reg = |n: &str| Arc::new(distgate::registry::Registry::new(n));
+        s.policies.insert(0, 1, Arc::new(distgate::policy::RouteHandle::new("a", "b", Some(Arc::new(deny)), reg("a"), reg("b"))));
+        let rt = Runtime::start(s).unwrap();
+        let (mut dl, _tl, _reg) = established(&rt, "tflood");
+        // Far more answers than the socket buffers and the 1 MiB budget hold, unless distgate
+        // stops reading: then a write blocks (times out) long before.
+        dl.s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let one = spawn_request_frame(0).len();
+        let mut sent = 0u32;
+        let blocked = loop {
+            if sent as usize * one > 256 << 20 {
+                break false;
+            }
+            let batch: Vec<u8> = (sent..sent + 1000).flat_map(spawn_request_frame).collect();
+            match dl.s.write_all(&batch) {
+                Ok(()) => sent += 1000,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break true,
+                Err(e) => panic!("{d:?}: {e}"),
+            }
+        };
+        assert!(blocked, "{d:?}: distgate kept reading {sent} requests whose answers nobody read");
+        assert!(rt.stats().backpressure_pauses.load(Ordering::Relaxed) >= 1, "{d:?}");
+        assert_eq!(rt.stats().get("close:reply_backlog") + rt.stats().links_closed.load(Ordering::Relaxed), 0, "{d:?}: the link stays");
+        // Reading the answers lets distgate read the rest: one answer per request written
+        // whole (the last batch may have been cut; those requests are not counted).
+        dl.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut replies = 0u32;
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        while replies < sent {
+            let n = dl.s.read(&mut chunk).unwrap_or_else(|e| panic!("{d:?}: after {replies} answers of {sent}: {e}"));
+            assert!(n > 0, "{d:?}: closed after {replies} answers");
+            buf.extend_from_slice(&chunk[..n]);
+            let mut at = 0;
+            while let Some(len) = buf.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize) {
+                let Some(frame) = buf.get(at + 4..at + 4 + len) else { break };
+                // SPAWN_REPLY: `{31, …}` after `131 68 <header>`.
+                assert!(frame.windows(3).any(|w| w == [104, 5, 97]) && frame.windows(2).any(|w| w == [97, 31]), "{d:?}: {frame:?}");
+                replies += 1;
+                at += 4 + len;
+            }
+            buf.drain(..at);
+        }
+    }
+}

@@ -232,6 +232,21 @@ fn on_cut(stats: &Stats, core: usize, link: u64, node: &str, flushing: Option<us
     }
 }
 
+/// Whether reading a leg must wait: what it sends queues towards the other leg (`towards_other`,
+/// a slow reader there), and what distgate answers it itself (policy replies to a denied
+/// request) queues towards it (`towards_self`, a peer that sends but does not read). Either
+/// over the per-link budget stops the reading, so a link's memory is bounded by the
+/// configuration, never by a peer.
+fn over_budget(towards_other: usize, towards_self: usize, budget: usize) -> bool {
+    towards_other.max(towards_self) > budget
+}
+
+/// Whether legs paused by [`over_budget`] may read again: both queues down to half the budget
+/// (the gap keeps a link from flapping between paused and reading).
+fn drained(q0: usize, q1: usize, budget: usize) -> bool {
+    q0.max(q1) <= budget / 2
+}
+
 /// A core's slot table: reuse a freed index, else grow.
 fn alloc_slot<T>(slots: &mut Vec<T>, free: &mut Vec<usize>, s: T) -> usize {
     if let Some(i) = free.pop() {

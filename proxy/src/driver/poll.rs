@@ -267,7 +267,7 @@ impl Core {
         let i = leg.index();
         loop {
             let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
-            if c.legs[1 - i].queued() > budget {
+            if super::over_budget(c.legs[1 - i].queued(), c.legs[i].queued(), budget) {
                 if !c.legs[i].paused {
                     c.legs[i].paused = true;
                     Stats::add(&self.stats.backpressure_pauses, 1);
@@ -378,11 +378,15 @@ impl Core {
             self.drop_conn(slot);
             return;
         }
-        // Resume the leg this one's queue was throttling.
-        let feeder = 1 - i;
-        if c.legs[i].queued() <= self.link_buffer / 2 && c.legs[feeder].paused {
-            c.legs[feeder].paused = false;
-            self.readable(slot, leg.other());
+        // Resume the legs the queues were throttling, once both are down to half the budget.
+        if super::drained(c.legs[0].queued(), c.legs[1].queued(), self.link_buffer) {
+            for l in [leg.other(), leg] {
+                let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
+                if c.legs[l.index()].paused {
+                    c.legs[l.index()].paused = false;
+                    self.readable(slot, l);
+                }
+            }
         }
     }
 

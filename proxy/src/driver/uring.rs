@@ -897,7 +897,7 @@ impl Core {
             return;
         }
         let max_buf = c.link.max_frame() + 4;
-        if c.legs[1 - i].queued() > budget {
+        if super::over_budget(c.legs[1 - i].queued(), c.legs[i].queued(), budget) {
             if !c.legs[i].paused {
                 c.legs[i].paused = true;
                 Stats::add(&self.stats.backpressure_pauses, 1);
@@ -1062,11 +1062,15 @@ impl Core {
             self.drop_conn(slot);
             return;
         }
-        // Resume the leg this one's queue was throttling.
-        let feeder = 1 - i;
-        if c.legs[i].queued() <= self.link_buffer / 2 && c.legs[feeder].paused {
-            c.legs[feeder].paused = false;
-            self.arm_recv(slot, feeder);
+        // Resume the legs the queues were throttling, once both are down to half the budget.
+        if super::drained(c.legs[0].queued(), c.legs[1].queued(), self.link_buffer) {
+            for j in [1 - i, i] {
+                let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
+                if c.legs[j].paused {
+                    c.legs[j].paused = false;
+                    self.arm_recv(slot, j);
+                }
+            }
         }
         self.kick_send(slot, i);
     }
