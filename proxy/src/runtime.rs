@@ -19,6 +19,7 @@ use crate::registry::live::LiveError;
 use crate::registry::set::FindNodes;
 use crate::registry::RegistrySet;
 use crate::stats::Stats;
+use distgate_config::HostPort;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -34,8 +35,9 @@ pub struct SideSpec {
     pub cookie: Cookie,
     /// distgate's EPMD responder for this side's nodes.
     pub epmd_listen: Option<SocketAddr>,
-    /// Where this side's nodes are already registered (a real epmd or another distgate).
-    pub upstream_epmd: Option<SocketAddr>,
+    /// Where this side's nodes are already registered (real epmds or another distgate),
+    /// asked in this order; host names are resolved at each use.
+    pub upstream_epmd: Vec<HostPort>,
     /// Address the dedicated proxy ports for this side's diallers listen on.
     pub proxy_ip: IpAddr,
 }
@@ -99,15 +101,21 @@ impl Route {
 /// What a reload changes of a side.
 struct Live {
     cookie: Cookie,
-    upstream_epmd: Option<SocketAddr>,
+    upstream_epmd: Vec<HostPort>,
+}
+
+impl Live {
+    fn of(s: &SideSpec) -> Live {
+        Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd.clone() }
+    }
 }
 
 impl Side {
     fn cookie(&self) -> Cookie {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).cookie.clone()
     }
-    fn upstream_epmd(&self) -> Option<SocketAddr> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).upstream_epmd
+    fn upstream_epmd(&self) -> Vec<HostPort> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).upstream_epmd.clone()
     }
 }
 
@@ -119,7 +127,7 @@ struct Registered {
 
 struct Side {
     /// Fixed for the runtime's life; `live` holds what a reload may change (the cookie and
-    /// upstream EPMD are kept only there, so nothing reads a value a reload replaced).
+    /// upstream EPMDs are kept only there, so nothing reads a value a reload replaced).
     name: String,
     proxy_ip: IpAddr,
     live: Mutex<Live>,
@@ -167,7 +175,7 @@ impl Runtime {
                 None => (None, None),
             };
             listeners.push(listener);
-            let live = Mutex::new(Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd });
+            let live = Mutex::new(Live::of(s));
             sides.push(Side { name: s.name.clone(), proxy_ip: s.proxy_ip, live, table: Mutex::new(HashMap::new()), responder });
         }
         let seed = {
@@ -211,7 +219,7 @@ impl Runtime {
 
     /// Apply what a reloaded configuration may change while links run: policies and
     /// registries (established links too, from their next frame); which sides may dial which,
-    /// each side's cookie and upstream EPMD, the link limits and buffer, and the drain time
+    /// each side's cookie and upstream EPMDs, the link limits and buffer, and the drain time
     /// (for what starts from now on: lookups, handshakes, links). Sides, listeners, threads and
     /// driver need a restart (`Config::restart_required` names them).
     pub fn reload(&self, spec: &Spec) {
@@ -235,7 +243,7 @@ impl Runtime {
         self.shared.routes_allowed.store(Arc::new(spec.routes.clone()));
         // Cookies and upstream EPMDs: for handshakes and lookups from now on.
         for (side, new) in self.shared.sides.iter().zip(&spec.sides) {
-            *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd };
+            *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::of(new);
         }
         for ((from, to, _), r) in self.shared.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             *r.down_cookie.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.sides[*from].cookie();
@@ -307,13 +315,13 @@ impl Drop for Runtime {
 }
 
 /// A live cluster's nodes as the running proxy knows them: those registered with the side's
-/// responder, and those its upstream EPMD lists, except distgate's own registrations there
+/// responder, and those its upstream EPMDs list, except distgate's own registrations there
 /// (mirrors of other clusters' nodes, at the dedicated proxy ports): asking those would ask
 /// another cluster.
 struct SideNodes(Weak<Shared>);
 
 impl FindNodes for SideNodes {
-    fn find(&self, cluster: &str, upstream: Option<SocketAddr>, timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)> {
+    fn find(&self, cluster: &str, upstream: &[HostPort], timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)> {
         let Some(sh) = self.0.upgrade() else { return Vec::new() };
         let Some(i) = sh.sides.iter().position(|s| s.name == cluster) else { return Vec::new() };
         let side = &sh.sides[i];
@@ -324,7 +332,8 @@ impl FindNodes for SideNodes {
             .iter()
             .map(|(n, r)| (n.clone(), SocketAddr::new(r.ip, r.info.port)))
             .collect();
-        if let Some(up) = upstream.or(side.upstream_epmd()) {
+        let upstream = if upstream.is_empty() { side.upstream_epmd() } else { upstream.to_vec() };
+        if !upstream.is_empty() {
             let ours: HashSet<(String, u16)> = sh
                 .routes
                 .lock()
@@ -333,15 +342,10 @@ impl FindNodes for SideNodes {
                 .filter(|r| r.from == i)
                 .map(|r| (r.alive.clone(), r.port))
                 .collect();
-            match crate::registry::live::epmd_nodes(up, timeout) {
-                Ok(nodes) => {
-                    for (n, addr) in nodes {
-                        if !ours.contains(&(n.clone(), addr.port())) && !out.iter().any(|(m, _)| *m == n) {
-                            out.push((n, addr));
-                        }
-                    }
+            for (n, addr) in crate::registry::set::epmd_nodes_of(&upstream, timeout, errors) {
+                if !ours.contains(&(n.clone(), addr.port())) && !out.iter().any(|(m, _)| *m == n) {
+                    out.push((n, addr));
                 }
-                Err(e) => errors.push(e),
             }
         }
         out.sort();
@@ -453,7 +457,7 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
 /// proxying). Then every side `from` may route to — itself included when a route `from → from`
 /// exists, which is how the embedded default proxies a cluster to its own upstream epmd — is
 /// searched, and a hit is answered with the dedicated proxy port. Last, a node only known to
-/// this side's upstream (and no self-route) is answered with its own port.
+/// this side's upstreams (and no self-route) is answered with its own port.
 fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
     let me = &sh.sides[from];
     if let Some(r) = me.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
@@ -473,16 +477,11 @@ fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
             }
         }
     }
-    if let Some(up) = me.upstream_epmd() {
-        if let Ok(Some(info)) = epmd::port_please(up, name, sh.epmd_timeout) {
-            return Some(info);
-        }
-    }
-    None
+    upstream_port_please(sh, from, name).map(|(info, _)| info)
 }
 
 /// Where node `name` of `side` listens: its registration with the side's responder (unless
-/// `upstream_only`), or the side's upstream EPMD.
+/// `upstream_only`), or the side's upstream EPMDs.
 fn find_in_side(sh: &Shared, side: usize, name: &str, upstream_only: bool) -> Option<(NodeInfo, SocketAddr)> {
     let s = &sh.sides[side];
     if !upstream_only {
@@ -490,22 +489,48 @@ fn find_in_side(sh: &Shared, side: usize, name: &str, upstream_only: bool) -> Op
             return Some((r.info.clone(), SocketAddr::new(r.ip, r.info.port)));
         }
     }
-    let up = s.upstream_epmd()?;
-    match epmd::port_please(up, name, sh.epmd_timeout) {
-        Ok(Some(info)) => {
-            let addr = SocketAddr::new(up.ip(), info.port);
-            Some((info, addr))
-        }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(side = %s.name, upstream = %up, error = %e, "upstream EPMD unreachable");
-            None
-        }
-    }
+    let (info, up) = upstream_port_please(sh, side, name)?;
+    let addr = SocketAddr::new(up.ip(), info.port);
+    Some((info, addr))
 }
 
-/// Mirror a node that registered with side `side`'s responder into the upstream EPMD of every
-/// side that may route to it, under the dedicated proxy port, so nodes there can dial first.
+/// Side `side`'s upstream EPMDs, resolved now, in configured order. A name that does not
+/// resolve is logged, counted and skipped.
+fn upstream_addrs(sh: &Shared, side: usize) -> Vec<SocketAddr> {
+    let s = &sh.sides[side];
+    s.upstream_epmd()
+        .iter()
+        .filter_map(|hp| match epmd::resolve_host_port(hp) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                sh.stats.count("upstream_epmd_unresolved");
+                tracing::warn!(side = %s.name, error = %e, "upstream EPMD not resolved");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Asks side `side`'s upstream EPMDs in turn where `name` listens; the first that knows it
+/// answers (each may be the epmd of other hosts). Returns the answer and that EPMD's address
+/// (the node's host). One that cannot be asked is logged, counted and skipped.
+fn upstream_port_please(sh: &Shared, side: usize, name: &str) -> Option<(NodeInfo, SocketAddr)> {
+    for up in upstream_addrs(sh, side) {
+        match epmd::port_please(up, name, sh.epmd_timeout) {
+            Ok(Some(info)) => return Some((info, up)),
+            Ok(None) => {}
+            Err(e) => {
+                sh.stats.count("upstream_epmd_unreachable");
+                tracing::warn!(side = %sh.sides[side].name, upstream = %up, error = %e, "upstream EPMD unreachable");
+            }
+        }
+    }
+    None
+}
+
+/// Mirror a node that registered with side `side`'s responder into the upstream EPMDs of every
+/// side that may route to it, under the dedicated proxy port, so nodes there can dial first:
+/// into each of them, since each may be the epmd of other hosts, whose nodes ask their own.
 /// The returned streams keep the mirrored registrations alive; dropping them ends them.
 fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<TcpStream> {
     let mut held = Vec::new();
@@ -513,7 +538,10 @@ fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<
         if to != side {
             continue;
         }
-        let Some(up) = sh.sides[from].upstream_epmd() else { continue };
+        let ups = upstream_addrs(sh, from);
+        if ups.is_empty() {
+            continue;
+        }
         let port = match route_for(sh, from, to, &info.name, target) {
             Ok(p) => p,
             Err(e) => {
@@ -522,12 +550,14 @@ fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<
             }
         };
         let mirrored = NodeInfo { port, ..info.clone() };
-        match epmd::alive2(up, &mirrored, sh.epmd_timeout) {
-            Ok((s, _)) => {
-                tracing::info!(node = %info.name, upstream = %up, port, "registration mirrored upstream");
-                held.push(s);
+        for up in ups {
+            match epmd::alive2(up, &mirrored, sh.epmd_timeout) {
+                Ok((s, _)) => {
+                    tracing::info!(node = %info.name, upstream = %up, port, "registration mirrored upstream");
+                    held.push(s);
+                }
+                Err(e) => tracing::info!(node = %info.name, upstream = %up, error = %e, "not mirrored upstream"),
             }
-            Err(e) => tracing::info!(node = %info.name, upstream = %up, error = %e, "not mirrored upstream"),
         }
     }
     held
@@ -642,15 +672,12 @@ impl Spec {
         let mut sides = Vec::new();
         for c in &cfg.clusters {
             let cookie = cookies.get(&c.name).ok_or_else(|| format!("cluster {}: no cookie", c.name))?;
-            let upstream_epmd = match c.upstream_epmd.first() {
-                None => None,
-                Some(hp) => Some(epmd::resolve_host_port(hp).map_err(|e| format!("cluster {}: {e}", c.name))?),
-            };
             sides.push(SideSpec {
                 name: c.name.clone(),
                 cookie: Cookie::new(cookie.expose().as_bytes()),
                 epmd_listen: Some(c.listen),
-                upstream_epmd,
+                // Resolved at each use, so a name that does not resolve yet does not stop a start.
+                upstream_epmd: c.upstream_epmd.clone(),
                 proxy_ip: c.listen.ip(),
             });
         }

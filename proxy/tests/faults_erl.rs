@@ -29,7 +29,7 @@ fn start() -> Runtime {
         name: name.into(),
         cookie: Cookie::new(cookie.as_bytes()),
         epmd_listen: Some(SocketAddr::new(lo(), 0)),
-        upstream_epmd: None,
+        upstream_epmd: Vec::new(),
         proxy_ip: lo(),
     };
     Runtime::start(Spec {

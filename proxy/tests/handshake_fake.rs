@@ -42,7 +42,7 @@ fn spec(driver: DriverKind, drain_timeout: Duration, ca: &[u8], cb: &[u8]) -> Sp
         name: name.into(),
         cookie: Cookie::new(c),
         epmd_listen: Some(SocketAddr::new(lo(), 0)),
-        upstream_epmd: None,
+        upstream_epmd: Vec::new(),
         proxy_ip: lo(),
     };
     Spec {

@@ -80,7 +80,7 @@ fn setup(policy_body: Option<&str>) -> Setup {
         name: name.into(),
         cookie: Cookie::new(cookie.as_bytes()),
         epmd_listen: Some(std::net::SocketAddr::new(lo, 0)),
-        upstream_epmd: None,
+        upstream_epmd: Vec::new(),
         proxy_ip: lo,
     };
     let spec = Spec {
