@@ -184,6 +184,7 @@ impl Fleet {
             epmd_listen: Some(SocketAddr::new(lo(), 0)),
             upstream_epmd: Vec::new(),
             proxy_ip: lo(),
+            node_ports: None,
         };
         let mut spec = Spec {
             sides: vec![side("senders"), side("sinks")],

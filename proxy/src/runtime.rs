@@ -19,7 +19,7 @@ use crate::registry::live::LiveError;
 use crate::registry::set::FindNodes;
 use crate::registry::RegistrySet;
 use crate::stats::Stats;
-use distgate_config::HostPort;
+use distgate_config::{HostPort, PortRange};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -40,6 +40,9 @@ pub struct SideSpec {
     pub upstream_epmd: Vec<HostPort>,
     /// Address the dedicated proxy ports for this side's diallers listen on.
     pub proxy_ip: IpAddr,
+    /// The ports the dedicated proxy ports for this side's diallers are taken from
+    /// (`[[cluster]] node_ports`); `None`: any the system picks.
+    pub node_ports: Option<PortRange>,
 }
 
 /// Everything the runtime needs; built from configuration (or the embedded default).
@@ -130,6 +133,7 @@ struct Side {
     /// upstream EPMDs are kept only there, so nothing reads a value a reload replaced).
     name: String,
     proxy_ip: IpAddr,
+    node_ports: Option<PortRange>,
     live: Mutex<Live>,
     table: Mutex<HashMap<String, Registered>>,
     responder: Option<SocketAddr>,
@@ -176,7 +180,7 @@ impl Runtime {
             };
             listeners.push(listener);
             let live = Mutex::new(Live::of(s));
-            sides.push(Side { name: s.name.clone(), proxy_ip: s.proxy_ip, live, table: Mutex::new(HashMap::new()), responder });
+            sides.push(Side { name: s.name.clone(), proxy_ip: s.proxy_ip, node_ports: s.node_ports, live, table: Mutex::new(HashMap::new()), responder });
         }
         let seed = {
             let mut b = [0u8; 4];
@@ -545,6 +549,7 @@ fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<
         let port = match route_for(sh, from, to, &info.name, target) {
             Ok(p) => p,
             Err(e) => {
+                sh.stats.count("route_open_failed");
                 tracing::warn!(node = %info.name, error = %e, "cannot open a proxy port for a mirror");
                 continue;
             }
@@ -571,7 +576,14 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         *r.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
         return Ok(r.port);
     }
-    let listeners = proxy_listeners(SocketAddr::new(sh.sides[from].proxy_ip, 0), sh.cores.len())?;
+    let ip = sh.sides[from].proxy_ip;
+    let listeners = match sh.sides[from].node_ports {
+        None => proxy_listeners(SocketAddr::new(ip, 0), sh.cores.len())?,
+        Some(range) => listeners_in_range(ip, range, sh.cores.len()).map_err(|e| {
+            let ours = routes.values().filter(|r| r.from == from && range.contains(r.port)).count();
+            io::Error::new(e.kind(), format!("cluster {}: {e}, {ours} of them by its proxy ports (kept until a restart)", sh.sides[from].name))
+        })?,
+    };
     let port = listeners[0].local_addr()?.port();
     let route = Arc::new(Route {
         from,
@@ -595,6 +607,28 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
     Ok(port)
 }
 
+/// Listeners for a new proxy port on the first free port of `range`.
+fn listeners_in_range(ip: IpAddr, range: PortRange, cores: usize) -> io::Result<Vec<TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    for port in range.first..=range.last {
+        let addr = SocketAddr::new(ip, port);
+        // Probe without SO_REUSEPORT: the listeners below would silently join a port that
+        // another proxy port, or another process of this user, holds with SO_REUSEPORT.
+        let free = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+            .and_then(|s| {
+                s.set_reuse_address(true)?;
+                s.bind(&addr.into())
+            })
+            .is_ok();
+        if free {
+            if let Ok(ls) = proxy_listeners(addr, cores) {
+                return Ok(ls);
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, format!("every port of node_ports {range} is in use")))
+}
+
 /// Listeners for a new proxy port: with more than one core, one per core on the same port
 /// (SO_REUSEPORT), so that many connections to one remote node — a pool, a benchmark's 1000 —
 /// are spread over every core instead of all landing on the core that owned a single listener.
@@ -603,6 +637,8 @@ fn proxy_listeners(addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListener
     use socket2::{Domain, Socket, Type};
     let bind = |addr: SocketAddr| -> io::Result<TcpListener> {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // As std's bind does: a fixed port (node_ports) is bound again despite TIME_WAIT.
+        s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;
         s.bind(&addr.into())?;
         s.listen(1024)?;
@@ -679,6 +715,7 @@ impl Spec {
                 // Resolved at each use, so a name that does not resolve yet does not stop a start.
                 upstream_epmd: c.upstream_epmd.clone(),
                 proxy_ip: c.listen.ip(),
+                node_ports: c.node_ports,
             });
         }
         let mut routes = Vec::new();
@@ -749,5 +786,24 @@ mod tests {
         assert_eq!(accepted.iter().sum::<usize>(), 32, "{accepted:?}");
         assert!(accepted.iter().all(|&n| n > 0), "every core's listener gets connections: {accepted:?}");
         assert_eq!(proxy_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap().len(), 1);
+    }
+
+    /// A node_ports port someone holds with SO_REUSEPORT (as every proxy port on more than
+    /// one core does) is not joined: its connections would be split with the holder's.
+    #[test]
+    fn node_ports_never_join_a_port_held_with_so_reuseport() {
+        use socket2::{Domain, Socket, Type};
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let held = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        held.set_reuse_port(true).unwrap();
+        held.bind(&SocketAddr::new(lo, 0).into()).unwrap();
+        held.listen(8).unwrap();
+        let port = held.local_addr().unwrap().as_socket().unwrap().port();
+        let e = listeners_in_range(lo, PortRange { first: port, last: port }, 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(e.to_string(), format!("every port of node_ports {port}-{port} is in use"));
+        drop(held);
+        let ls = listeners_in_range(lo, PortRange { first: port, last: port }, 2).unwrap();
+        assert!(ls.len() == 2 && ls.iter().all(|l| l.local_addr().unwrap().port() == port));
     }
 }

@@ -1,4 +1,5 @@
 //! The `[[cluster]]` keys that shape what distgate exposes, with real OTP nodes:
+//! `node_ports` (the range proxy ports are bound in, and what happens when it is full) and
 //! `upstream_epmd` as a list (a name that does not resolve, an address with nothing
 //! listening, two real epmds).
 
@@ -39,6 +40,10 @@ impl Drop for Epmd {
     }
 }
 
+fn lo(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// Clusters a and b (the given extra keys for each), routes both ways, metrics and two mio
 /// threads (so proxy ports are SO_REUSEPORT groups), written to `distgate.toml` in `dir`.
 fn write_config(dir: &Path, ea: u16, a_keys: &str, eb: u16, b_keys: &str, metrics: u16) -> PathBuf {
@@ -63,6 +68,48 @@ fn ping(from: &Node, to: &Node) -> String {
 
 fn names(epmd: SocketAddr) -> Vec<String> {
     epmd::names(epmd, T).unwrap().into_iter().map(|(n, _)| n).collect()
+}
+
+#[test]
+fn node_ports_bind_proxy_ports_in_the_range_and_a_full_range_fails_the_lookup() {
+    use socket2::{Domain, Socket, Type};
+    let dir = TempDir::new("dg_cluster_node_ports");
+    // Another process's SO_REUSEPORT listener on the range's first port: skipped, not joined.
+    let squatter = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    squatter.set_reuse_port(true).unwrap();
+    squatter.bind(&lo(0).into()).unwrap();
+    squatter.listen(8).unwrap();
+    let first = squatter.local_addr().unwrap().as_socket().unwrap().port();
+    let last = first.saturating_add(9);
+    // b's range is one port.
+    let only = free_port();
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let cfg = write_config(
+        dir.path(),
+        ea,
+        &format!("node_ports = \"{first}-{last}\""),
+        eb,
+        &format!("node_ports = \"{only}\""),
+        mp,
+    );
+    let mut dg = Daemon::start(BIN, &cfg);
+    let a1 = node("pa1", COOKIE_A, ea);
+    let a2 = node("pa2", COOKIE_A, ea);
+    let b1 = node("pb1", COOKIE_B, eb);
+
+    let p = epmd::port_please(lo(ea), b1.alive(), T).unwrap().expect("b1 through a proxy port").port;
+    assert!(p > first && p <= last, "{p} in {first}-{last}, not the squatter's");
+    assert_eq!(ping(&a1, &b1), "pong");
+
+    let p = epmd::port_please(lo(eb), a1.alive(), T).unwrap().expect("a1 through b's only port").port;
+    assert_eq!(p, only);
+    assert_eq!(ping(&b1, &a1), "pong");
+    // Routes stay: a second node of a finds b's range full.
+    assert!(epmd::port_please(lo(eb), a2.alive(), T).unwrap().is_none());
+    let l = dg.wait_for("cannot open a proxy port");
+    assert!(l.contains(&format!("every port of node_ports {only}-{only} is in use")), "{l}");
+    assert_eq!(ping(&b1, &a2), "pang");
+    assert!(sample(&scrape(mp), "distgate_events_total{event=\"route_open_failed\"}") >= 1.0);
 }
 
 #[test]

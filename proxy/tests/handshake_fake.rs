@@ -44,6 +44,7 @@ fn spec(driver: DriverKind, drain_timeout: Duration, ca: &[u8], cb: &[u8]) -> Sp
         epmd_listen: Some(SocketAddr::new(lo(), 0)),
         upstream_epmd: Vec::new(),
         proxy_ip: lo(),
+        node_ports: None,
     };
     Spec {
         sides: vec![side("a", ca), side("b", cb)],
