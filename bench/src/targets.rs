@@ -184,6 +184,7 @@ impl Fleet {
             epmd_listen: Some(SocketAddr::new(lo(), 0)),
             upstream_epmd: Vec::new(),
             proxy_ip: lo(),
+            nodes: None,
             node_ports: None,
         };
         let mut spec = Spec {

@@ -119,6 +119,7 @@ fn established(policy: LinkPolicy, now: Instant) -> Link {
         up_cookie: Cookie::new(b"up"),
         limits: LinkLimits::default(),
         policy,
+        target_nodes: None,
     };
     let mut l = Link::new(params, now);
     let mut out = Output::default();

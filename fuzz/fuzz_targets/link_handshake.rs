@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         up_cookie: Cookie::new(UP_COOKIE),
         limits: LinkLimits::default(),
         policy: LinkPolicy::default(),
+        target_nodes: None,
     };
     let mut h = Harness::new(Link::new(params, now), now);
     let mut seen = Seen::default();

@@ -14,6 +14,7 @@
 use crate::driver::{self, CoreHandle, DriverKind};
 use crate::epmd::{self, NodeInfo, Request};
 use crate::link::{Cookie, LinkLimits};
+use crate::nodes::NodeFilter;
 use crate::policy::{LinkPolicy, PolicyTable};
 use crate::registry::live::LiveError;
 use crate::registry::set::FindNodes;
@@ -40,6 +41,8 @@ pub struct SideSpec {
     pub upstream_epmd: Vec<HostPort>,
     /// Address the dedicated proxy ports for this side's diallers listen on.
     pub proxy_ip: IpAddr,
+    /// The only nodes of this side distgate knows (`[[cluster]] nodes`); `None`: all.
+    pub nodes: Option<Arc<NodeFilter>>,
     /// The ports the dedicated proxy ports for this side's diallers are taken from
     /// (`[[cluster]] node_ports`); `None`: any the system picks.
     pub node_ports: Option<PortRange>,
@@ -85,6 +88,9 @@ pub struct Route {
     pub up_cookie: Mutex<Cookie>,
     /// The policy handles links on this port use.
     pub policy: LinkPolicy,
+    /// The target cluster's `nodes`, which the target's full name must match (a reload
+    /// swaps it); `None`: any, and always on a route from a cluster to itself.
+    pub target_nodes: Mutex<Option<Arc<NodeFilter>>>,
 }
 
 impl Route {
@@ -97,6 +103,7 @@ impl Route {
             up_cookie: self.up_cookie.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             limits,
             policy: self.policy.clone(),
+            target_nodes: self.target_nodes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }
@@ -105,11 +112,12 @@ impl Route {
 struct Live {
     cookie: Cookie,
     upstream_epmd: Vec<HostPort>,
+    nodes: Option<Arc<NodeFilter>>,
 }
 
 impl Live {
     fn of(s: &SideSpec) -> Live {
-        Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd.clone() }
+        Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd.clone(), nodes: s.nodes.clone() }
     }
 }
 
@@ -120,6 +128,13 @@ impl Side {
     fn upstream_epmd(&self) -> Vec<HostPort> {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).upstream_epmd.clone()
     }
+    fn nodes(&self) -> Option<Arc<NodeFilter>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).nodes.clone()
+    }
+    /// Whether distgate knows this side's node `alive` (`nodes`), and so proxies to it.
+    fn knows_alive(&self, alive: &str) -> bool {
+        self.nodes().is_none_or(|f| f.knows_alive(alive))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -129,8 +144,9 @@ struct Registered {
 }
 
 struct Side {
-    /// Fixed for the runtime's life; `live` holds what a reload may change (the cookie and
-    /// upstream EPMDs are kept only there, so nothing reads a value a reload replaced).
+    /// Fixed for the runtime's life; `live` holds what a reload may change (the cookie,
+    /// upstream EPMDs and `nodes` are kept only there, so nothing reads a value a reload
+    /// replaced).
     name: String,
     proxy_ip: IpAddr,
     node_ports: Option<PortRange>,
@@ -223,7 +239,7 @@ impl Runtime {
 
     /// Apply what a reloaded configuration may change while links run: policies and
     /// registries (established links too, from their next frame); which sides may dial which,
-    /// each side's cookie and upstream EPMDs, the link limits and buffer, and the drain time
+    /// each side's cookie, upstream EPMDs and `nodes`, the link limits and buffer, and the drain time
     /// (for what starts from now on: lookups, handshakes, links). Sides, listeners, threads and
     /// driver need a restart (`Config::restart_required` names them).
     pub fn reload(&self, spec: &Spec) {
@@ -245,13 +261,14 @@ impl Runtime {
             return;
         }
         self.shared.routes_allowed.store(Arc::new(spec.routes.clone()));
-        // Cookies and upstream EPMDs: for handshakes and lookups from now on.
+        // Cookies, upstream EPMDs and `nodes`: for handshakes and lookups from now on.
         for (side, new) in self.shared.sides.iter().zip(&spec.sides) {
             *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::of(new);
         }
         for ((from, to, _), r) in self.shared.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             *r.down_cookie.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.sides[*from].cookie();
             *r.up_cookie.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.sides[*to].cookie();
+            *r.target_nodes.lock().unwrap_or_else(|p| p.into_inner()) = target_nodes(&self.shared, *from, *to);
         }
         // Limits: for links accepted from now on.
         for c in &self.shared.cores {
@@ -321,7 +338,7 @@ impl Drop for Runtime {
 /// A live cluster's nodes as the running proxy knows them: those registered with the side's
 /// responder, and those its upstream EPMDs list, except distgate's own registrations there
 /// (mirrors of other clusters' nodes, at the dedicated proxy ports): asking those would ask
-/// another cluster.
+/// another cluster. Only those matching the side's `nodes`.
 struct SideNodes(Weak<Shared>);
 
 impl FindNodes for SideNodes {
@@ -352,6 +369,8 @@ impl FindNodes for SideNodes {
                 }
             }
         }
+        // Nodes outside `nodes` are no route's target: their modules say nothing of theirs.
+        out.retain(|(n, _)| side.knows_alive(n));
         out.sort();
         out
     }
@@ -443,8 +462,14 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
                 .iter()
                 .map(|(n, r)| (n.clone(), r.info.port))
                 .collect();
+            // Proxy ports to nodes a reload took out of their cluster's `nodes` are not listed.
             names.extend(
-                sh.routes.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|r| r.from == side).map(|r| (r.alive.clone(), r.port)),
+                sh.routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .filter(|r| r.from == side && (r.to == side || sh.sides[r.to].knows_alive(&r.alive)))
+                    .map(|r| (r.alive.clone(), r.port)),
             );
             names.sort();
             let port = me.responder.map_or(4369, |a| a.port());
@@ -460,8 +485,9 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
 /// Order: a node registered with this very responder is answered directly (same side, no
 /// proxying). Then every side `from` may route to — itself included when a route `from → from`
 /// exists, which is how the embedded default proxies a cluster to its own upstream epmd — is
-/// searched, and a hit is answered with the dedicated proxy port. Last, a node only known to
-/// this side's upstreams (and no self-route) is answered with its own port.
+/// searched for a node distgate knows (`nodes`), and a hit is answered with the dedicated proxy
+/// port. Last, a node only known to this side's upstreams (no self-route, or outside `nodes`)
+/// is answered with its own port.
 fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
     let me = &sh.sides[from];
     if let Some(r) = me.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
@@ -484,10 +510,14 @@ fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
     upstream_port_please(sh, from, name).map(|(info, _)| info)
 }
 
-/// Where node `name` of `side` listens: its registration with the side's responder (unless
-/// `upstream_only`), or the side's upstream EPMDs.
+/// Where node `name` of `side` listens, if distgate knows it (`nodes`): its registration with
+/// the side's responder (unless `upstream_only`), or the side's upstream EPMDs.
 fn find_in_side(sh: &Shared, side: usize, name: &str, upstream_only: bool) -> Option<(NodeInfo, SocketAddr)> {
     let s = &sh.sides[side];
+    if !s.knows_alive(name) {
+        tracing::debug!(side = %s.name, node = %name, "not in the cluster's nodes: not proxied");
+        return None;
+    }
     if !upstream_only {
         if let Some(r) = s.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
             return Some((r.info.clone(), SocketAddr::new(r.ip, r.info.port)));
@@ -535,9 +565,14 @@ fn upstream_port_please(sh: &Shared, side: usize, name: &str) -> Option<(NodeInf
 /// Mirror a node that registered with side `side`'s responder into the upstream EPMDs of every
 /// side that may route to it, under the dedicated proxy port, so nodes there can dial first:
 /// into each of them, since each may be the epmd of other hosts, whose nodes ask their own.
-/// The returned streams keep the mirrored registrations alive; dropping them ends them.
+/// A node outside its side's `nodes` is not mirrored. The returned streams keep the mirrored
+/// registrations alive; dropping them ends them.
 fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<TcpStream> {
     let mut held = Vec::new();
+    if !sh.sides[side].knows_alive(&info.name) {
+        tracing::info!(side = %sh.sides[side].name, node = %info.name, "not in the cluster's nodes: not mirrored");
+        return held;
+    }
     for &(from, to) in sh.routes_allowed.load().iter() {
         if to != side {
             continue;
@@ -594,6 +629,7 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         down_cookie: Mutex::new(sh.sides[from].cookie()),
         up_cookie: Mutex::new(sh.sides[to].cookie()),
         policy: sh.policies.link(from, to, sh.stats.clone()),
+        target_nodes: Mutex::new(target_nodes(sh, from, to)),
     });
     // One listener per core (SO_REUSEPORT: the kernel spreads the connections); a single
     // listener goes to the next core in turn.
@@ -605,6 +641,16 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
     tracing::info!(from = %sh.sides[from].name, to = %sh.sides[to].name, node = %name, port, %target, listeners = n, "proxy port opened");
     routes.insert(key, route);
     Ok(port)
+}
+
+/// What a route's targets must match: their cluster's `nodes`, except on a route from a
+/// cluster to itself (its nodes reach each other whatever `nodes` says).
+fn target_nodes(sh: &Shared, from: usize, to: usize) -> Option<Arc<NodeFilter>> {
+    if from == to {
+        None
+    } else {
+        sh.sides[to].nodes()
+    }
 }
 
 /// Listeners for a new proxy port on the first free port of `range`.
@@ -708,6 +754,10 @@ impl Spec {
         let mut sides = Vec::new();
         for c in &cfg.clusters {
             let cookie = cookies.get(&c.name).ok_or_else(|| format!("cluster {}: no cookie", c.name))?;
+            let nodes = match &c.nodes {
+                Some(n) => Some(Arc::new(NodeFilter::new(n).map_err(|e| format!("cluster {}: {e}", c.name))?)),
+                None => None,
+            };
             sides.push(SideSpec {
                 name: c.name.clone(),
                 cookie: Cookie::new(cookie.expose().as_bytes()),
@@ -715,6 +765,7 @@ impl Spec {
                 // Resolved at each use, so a name that does not resolve yet does not stop a start.
                 upstream_epmd: c.upstream_epmd.clone(),
                 proxy_ip: c.listen.ip(),
+                nodes,
                 node_ports: c.node_ports,
             });
         }

@@ -21,6 +21,7 @@ fn start() -> Runtime {
         epmd_listen: Some(SocketAddr::new(lo, 0)),
         upstream_epmd: Vec::new(),
         proxy_ip: lo,
+        nodes: None,
         node_ports: None,
     };
     Runtime::start(Spec {

@@ -44,6 +44,7 @@ fn spec(driver: DriverKind, drain_timeout: Duration, ca: &[u8], cb: &[u8]) -> Sp
         epmd_listen: Some(SocketAddr::new(lo(), 0)),
         upstream_epmd: Vec::new(),
         proxy_ip: lo(),
+        nodes: None,
         node_ports: None,
     };
     Spec {
@@ -207,6 +208,7 @@ fn unroutable_core(d: DriverKind) -> (Vec<driver::CoreHandle>, Arc<Stats>, Socke
         down_cookie: Mutex::new(Cookie::new(CA)),
         up_cookie: Mutex::new(Cookie::new(CB)),
         policy: Default::default(),
+        target_nodes: Mutex::new(None),
     };
     cores[0].listen(l, Arc::new(route)).unwrap();
     (cores, stats, addr)

@@ -26,6 +26,7 @@ fn side(name: &str, cookie: &str, upstream: Option<SocketAddr>) -> SideSpec {
         epmd_listen: if upstream.is_none() { Some(SocketAddr::new(lo(), 0)) } else { None },
         upstream_epmd: upstream.into_iter().map(Into::into).collect(),
         proxy_ip: lo(),
+        nodes: None,
         node_ports: None,
     }
 }

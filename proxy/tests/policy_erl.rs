@@ -82,6 +82,7 @@ fn setup(policy_body: Option<&str>) -> Setup {
         epmd_listen: Some(std::net::SocketAddr::new(lo, 0)),
         upstream_epmd: Vec::new(),
         proxy_ip: lo,
+        nodes: None,
         node_ports: None,
     };
     let spec = Spec {
