@@ -182,9 +182,11 @@ impl Fleet {
             name: name.into(),
             cookie: Cookie::new(cookie.as_bytes()),
             epmd_listen: Some(SocketAddr::new(lo(), 0)),
-            upstream_epmd: None,
+            upstream_epmd: Vec::new(),
             proxy_ip: lo(),
             hidden: false,
+            nodes: None,
+            node_ports: None,
         };
         let mut spec = Spec {
             sides: vec![side("senders"), side("sinks")],

@@ -172,6 +172,12 @@ impl fmt::Display for HostPort {
     }
 }
 
+impl From<SocketAddr> for HostPort {
+    fn from(a: SocketAddr) -> Self {
+        HostPort { host: a.ip().to_string(), port: a.port() }
+    }
+}
+
 impl FromStr for HostPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

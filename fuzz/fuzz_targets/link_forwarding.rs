@@ -120,6 +120,7 @@ fn established(policy: LinkPolicy, now: Instant) -> Link {
         limits: LinkLimits::default(),
         policy,
         hidden: false,
+        target_nodes: None,
     };
     let mut l = Link::new(params, now);
     let mut out = Output::default();

@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         limits: LinkLimits::default(),
         policy: LinkPolicy::default(),
         hidden: false,
+        target_nodes: None,
     };
     let mut h = Harness::new(Link::new(params, now), now);
     let mut seen = Seen::default();

@@ -8,6 +8,7 @@ pub mod driver;
 pub mod epmd;
 pub mod handshake;
 pub mod link;
+pub mod nodes;
 pub mod policy;
 pub mod runtime;
 pub mod stats;

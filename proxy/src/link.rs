@@ -130,6 +130,9 @@ pub struct LinkParams {
     /// legs (the send_name to up, the challenge to down), so each node sees the other as a
     /// hidden node (`nodes(hidden)`, not `nodes()`, and no `global` sync between them).
     pub hidden: bool,
+    /// The target's cluster's `nodes`: up's full name must match them (EPMD only saw the
+    /// alive part). `None`: any.
+    pub target_nodes: Option<std::sync::Arc<crate::nodes::NodeFilter>>,
 }
 
 /// Why a link closed. Labels are stable metric labels; `detail` is for the log.
@@ -502,6 +505,10 @@ impl Link {
                         up.name, self.params.target
                     )));
                 }
+                if let Some(f) = self.params.target_nodes.as_ref().filter(|f| !f.knows(&up.name)) {
+                    self.close(out, "target_not_in_nodes", Some(Leg::Up), format!("{} is not in its cluster's nodes {f}", up.name), false);
+                    return Ok(());
+                }
                 let Some(down_challenge) = handshake::random_challenge() else {
                     return bad("no entropy source for a challenge");
                 };
@@ -754,6 +761,7 @@ mod tests {
             limits: LinkLimits::default(),
             policy: LinkPolicy::default(),
             hidden: false,
+            target_nodes: None,
         }
     }
 
@@ -896,6 +904,38 @@ mod tests {
         for e in ev {
             assert!(!format!("{e:?}").contains("s3cr3t"));
         }
+    }
+
+    /// EPMD matched only the alive part `b` of the route's `nodes`; the host part is judged
+    /// on the name the target presents.
+    #[test]
+    fn a_target_outside_its_clusters_nodes_is_refused_on_its_full_name() {
+        let filter = |p: &str| {
+            let pats = [distgate_config::NodePattern::parse(p).unwrap()];
+            Some(std::sync::Arc::new(crate::nodes::NodeFilter::new(&pats).unwrap()))
+        };
+        let (l, _, ev) = handshake_with(LinkParams { target_nodes: filter("b*@h"), ..params() }, b"down", b"up");
+        assert!(l.is_forwarding(), "{ev:?}");
+        let now = Instant::now();
+        let mut l = Link::new(LinkParams { target_nodes: filter("b@other"), ..params() }, now);
+        let mut out = Output::default();
+        let mut b = Vec::new();
+        SendName { flags: FLAGS, creation: Some(11), name: "a@h".into() }.encode(11, &mut b);
+        l.on_bytes(Leg::Down, &b, now, &mut out);
+        l.on_up_connected(now, &mut out);
+        out.clear();
+        let mut b = Vec::new();
+        handshake::encode_status(b"ok", &mut b);
+        Challenge { flags: FLAGS | flag::PUBLISHED, challenge: 777, creation: 99, name: "b@h".into() }.encode(&mut b);
+        l.on_bytes(Leg::Up, &b, now, &mut out);
+        assert!(l.is_closed());
+        assert!(
+            matches!(&out.events[..], [Event::Close { reason, .. }] if reason.label == "target_not_in_nodes" && reason.leg == Some(Leg::Up) && reason.detail.contains("b@h")),
+            "{:?}",
+            out.events
+        );
+        // Down got the status, never a challenge.
+        assert_eq!(owned(&out, Leg::Down), b"\0\x03sok");
     }
 
     #[test]

@@ -14,11 +14,13 @@
 use crate::driver::{self, CoreHandle, DriverKind};
 use crate::epmd::{self, NodeInfo, Request};
 use crate::link::{Cookie, LinkLimits};
+use crate::nodes::NodeFilter;
 use crate::policy::{LinkPolicy, PolicyTable};
 use crate::registry::live::LiveError;
 use crate::registry::set::FindNodes;
 use crate::registry::RegistrySet;
 use crate::stats::Stats;
+use distgate_config::{HostPort, PortRange};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -34,12 +36,18 @@ pub struct SideSpec {
     pub cookie: Cookie,
     /// distgate's EPMD responder for this side's nodes.
     pub epmd_listen: Option<SocketAddr>,
-    /// Where this side's nodes are already registered (a real epmd or another distgate).
-    pub upstream_epmd: Option<SocketAddr>,
+    /// Where this side's nodes are already registered (real epmds or another distgate),
+    /// asked in this order; host names are resolved at each use.
+    pub upstream_epmd: Vec<HostPort>,
     /// Address the dedicated proxy ports for this side's diallers listen on.
     pub proxy_ip: IpAddr,
     /// Links between this side's nodes and another side's are hidden ([`Route::hidden`]).
     pub hidden: bool,
+    /// The only nodes of this side distgate knows (`[[cluster]] nodes`); `None`: all.
+    pub nodes: Option<Arc<NodeFilter>>,
+    /// The ports the dedicated proxy ports for this side's diallers are taken from
+    /// (`[[cluster]] node_ports`); `None`: any the system picks.
+    pub node_ports: Option<PortRange>,
 }
 
 /// Everything the runtime needs; built from configuration (or the embedded default).
@@ -89,6 +97,9 @@ pub struct Route {
     /// Links on this port are hidden (`LinkParams::hidden`): `from` and `to` differ and either
     /// is a hidden cluster. For handshakes from now on (a reload may change it).
     pub hidden: AtomicBool,
+    /// The target cluster's `nodes`, which the target's full name must match (a reload
+    /// swaps it); `None`: any, and always on a route from a cluster to itself.
+    pub target_nodes: Mutex<Option<Arc<NodeFilter>>>,
 }
 
 impl Route {
@@ -102,6 +113,7 @@ impl Route {
             limits,
             policy: self.policy.clone(),
             hidden: self.hidden.load(Ordering::Relaxed),
+            target_nodes: self.target_nodes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }
@@ -109,16 +121,30 @@ impl Route {
 /// What a reload changes of a side.
 struct Live {
     cookie: Cookie,
-    upstream_epmd: Option<SocketAddr>,
+    upstream_epmd: Vec<HostPort>,
+    nodes: Option<Arc<NodeFilter>>,
     hidden: bool,
+}
+
+impl Live {
+    fn of(s: &SideSpec) -> Live {
+        Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd.clone(), nodes: s.nodes.clone(), hidden: s.hidden }
+    }
 }
 
 impl Side {
     fn cookie(&self) -> Cookie {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).cookie.clone()
     }
-    fn upstream_epmd(&self) -> Option<SocketAddr> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).upstream_epmd
+    fn upstream_epmd(&self) -> Vec<HostPort> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).upstream_epmd.clone()
+    }
+    fn nodes(&self) -> Option<Arc<NodeFilter>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).nodes.clone()
+    }
+    /// Whether distgate knows this side's node `alive` (`nodes`), and so proxies to it.
+    fn knows_alive(&self, alive: &str) -> bool {
+        self.nodes().is_none_or(|f| f.knows_alive(alive))
     }
     fn hidden(&self) -> bool {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).hidden
@@ -132,10 +158,12 @@ struct Registered {
 }
 
 struct Side {
-    /// Fixed for the runtime's life; `live` holds what a reload may change (the cookie and
-    /// upstream EPMD are kept only there, so nothing reads a value a reload replaced).
+    /// Fixed for the runtime's life; `live` holds what a reload may change (the cookie,
+    /// upstream EPMDs and `nodes` are kept only there, so nothing reads a value a reload
+    /// replaced).
     name: String,
     proxy_ip: IpAddr,
+    node_ports: Option<PortRange>,
     live: Mutex<Live>,
     table: Mutex<HashMap<String, Registered>>,
     responder: Option<SocketAddr>,
@@ -183,8 +211,8 @@ impl Runtime {
                 None => (None, None),
             };
             listeners.push(listener);
-            let live = Mutex::new(Live { cookie: s.cookie.clone(), upstream_epmd: s.upstream_epmd, hidden: s.hidden });
-            sides.push(Side { name: s.name.clone(), proxy_ip: s.proxy_ip, live, table: Mutex::new(HashMap::new()), responder });
+            let live = Mutex::new(Live::of(s));
+            sides.push(Side { name: s.name.clone(), proxy_ip: s.proxy_ip, node_ports: s.node_ports, live, table: Mutex::new(HashMap::new()), responder });
         }
         let seed = {
             let mut b = [0u8; 4];
@@ -227,10 +255,10 @@ impl Runtime {
 
     /// Apply what a reloaded configuration may change while links run: policies and
     /// registries (established links too, from their next frame); which sides may dial which,
-    /// each side's cookie, upstream EPMD and `hidden`, the link limits and buffer, and the
-    /// drain time (for what starts from now on: lookups, handshakes, links). Sides are matched
-    /// by name: a cluster added or removed needs a restart (`Config::restart_required` names
-    /// it) and is left out here, while everything else of the reload still applies.
+    /// each side's cookie, upstream EPMDs, `nodes` and `hidden`, the link limits and buffer,
+    /// and the drain time (for what starts from now on: lookups, handshakes, links). Sides are
+    /// matched by name: a cluster added or removed needs a restart (`Config::restart_required`
+    /// names it) and is left out here, while everything else of the reload still applies.
     /// Listeners, threads and driver need a restart too.
     pub fn reload(&self, spec: &Spec) {
         let sh = &self.shared;
@@ -262,11 +290,10 @@ impl Runtime {
         sh.policies.store(Arc::new(table));
         let routes = spec.routes.iter().filter_map(|&(f, t)| Some(((*running.get(f)?)?, (*running.get(t)?)?))).collect();
         sh.routes_allowed.store(Arc::new(routes));
-        // Cookies, upstream EPMDs and `hidden`: for handshakes and lookups from now on.
+        // Cookies, upstream EPMDs, `nodes` and `hidden`: for handshakes and lookups from now on.
         for (new, i) in spec.sides.iter().zip(&running) {
             if let Some(side) = i.and_then(|i| sh.sides.get(i)) {
-                *side.live.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Live { cookie: new.cookie.clone(), upstream_epmd: new.upstream_epmd, hidden: new.hidden };
+                *side.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::of(new);
             }
         }
         let allowed = sh.routes_allowed.load();
@@ -274,6 +301,7 @@ impl Runtime {
         for ((from, to, _), r) in sh.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             *r.down_cookie.lock().unwrap_or_else(|p| p.into_inner()) = sh.sides[*from].cookie();
             *r.up_cookie.lock().unwrap_or_else(|p| p.into_inner()) = sh.sides[*to].cookie();
+            *r.target_nodes.lock().unwrap_or_else(|p| p.into_inner()) = target_nodes(sh, *from, *to);
             r.hidden.store(hidden_between(sh, *from, *to), Ordering::Relaxed);
             let open = allowed.contains(&(*from, *to));
             closed |= r.open.swap(open, Ordering::Release) && !open;
@@ -351,13 +379,13 @@ impl Drop for Runtime {
 }
 
 /// A live cluster's nodes as the running proxy knows them: those registered with the side's
-/// responder, and those its upstream EPMD lists, except distgate's own registrations there
+/// responder, and those its upstream EPMDs list, except distgate's own registrations there
 /// (mirrors of other clusters' nodes, at the dedicated proxy ports): asking those would ask
-/// another cluster.
+/// another cluster. Only those matching the side's `nodes`.
 struct SideNodes(Weak<Shared>);
 
 impl FindNodes for SideNodes {
-    fn find(&self, cluster: &str, upstream: Option<SocketAddr>, timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)> {
+    fn find(&self, cluster: &str, upstream: &[HostPort], timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)> {
         let Some(sh) = self.0.upgrade() else { return Vec::new() };
         let Some(i) = sh.sides.iter().position(|s| s.name == cluster) else { return Vec::new() };
         let side = &sh.sides[i];
@@ -368,7 +396,8 @@ impl FindNodes for SideNodes {
             .iter()
             .map(|(n, r)| (n.clone(), SocketAddr::new(r.ip, r.info.port)))
             .collect();
-        if let Some(up) = upstream.or(side.upstream_epmd()) {
+        let upstream = if upstream.is_empty() { side.upstream_epmd() } else { upstream.to_vec() };
+        if !upstream.is_empty() {
             let ours: HashSet<(String, u16)> = sh
                 .routes
                 .lock()
@@ -377,17 +406,14 @@ impl FindNodes for SideNodes {
                 .filter(|r| r.from == i)
                 .map(|r| (r.alive.clone(), r.port))
                 .collect();
-            match crate::registry::live::epmd_nodes(up, timeout) {
-                Ok(nodes) => {
-                    for (n, addr) in nodes {
-                        if !ours.contains(&(n.clone(), addr.port())) && !out.iter().any(|(m, _)| *m == n) {
-                            out.push((n, addr));
-                        }
-                    }
+            for (n, addr) in crate::registry::set::epmd_nodes_of(&upstream, timeout, errors) {
+                if !ours.contains(&(n.clone(), addr.port())) && !out.iter().any(|(m, _)| *m == n) {
+                    out.push((n, addr));
                 }
-                Err(e) => errors.push(e),
             }
         }
+        // Nodes outside `nodes` are no route's target: their modules say nothing of theirs.
+        out.retain(|(n, _)| side.knows_alive(n));
         out.sort();
         out
     }
@@ -479,8 +505,14 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
                 .iter()
                 .map(|(n, r)| (n.clone(), r.info.port))
                 .collect();
+            // Proxy ports to nodes a reload took out of their cluster's `nodes` are not listed.
             names.extend(
-                sh.routes.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|r| r.from == side).map(|r| (r.alive.clone(), r.port)),
+                sh.routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .filter(|r| r.from == side && (r.to == side || sh.sides[r.to].knows_alive(&r.alive)))
+                    .map(|r| (r.alive.clone(), r.port)),
             );
             names.sort();
             let port = me.responder.map_or(4369, |a| a.port());
@@ -496,8 +528,9 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
 /// Order: a node registered with this very responder is answered directly (same side, no
 /// proxying). Then every side `from` may route to — itself included when a route `from → from`
 /// exists, which is how the embedded default proxies a cluster to its own upstream epmd — is
-/// searched, and a hit is answered with the dedicated proxy port. Last, a node only known to
-/// this side's upstream (and no self-route) is answered with its own port.
+/// searched for a node distgate knows (`nodes`), and a hit is answered with the dedicated proxy
+/// port. Last, a node only known to this side's upstreams (no self-route, or outside `nodes`)
+/// is answered with its own port.
 fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
     let me = &sh.sides[from];
     if let Some(r) = me.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
@@ -517,61 +550,97 @@ fn resolve(sh: &Shared, from: usize, name: &str) -> Option<NodeInfo> {
             }
         }
     }
-    if let Some(up) = me.upstream_epmd() {
-        if let Ok(Some(info)) = epmd::port_please(up, name, sh.epmd_timeout) {
-            return Some(info);
-        }
-    }
-    None
+    upstream_port_please(sh, from, name).map(|(info, _)| info)
 }
 
-/// Where node `name` of `side` listens: its registration with the side's responder (unless
-/// `upstream_only`), or the side's upstream EPMD.
+/// Where node `name` of `side` listens, if distgate knows it (`nodes`): its registration with
+/// the side's responder (unless `upstream_only`), or the side's upstream EPMDs.
 fn find_in_side(sh: &Shared, side: usize, name: &str, upstream_only: bool) -> Option<(NodeInfo, SocketAddr)> {
     let s = &sh.sides[side];
+    if !s.knows_alive(name) {
+        tracing::debug!(side = %s.name, node = %name, "not in the cluster's nodes: not proxied");
+        return None;
+    }
     if !upstream_only {
         if let Some(r) = s.table.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
             return Some((r.info.clone(), SocketAddr::new(r.ip, r.info.port)));
         }
     }
-    let up = s.upstream_epmd()?;
-    match epmd::port_please(up, name, sh.epmd_timeout) {
-        Ok(Some(info)) => {
-            let addr = SocketAddr::new(up.ip(), info.port);
-            Some((info, addr))
-        }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(side = %s.name, upstream = %up, error = %e, "upstream EPMD unreachable");
-            None
-        }
-    }
+    let (info, up) = upstream_port_please(sh, side, name)?;
+    let addr = SocketAddr::new(up.ip(), info.port);
+    Some((info, addr))
 }
 
-/// Mirror a node that registered with side `side`'s responder into the upstream EPMD of every
-/// side that may route to it, under the dedicated proxy port, so nodes there can dial first.
-/// The returned streams keep the mirrored registrations alive; dropping them ends them.
+/// Side `side`'s upstream EPMDs, resolved now, in configured order. A name that does not
+/// resolve is logged, counted and skipped.
+fn upstream_addrs(sh: &Shared, side: usize) -> Vec<SocketAddr> {
+    let s = &sh.sides[side];
+    s.upstream_epmd()
+        .iter()
+        .filter_map(|hp| match epmd::resolve_host_port(hp) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                sh.stats.count("upstream_epmd_unresolved");
+                tracing::warn!(side = %s.name, error = %e, "upstream EPMD not resolved");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Asks side `side`'s upstream EPMDs in turn where `name` listens; the first that knows it
+/// answers (each may be the epmd of other hosts). Returns the answer and that EPMD's address
+/// (the node's host). One that cannot be asked is logged, counted and skipped.
+fn upstream_port_please(sh: &Shared, side: usize, name: &str) -> Option<(NodeInfo, SocketAddr)> {
+    for up in upstream_addrs(sh, side) {
+        match epmd::port_please(up, name, sh.epmd_timeout) {
+            Ok(Some(info)) => return Some((info, up)),
+            Ok(None) => {}
+            Err(e) => {
+                sh.stats.count("upstream_epmd_unreachable");
+                tracing::warn!(side = %sh.sides[side].name, upstream = %up, error = %e, "upstream EPMD unreachable");
+            }
+        }
+    }
+    None
+}
+
+/// Mirror a node that registered with side `side`'s responder into the upstream EPMDs of every
+/// side that may route to it, under the dedicated proxy port, so nodes there can dial first:
+/// into each of them, since each may be the epmd of other hosts, whose nodes ask their own.
+/// A node outside its side's `nodes` is not mirrored. The returned streams keep the mirrored
+/// registrations alive; dropping them ends them.
 fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<TcpStream> {
     let mut held = Vec::new();
+    if !sh.sides[side].knows_alive(&info.name) {
+        tracing::info!(side = %sh.sides[side].name, node = %info.name, "not in the cluster's nodes: not mirrored");
+        return held;
+    }
     for &(from, to) in sh.routes_allowed.load().iter() {
         if to != side {
             continue;
         }
-        let Some(up) = sh.sides[from].upstream_epmd() else { continue };
+        let ups = upstream_addrs(sh, from);
+        if ups.is_empty() {
+            continue;
+        }
         let port = match route_for(sh, from, to, &info.name, target) {
             Ok(p) => p,
             Err(e) => {
+                sh.stats.count("route_open_failed");
                 tracing::warn!(node = %info.name, error = %e, "cannot open a proxy port for a mirror");
                 continue;
             }
         };
         let mirrored = NodeInfo { port, ..info.clone() };
-        match epmd::alive2(up, &mirrored, sh.epmd_timeout) {
-            Ok((s, _)) => {
-                tracing::info!(node = %info.name, upstream = %up, port, "registration mirrored upstream");
-                held.push(s);
+        for up in ups {
+            match epmd::alive2(up, &mirrored, sh.epmd_timeout) {
+                Ok((s, _)) => {
+                    tracing::info!(node = %info.name, upstream = %up, port, "registration mirrored upstream");
+                    held.push(s);
+                }
+                Err(e) => tracing::info!(node = %info.name, upstream = %up, error = %e, "not mirrored upstream"),
             }
-            Err(e) => tracing::info!(node = %info.name, upstream = %up, error = %e, "not mirrored upstream"),
         }
     }
     held
@@ -585,7 +654,14 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         *r.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
         return Ok(r.port);
     }
-    let listeners = proxy_listeners(SocketAddr::new(sh.sides[from].proxy_ip, 0), sh.cores.len())?;
+    let ip = sh.sides[from].proxy_ip;
+    let listeners = match sh.sides[from].node_ports {
+        None => proxy_listeners(SocketAddr::new(ip, 0), sh.cores.len())?,
+        Some(range) => listeners_in_range(ip, range, sh.cores.len()).map_err(|e| {
+            let ours = routes.values().filter(|r| r.from == from && range.contains(r.port)).count();
+            io::Error::new(e.kind(), format!("cluster {}: {e}, {ours} of them by its proxy ports (kept until a restart)", sh.sides[from].name))
+        })?,
+    };
     let port = listeners[0].local_addr()?.port();
     let route = Arc::new(Route {
         from,
@@ -598,6 +674,7 @@ fn route_for(sh: &Shared, from: usize, to: usize, name: &str, target: SocketAddr
         policy: sh.policies.load().link(from, to, sh.stats.clone()),
         hidden: AtomicBool::new(hidden_between(sh, from, to)),
         open: AtomicBool::new(true),
+        target_nodes: Mutex::new(target_nodes(sh, from, to)),
     });
     // One listener per core (SO_REUSEPORT: the kernel spreads the connections); a single
     // listener goes to the next core in turn.
@@ -617,6 +694,38 @@ fn hidden_between(sh: &Shared, from: usize, to: usize) -> bool {
     from != to && (sh.sides[from].hidden() || sh.sides[to].hidden())
 }
 
+/// What a route's targets must match: their cluster's `nodes`, except on a route from a
+/// cluster to itself (its nodes reach each other whatever `nodes` says).
+fn target_nodes(sh: &Shared, from: usize, to: usize) -> Option<Arc<NodeFilter>> {
+    if from == to {
+        None
+    } else {
+        sh.sides[to].nodes()
+    }
+}
+
+/// Listeners for a new proxy port on the first free port of `range`.
+fn listeners_in_range(ip: IpAddr, range: PortRange, cores: usize) -> io::Result<Vec<TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    for port in range.first..=range.last {
+        let addr = SocketAddr::new(ip, port);
+        // Probe without SO_REUSEPORT: the listeners below would silently join a port that
+        // another proxy port, or another process of this user, holds with SO_REUSEPORT.
+        let free = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+            .and_then(|s| {
+                s.set_reuse_address(true)?;
+                s.bind(&addr.into())
+            })
+            .is_ok();
+        if free {
+            if let Ok(ls) = proxy_listeners(addr, cores) {
+                return Ok(ls);
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, format!("every port of node_ports {range} is in use")))
+}
+
 /// Listeners for a new proxy port: with more than one core, one per core on the same port
 /// (SO_REUSEPORT), so that many connections to one remote node — a pool, a benchmark's 1000 —
 /// are spread over every core instead of all landing on the core that owned a single listener.
@@ -625,6 +734,8 @@ fn proxy_listeners(addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListener
     use socket2::{Domain, Socket, Type};
     let bind = |addr: SocketAddr| -> io::Result<TcpListener> {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // As std's bind does: a fixed port (node_ports) is bound again despite TIME_WAIT.
+        s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;
         s.bind(&addr.into())?;
         s.listen(1024)?;
@@ -694,17 +805,20 @@ impl Spec {
         let mut sides = Vec::new();
         for c in &cfg.clusters {
             let cookie = cookies.get(&c.name).ok_or_else(|| format!("cluster {}: no cookie", c.name))?;
-            let upstream_epmd = match c.upstream_epmd.first() {
+            let nodes = match &c.nodes {
+                Some(n) => Some(Arc::new(NodeFilter::new(n).map_err(|e| format!("cluster {}: {e}", c.name))?)),
                 None => None,
-                Some(hp) => Some(epmd::resolve_host_port(hp).map_err(|e| format!("cluster {}: {e}", c.name))?),
             };
             sides.push(SideSpec {
                 name: c.name.clone(),
                 cookie: Cookie::new(cookie.expose().as_bytes()),
                 epmd_listen: Some(c.listen),
-                upstream_epmd,
+                // Resolved at each use, so a name that does not resolve yet does not stop a start.
+                upstream_epmd: c.upstream_epmd.clone(),
                 proxy_ip: c.listen.ip(),
                 hidden: c.hidden,
+                nodes,
+                node_ports: c.node_ports,
             });
         }
         let mut routes = Vec::new();
@@ -775,5 +889,24 @@ mod tests {
         assert_eq!(accepted.iter().sum::<usize>(), 32, "{accepted:?}");
         assert!(accepted.iter().all(|&n| n > 0), "every core's listener gets connections: {accepted:?}");
         assert_eq!(proxy_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap().len(), 1);
+    }
+
+    /// A node_ports port someone holds with SO_REUSEPORT (as every proxy port on more than
+    /// one core does) is not joined: its connections would be split with the holder's.
+    #[test]
+    fn node_ports_never_join_a_port_held_with_so_reuseport() {
+        use socket2::{Domain, Socket, Type};
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let held = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        held.set_reuse_port(true).unwrap();
+        held.bind(&SocketAddr::new(lo, 0).into()).unwrap();
+        held.listen(8).unwrap();
+        let port = held.local_addr().unwrap().as_socket().unwrap().port();
+        let e = listeners_in_range(lo, PortRange { first: port, last: port }, 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(e.to_string(), format!("every port of node_ports {port}-{port} is in use"));
+        drop(held);
+        let ls = listeners_in_range(lo, PortRange { first: port, last: port }, 2).unwrap();
+        assert!(ls.len() == 2 && ls.iter().all(|l| l.local_addr().unwrap().port() == port));
     }
 }

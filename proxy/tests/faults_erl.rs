@@ -29,9 +29,11 @@ fn start() -> Runtime {
         name: name.into(),
         cookie: Cookie::new(cookie.as_bytes()),
         epmd_listen: Some(SocketAddr::new(lo(), 0)),
-        upstream_epmd: None,
+        upstream_epmd: Vec::new(),
         proxy_ip: lo(),
         hidden: false,
+        nodes: None,
+        node_ports: None,
     };
     Runtime::start(Spec {
         sides: vec![side("a", COOKIE_A), side("b", COOKIE_B)],

@@ -42,9 +42,11 @@ fn spec(driver: DriverKind, drain_timeout: Duration, ca: &[u8], cb: &[u8]) -> Sp
         name: name.into(),
         cookie: Cookie::new(c),
         epmd_listen: Some(SocketAddr::new(lo(), 0)),
-        upstream_epmd: None,
+        upstream_epmd: Vec::new(),
         proxy_ip: lo(),
         hidden: false,
+        nodes: None,
+        node_ports: None,
     };
     Spec {
         sides: vec![side("a", ca), side("b", cb)],
@@ -214,6 +216,7 @@ fn unroutable_core(d: DriverKind) -> (Vec<driver::CoreHandle>, Arc<Stats>, Socke
         policy: Default::default(),
         hidden: Default::default(),
         open: std::sync::atomic::AtomicBool::new(true),
+        target_nodes: Mutex::new(None),
     };
     cores[0].listen(l, Arc::new(route)).unwrap();
     (cores, stats, addr)

@@ -24,9 +24,11 @@ fn side(name: &str, cookie: &str, upstream: Option<SocketAddr>) -> SideSpec {
         name: name.into(),
         cookie: Cookie::new(cookie.as_bytes()),
         epmd_listen: if upstream.is_none() { Some(SocketAddr::new(lo(), 0)) } else { None },
-        upstream_epmd: upstream,
+        upstream_epmd: upstream.into_iter().map(Into::into).collect(),
         proxy_ip: lo(),
         hidden: false,
+        nodes: None,
+        node_ports: None,
     }
 }
 

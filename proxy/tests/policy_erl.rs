@@ -80,9 +80,11 @@ fn setup(policy_body: Option<&str>) -> Setup {
         name: name.into(),
         cookie: Cookie::new(cookie.as_bytes()),
         epmd_listen: Some(std::net::SocketAddr::new(lo, 0)),
-        upstream_epmd: None,
+        upstream_epmd: Vec::new(),
         proxy_ip: lo,
         hidden: false,
+        nodes: None,
+        node_ports: None,
     };
     let spec = Spec {
         sides: vec![side("a", COOKIE_A), side("b", COOKIE_B)],

@@ -232,19 +232,22 @@ fn on_cut(stats: &Stats, core: usize, link: u64, node: &str, flushing: Option<us
     }
 }
 
-/// Whether reading a leg must wait: what it sends queues towards the other leg (`towards_other`,
-/// a slow reader there), and what distgate answers it itself (policy replies to a denied
-/// request) queues towards it (`towards_self`, a peer that sends but does not read). Either
-/// over the per-link budget stops the reading, so a link's memory is bounded by the
-/// configuration, never by a peer.
+/// Whether reading a leg must wait. What it sends queues towards the other leg
+/// (`towards_other`): over the per-link budget, a slow reader there holds it back. What
+/// distgate answers it itself (policy replies to denied requests) queues towards it
+/// (`towards_self`), with what the other leg sends it: the latter alone stays within about
+/// the budget (that leg stops being read past it), so more than twice the budget there means
+/// answers pile up at a peer that sends but does not read, and it is not read either. A
+/// link's memory is so bounded by the configuration, never by a peer, while a node that is
+/// merely slow to read still has its own traffic read.
 fn over_budget(towards_other: usize, towards_self: usize, budget: usize) -> bool {
-    towards_other.max(towards_self) > budget
+    towards_other > budget || towards_self > budget.saturating_mul(2)
 }
 
-/// Whether legs paused by [`over_budget`] may read again: both queues down to half the budget
-/// (the gap keeps a link from flapping between paused and reading).
-fn drained(q0: usize, q1: usize, budget: usize) -> bool {
-    q0.max(q1) <= budget / 2
+/// Whether a leg paused by [`over_budget`] may read again: each queue well below where it
+/// paused (the gap keeps a link from flapping between paused and reading).
+fn may_resume(towards_other: usize, towards_self: usize, budget: usize) -> bool {
+    towards_other <= budget / 2 && towards_self <= budget
 }
 
 /// A core's slot table: reuse a freed index, else grow.

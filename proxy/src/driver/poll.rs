@@ -378,14 +378,13 @@ impl Core {
             self.drop_conn(slot);
             return;
         }
-        // Resume the legs the queues were throttling, once both are down to half the budget.
-        if super::drained(c.legs[0].queued(), c.legs[1].queued(), self.link_buffer) {
-            for l in [leg.other(), leg] {
-                let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
-                if c.legs[l.index()].paused {
-                    c.legs[l.index()].paused = false;
-                    self.readable(slot, l);
-                }
+        // Resume the legs the queues were throttling.
+        for l in [leg.other(), leg] {
+            let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
+            let j = l.index();
+            if c.legs[j].paused && super::may_resume(c.legs[1 - j].queued(), c.legs[j].queued(), self.link_buffer) {
+                c.legs[j].paused = false;
+                self.readable(slot, l);
             }
         }
     }

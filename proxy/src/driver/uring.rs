@@ -1062,14 +1062,12 @@ impl Core {
             self.drop_conn(slot);
             return;
         }
-        // Resume the legs the queues were throttling, once both are down to half the budget.
-        if super::drained(c.legs[0].queued(), c.legs[1].queued(), self.link_buffer) {
-            for j in [1 - i, i] {
-                let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
-                if c.legs[j].paused {
-                    c.legs[j].paused = false;
-                    self.arm_recv(slot, j);
-                }
+        // Resume the legs the queues were throttling.
+        for j in [1 - i, i] {
+            let Some(Slot::Conn(c)) = self.slots.get_mut(slot) else { return };
+            if c.legs[j].paused && super::may_resume(c.legs[1 - j].queued(), c.legs[j].queued(), self.link_buffer) {
+                c.legs[j].paused = false;
+                self.arm_recv(slot, j);
             }
         }
         self.kick_send(slot, i);

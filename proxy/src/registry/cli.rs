@@ -173,9 +173,11 @@ pub fn show_config(cfg: &distgate_config::Config, name: &str, limits: &Limits, o
         ok &= report.ok();
         let mut from: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
         if let Some(l) = plan.live.as_ref().filter(|_| !sources.iter().any(|s| matches!(s, Source::Live { .. }))) {
-            from.push(match l.upstream {
-                Some(e) => format!("live: no nodes registered with epmd {e}"),
-                None => "live: no upstream_epmd to ask".into(),
+            from.push(if l.upstream.is_empty() {
+                "live: no upstream_epmd to ask".into()
+            } else {
+                let up: Vec<String> = l.upstream.iter().map(|e| e.to_string()).collect();
+                format!("live: no nodes registered with epmd {}", up.join(", "))
             });
         }
         print_snapshot(&b.build(), &plan.name, &from, out)?;

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use distgate_config::Cookie;
+use distgate_config::{Cookie, HostPort};
 use md5::{Digest, Md5};
 
 use super::live::{self, LiveAddr, LiveError};
@@ -73,8 +73,8 @@ pub struct ClusterPlan {
 /// How a live cluster's nodes are found and joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LivePlan {
-    /// The cluster's upstream EPMD, asked for `NAMES`.
-    pub upstream: Option<SocketAddr>,
+    /// The cluster's upstream EPMDs, each asked for `NAMES` (resolved at each refresh).
+    pub upstream: Vec<HostPort>,
     pub cookie: Cookie,
 }
 
@@ -93,7 +93,8 @@ impl ClusterPlan {
             h.update(b"\0");
         }
         if let Some(l) = &self.live {
-            h.update(format!("live\0{:?}\0", l.upstream).as_bytes());
+            let up: Vec<String> = l.upstream.iter().map(HostPort::to_string).collect();
+            h.update(format!("live\0{}\0", up.join(",")).as_bytes());
         }
         h.finalize().into()
     }
@@ -101,33 +102,47 @@ impl ClusterPlan {
 
 /// Finds the nodes of a live cluster, anew at every refresh.
 pub trait FindNodes: Send + Sync {
-    /// `(name part, distribution address)` of every node of `cluster` to ask; `upstream` is
-    /// its upstream EPMD. What cannot be asked goes to `errors`.
-    fn find(&self, cluster: &str, upstream: Option<SocketAddr>, timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)>;
+    /// `(name part, distribution address)` of every node of `cluster` to ask; `upstream` are
+    /// its upstream EPMDs. What cannot be asked goes to `errors`.
+    fn find(&self, cluster: &str, upstream: &[HostPort], timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)>;
 }
 
-/// Every node registered with the cluster's upstream EPMD (`NAMES`). Without a running
+/// Every node registered with the cluster's upstream EPMDs (`NAMES`). Without a running
 /// proxy this is all there is to ask.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EpmdNames;
 
 impl FindNodes for EpmdNames {
-    fn find(&self, _cluster: &str, upstream: Option<SocketAddr>, timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)> {
-        match upstream.map(|e| live::epmd_nodes(e, timeout)) {
-            Some(Ok(nodes)) => nodes,
-            Some(Err(e)) => {
-                errors.push(e);
-                Vec::new()
+    fn find(&self, _cluster: &str, upstream: &[HostPort], timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)> {
+        if upstream.is_empty() {
+            errors.push(LiveError::Discovery(
+                "no upstream_epmd: the cluster's nodes register with distgate's own responder, which only the running proxy knows".into(),
+            ));
+        }
+        epmd_nodes_of(upstream, timeout, errors)
+    }
+}
+
+/// `NAMES` of every EPMD in `upstream` (each may be another host's), a name listed by two
+/// taken from the first. One that cannot be resolved or asked goes to `errors`.
+pub fn epmd_nodes_of(upstream: &[HostPort], timeout: Duration, errors: &mut Vec<LiveError>) -> Vec<(String, SocketAddr)> {
+    let mut out: Vec<(String, SocketAddr)> = Vec::new();
+    for hp in upstream {
+        let nodes = crate::epmd::resolve_host_port(hp)
+            .map_err(LiveError::Discovery)
+            .and_then(|addr| live::epmd_nodes(addr, timeout));
+        match nodes {
+            Ok(nodes) => {
+                for (n, addr) in nodes {
+                    if !out.iter().any(|(m, _)| *m == n) {
+                        out.push((n, addr));
+                    }
+                }
             }
-            None => {
-                errors.push(LiveError::Discovery(
-                    "no upstream_epmd: the cluster's nodes register with distgate's own responder, which only the running proxy knows"
-                        .into(),
-                ));
-                Vec::new()
-            }
+            Err(e) => errors.push(e),
         }
     }
+    out
 }
 
 /// The sources of one refresh of `plan`'s cluster: its directories, then every node `finder`
@@ -136,7 +151,7 @@ pub fn sources_now(plan: &ClusterPlan, own_name: &str, finder: &dyn FindNodes, l
     let mut out: Vec<Source> = plan.dirs.iter().cloned().map(Source::Dir).collect();
     if let Some(l) = &plan.live {
         let mut errors = Vec::new();
-        let nodes = finder.find(&plan.name, l.upstream, limits.live.connect_timeout, &mut errors);
+        let nodes = finder.find(&plan.name, &l.upstream, limits.live.connect_timeout, &mut errors);
         let label = PathBuf::from(format!("live cluster {}", plan.name));
         report.errors.extend(errors.into_iter().map(|e| LoadError::new(&label, LoadErrorKind::Live(e))));
         out.extend(nodes.into_iter().map(|(node, addr)| Source::Live {
@@ -242,11 +257,7 @@ impl RegistrySet {
         for c in &cfg.clusters {
             let live = if c.registry.live {
                 let cookie = cookies.get(&c.name).ok_or_else(|| format!("cluster {}: no cookie", c.name))?.clone();
-                let upstream = match c.upstream_epmd.first() {
-                    Some(hp) => Some(crate::epmd::resolve_host_port(hp).map_err(|e| format!("cluster {}: {e}", c.name))?),
-                    None => None,
-                };
-                Some(LivePlan { upstream, cookie })
+                Some(LivePlan { upstream: c.upstream_epmd.clone(), cookie })
             } else {
                 None
             };
@@ -705,7 +716,7 @@ mod tests {
         let p = ClusterPlan {
             name: "x".into(),
             dirs: Vec::new(),
-            live: Some(LivePlan { upstream: None, cookie: Cookie::new("c").unwrap() }),
+            live: Some(LivePlan { upstream: Vec::new(), cookie: Cookie::new("c").unwrap() }),
         };
         let mut report = LoadReport::default();
         let s = sources_now(&p, "me@h", &EpmdNames, &Limits::default(), &mut report);
@@ -714,7 +725,7 @@ mod tests {
         assert!(report.errors[0].to_string().starts_with("live cluster x: no upstream_epmd"), "{}", report.errors[0]);
         // An EPMD that is not there: a connect error, naming it.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let p = ClusterPlan { live: Some(LivePlan { upstream: Some(closed), cookie: Cookie::new("c").unwrap() }), ..p };
+        let p = ClusterPlan { live: Some(LivePlan { upstream: vec![closed.into()], cookie: Cookie::new("c").unwrap() }), ..p };
         let mut report = LoadReport::default();
         sources_now(&p, "me@h", &EpmdNames, &Limits::default(), &mut report);
         assert!(report.errors[0].to_string().contains(&format!("epmd {closed}")), "{}", report.errors[0]);
