@@ -5,42 +5,18 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use distgate::epmd;
 use distgate::registry::Md5;
 use distgate::runtime::{Runtime, Spec};
-use distgate_testkit::daemon::{free_port, sample, scrape, wait_listening, Daemon};
+use distgate_testkit::daemon::{Epmd, free_port, sample, scrape, Daemon};
 use distgate_testkit::{erl, Node, NodeOptions, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_distgate");
 const COOKIE_A: &str = "cluster_keys_cookie_a";
 const COOKIE_B: &str = "cluster_keys_cookie_b";
 const T: Duration = Duration::from_secs(10);
-
-/// A real `epmd` on a port of its own, killed on drop.
-struct Epmd(Child, u16);
-
-impl Epmd {
-    fn start() -> Epmd {
-        let port = free_port();
-        let epmd = Epmd(Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd starts"), port);
-        wait_listening(port, "epmd");
-        epmd
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.1))
-    }
-}
-
-impl Drop for Epmd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn lo(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

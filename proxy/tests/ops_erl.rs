@@ -2,7 +2,7 @@
 //! `/metrics` scraped and checked against the traffic sent, SIGHUP with a broken and then a
 //! changed file, SIGTERM draining and bringing nodedown.
 
-use distgate_testkit::daemon::{free_port, sample, scrape, Daemon};
+use distgate_testkit::daemon::{Epmd, free_port, sample, scrape, Daemon};
 use distgate_testkit::{Node, NodeOptions, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_distgate");
@@ -230,27 +230,6 @@ fn a_reload_rotates_a_clusters_cookie_for_new_links() {
     let b2 = Node::start_with("rb2", NodeOptions { cookie: "ops_cookie_b_rotated".into(), epmd_port: Some(eb), ..NodeOptions::default() });
     assert_eq!(a.eval(&format!("net_adm:ping({}).", b2.atom())), "pong", "distgate answers b2 with b's new cookie");
     assert_eq!(a.eval(&format!("rpc:call({}, erlang, node, []).", b.atom())), b.atom(), "the link from before the reload still works");
-}
-
-/// A real `epmd -port PORT`, killed when dropped.
-struct Epmd(std::process::Child, u16);
-
-impl Epmd {
-    fn start() -> Epmd {
-        let port = free_port();
-        let child = std::process::Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd (erlang-base) starts");
-        let epmd = Epmd(child, port);
-        // A node started before its epmd listens fails to register and halts.
-        distgate_testkit::daemon::wait_listening(port, "epmd");
-        epmd
-    }
-}
-
-impl Drop for Epmd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A SIGHUP that moves cluster b's `upstream_epmd` to another real epmd: distgate resolves a

@@ -1,6 +1,7 @@
 //! `distgate registry md5` and `registry show` as a user runs them: output checked against
 //! erl's `beam_lib:md5/1`, bad files reported on stderr by name, the exit status.
 
+use distgate_testkit::daemon::Epmd;
 use std::path::Path;
 use std::process::Command;
 
@@ -76,26 +77,6 @@ fn show_lists_versions_and_writes_a_cache_that_shows_the_same() {
     let (_, err3, code3) = distgate(&["registry", "show", "--cache", cache.to_str().unwrap()]);
     assert_eq!(code3, Some(1));
     assert!(err3.contains("reg.cache: registry cache ignored"), "{err3}");
-}
-
-/// A real `epmd` on a port of its own, killed on drop.
-struct Epmd(std::process::Child, u16);
-
-impl Epmd {
-    fn start() -> Epmd {
-        let port = distgate_testkit::daemon::free_port();
-        let child = Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd starts");
-        let epmd = Epmd(child, port);
-        distgate_testkit::daemon::wait_listening(port, "epmd");
-        epmd
-    }
-}
-
-impl Drop for Epmd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

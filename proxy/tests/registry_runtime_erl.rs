@@ -11,13 +11,13 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use distgate::registry::{cache, Md5, Registry};
 use distgate::runtime::{Runtime, Spec};
-use distgate_testkit::daemon::{free_port, sample, scrape, Daemon};
+use distgate_testkit::daemon::{Epmd, free_port, sample, scrape, Daemon};
 use distgate_testkit::erl;
 use distgate_testkit::{Node, NodeOptions, TempDir};
 
@@ -243,25 +243,6 @@ fn start_does_not_wait_for_a_live_cluster_s_epmd() {
     }
     assert_eq!(reg_b.refresh_counts().1, 0, "an empty cluster is not an error");
     rt.shutdown();
-}
-
-/// A real `epmd` on a port of its own, killed on drop.
-struct Epmd(Child, u16);
-
-impl Epmd {
-    fn start() -> Epmd {
-        let port = free_port();
-        let epmd = Epmd(Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd starts"), port);
-        distgate_testkit::daemon::wait_listening(port, "epmd");
-        epmd
-    }
-}
-
-impl Drop for Epmd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

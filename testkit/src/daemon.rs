@@ -137,3 +137,33 @@ pub fn wait_listening(port: u16, what: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A real `epmd` (erlang-base) on a free port of its own, listening when `start` returns,
+/// killed on drop (so a failing test leaves none behind).
+pub struct Epmd(Child, pub u16);
+
+impl Epmd {
+    pub fn start() -> Epmd {
+        let port = free_port();
+        let child = Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd (erlang-base) starts");
+        let epmd = Epmd(child, port);
+        // A node started before its epmd listens fails to register and halts.
+        wait_listening(port, "epmd");
+        epmd
+    }
+
+    pub fn port(&self) -> u16 {
+        self.1
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.1))
+    }
+}
+
+impl Drop for Epmd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
