@@ -134,12 +134,27 @@ fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// Most bytes of a PORT2_RESP: the fixed fields, a 255-byte name, 64 KiB of extra.
+const MAX_PORT2_RESP: u64 = 16 + 255 + (64 << 10);
+/// Most bytes of a NAMES reply: some 25 000 nodes' lines.
+pub const MAX_NAMES_RESP: u64 = 1 << 20;
+
+/// An upstream EPMD's whole reply (it closes after one), refused past `cap` bytes: the
+/// upstream may be another data centre's distgate, and no answer may cost unbounded memory.
+fn read_reply(s: &mut TcpStream, cap: u64, what: &str) -> io::Result<Vec<u8>> {
+    let mut resp = Vec::new();
+    s.take(cap + 1).read_to_end(&mut resp)?;
+    if resp.len() as u64 > cap {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what} reply over {cap} bytes")));
+    }
+    Ok(resp)
+}
+
 /// Ask an EPMD (real or distgate) where `name` listens. `Ok(None)`: not registered there.
 pub fn port_please(addr: SocketAddr, name: &str, timeout: Duration) -> io::Result<Option<NodeInfo>> {
     let mut s = connect(addr, timeout)?;
     s.write_all(&Request::PortPlease2(name.to_string()).encode())?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
+    let resp = read_reply(&mut s, MAX_PORT2_RESP, "PORT2_RESP")?;
     match resp.as_slice() {
         [PORT2_RESP, 0, rest @ ..] => NodeInfo::parse(rest).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
         [PORT2_RESP, _, ..] => Ok(None),
@@ -151,8 +166,7 @@ pub fn port_please(addr: SocketAddr, name: &str, timeout: Duration) -> io::Resul
 pub fn names(addr: SocketAddr, timeout: Duration) -> io::Result<Vec<(String, u16)>> {
     let mut s = connect(addr, timeout)?;
     s.write_all(&Request::Names.encode())?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
+    let resp = read_reply(&mut s, MAX_NAMES_RESP, "NAMES")?;
     let text = resp.get(4..).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short NAMES reply"))?;
     Ok(parse_names(&String::from_utf8_lossy(text)))
 }
@@ -263,6 +277,24 @@ mod tests {
         for cut in 1..b.len() {
             assert!(Request::parse(&b[..cut]).is_err(), "cut {cut}");
         }
+    }
+
+    /// An upstream that answers NAMES with more than the cap (and keeps going) is an error
+    /// once the cap is passed, not an ever-growing buffer.
+    #[test]
+    fn an_endless_reply_is_refused_at_the_cap() {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let line = b"name x at port 1\n".repeat(4096);
+            // Until the client stops reading and closes.
+            while s.write_all(&line).is_ok() {}
+        });
+        let e = names(addr, Duration::from_secs(10)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains(&format!("NAMES reply over {MAX_NAMES_RESP} bytes")), "{e}");
+        server.join().unwrap();
     }
 
     #[test]

@@ -128,9 +128,9 @@ pub fn probe() -> Result<Features, String> {
         let cancel = opcode::AsyncCancel::new(1).build().user_data(2);
         {
             let mut sq = ring.submission();
-            // SAFETY: neither entry refers to memory of ours; the listener outlives the ring's
-            // use of it (both completions are awaited below, and the ring is dropped before `l`
-            // in any case, which ends every request).
+            // SAFETY: neither entry refers to memory of ours: only a descriptor, of which a
+            // pending request holds the kernel's own reference, so `l` being closed before the
+            // ring (as on an early return below) frees nothing the kernel still uses.
             let pushed = unsafe { sq.push(&acc).is_ok() && sq.push(&cancel).is_ok() };
             if !pushed {
                 return Err("a fresh ring's submission queue is full".into());
