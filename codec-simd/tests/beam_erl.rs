@@ -148,7 +148,7 @@ fn our_line(b: &Beam<'_>) -> Vec<(char, Vec<String>)> {
     exports.sort();
     locals.sort();
     vec![
-        ('A', b.atoms().iter().map(|a| hex_upper(a.as_bytes())).collect()),
+        ('A', b.atoms().map(|a| hex_upper(a.as_bytes())).collect()),
         ('E', exports),
         ('L', locals),
         (
