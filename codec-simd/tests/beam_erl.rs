@@ -38,8 +38,13 @@ fn track(delta: isize) {
     });
 }
 
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// contract `GlobalAlloc` requires is `System`'s; the counting touches only thread-locals (and
+// allocates nothing, so it cannot re-enter the allocator).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: `l` is the caller's layout, which `GlobalAlloc::alloc`'s contract makes valid
+        // (non-zero size) for `System` as for us.
         let p = unsafe { System.alloc(l) };
         if !p.is_null() {
             track(l.size() as isize);
@@ -47,10 +52,14 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` came from this allocator with layout `l`, i.e. from `System.alloc` or
+        // `System.realloc` with that layout, as the caller guarantees.
         unsafe { System.dealloc(p, l) };
         track(-(l.size() as isize));
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        // SAFETY: `p` is a live block of layout `l` from `System` (via this allocator) and `new`
+        // meets `realloc`'s contract, both guaranteed by the caller.
         let q = unsafe { System.realloc(p, l, new) };
         if !q.is_null() {
             track(new as isize - l.size() as isize);
