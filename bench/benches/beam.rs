@@ -1,5 +1,6 @@
 //! The BEAM reader over every `.beam` of the installed OTP (what a registry scan of the OTP lib
-//! dir costs in CPU, files already in memory): parse only, and parse + module MD5.
+//! dir costs in CPU, files already in memory): parse only, parse + the name of every lambda and
+//! export (atom lookups, as the registry makes), and parse + module MD5.
 //!
 //! The OTP root comes from `DISTGATE_OTP_ROOT`, else `erl`'s `code:root_dir()`, else
 //! `/usr/lib/erlang`. The end-to-end number (walk, read, parse, MD5, one thread per core) is
@@ -59,6 +60,20 @@ fn otp(c: &mut Criterion) {
                 lambdas += m.lambdas().len() + m.exports().len();
             }
             lambdas
+        })
+    });
+    // What the registry takes of each version besides the MD5: every lambda's and export's name.
+    g.bench_function("parse+names", |b| {
+        let mut scratch = Vec::new();
+        b.iter(|| {
+            let mut chars = 0;
+            for f in &files {
+                let img = beam::image(black_box(f), &mut scratch, beam::DEFAULT_MAX_IMAGE).expect("OTP beam");
+                let m = Beam::parse(img).expect("OTP beam");
+                let names = m.lambdas().map(|l| l.function).chain(m.exports().map(|e| e.function));
+                chars += names.map(|i| m.atom(i).map_or(0, str::len)).sum::<usize>();
+            }
+            chars
         })
     });
     g.bench_function("parse+md5", |b| {

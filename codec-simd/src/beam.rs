@@ -24,8 +24,12 @@
 //!
 //! Hostile input: every declared size and count is checked against the bytes that remain before
 //! anything is reserved, nothing recurses, and gzip-compressed files inflate under a caller cap
-//! (and never beyond what deflate's maximum ratio allows for the input). Errors name the chunk
-//! and the byte offset.
+//! (and never beyond what deflate's maximum ratio allows for the input). Nothing is allocated per
+//! atom or table entry: the atom table stays the chunk's bytes, found through an index of one
+//! offset per [`ATOM_STRIDE`] atoms (at most a quarter of the chunk's size, since every atom
+//! takes at least its length byte, whatever the count says; a Latin-1 table with text beyond
+//! ASCII is re-encoded to UTF-8 once, at most twice its size). Errors name the chunk and the byte
+//! offset.
 
 use core::fmt;
 use std::borrow::Cow;
@@ -50,6 +54,16 @@ pub const MAX_ATOM_CHARS: usize = 255;
 
 /// The runtime's limit on function arity (`MAX_ARG`).
 pub const MAX_ARITY: u32 = 255;
+
+/// The loader's limit on atoms per module: `beam_file.c` refuses a count whose table of words
+/// would not fit in 1 GiB (`CHECK_ITEM_COUNT(count, 1, sizeof(Eterm))`, count < 2^27). Empty
+/// atoms are legal (`''`), any number of times.
+pub const MAX_ATOMS: usize = (1 << 27) - 1;
+
+/// Atoms per entry of the atom table's index: [`Beam::atom`] reaches an atom from the nearest
+/// indexed one by skipping at most `ATOM_STRIDE - 1` length prefixes. The index costs one word
+/// per `ATOM_STRIDE` atoms: at most a quarter of the chunk's bytes.
+pub const ATOM_STRIDE: usize = 32;
 
 /// Where and why a BEAM file could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +93,8 @@ pub enum BeamErrorKind {
     Missing,
     /// Both an `Atom` and an `AtU8` table (beam_lib would hash both, the runtime one).
     TwoAtomTables,
-    /// A table's declared entry count does not fit its chunk's size.
+    /// A table's declared entry count does not fit its chunk's size (or, for atoms, is over
+    /// [`MAX_ATOMS`]).
     BadCount { count: i64, size: usize },
     /// An atom index outside the atom table (1-based).
     BadAtomIndex { index: u32, atoms: usize },
@@ -526,7 +541,7 @@ pub struct Beam<'a> {
     image: &'a [u8],
     atom_chunk: Chunk<'a>,
     encoding: AtomEncoding,
-    atoms: Vec<Cow<'a, str>>,
+    atoms: AtomTable<'a>,
     code: Chunk<'a>,
     strt: Chunk<'a>,
     impt: Chunk<'a>,
@@ -580,7 +595,7 @@ impl<'a> Beam<'a> {
         let strt = required(strt, b"StrT")?;
 
         let (encoding, atoms) = parse_atoms(atom_chunk, latin1)?;
-        let n = atoms.len();
+        let n = atoms.count;
         let imports = table(impt, FUNREF_SIZE)?;
         for (i, e) in imports.entries.chunks_exact(FUNREF_SIZE).enumerate() {
             let at = impt.data_offset() + 4 + i * FUNREF_SIZE;
@@ -631,8 +646,8 @@ impl<'a> Beam<'a> {
 
     /// The module name (atom 1).
     pub fn module(&self) -> &str {
-        // parse_atoms guarantees at least one atom.
-        &self.atoms[0]
+        // parse_atoms guarantees at least one atom, and valid text.
+        self.atoms.get(0).unwrap_or("")
     }
 
     /// Which atom table encoding the file uses.
@@ -640,15 +655,19 @@ impl<'a> Beam<'a> {
         self.encoding
     }
 
-    /// The atom table; atom index `i` (1-based, as the tables use) is `atoms()[i - 1]`.
-    pub fn atoms(&self) -> &[Cow<'a, str>] {
-        &self.atoms
+    /// The atom table in order: atom index `i` (1-based, as the tables use) is the `i`-th.
+    pub fn atoms(&self) -> Atoms<'_> {
+        Atoms { text: &self.atoms.text, compact: self.atoms.compact, pos: 0, left: self.atoms.count }
+    }
+
+    /// Number of atoms (at least 1: the module).
+    pub fn atom_count(&self) -> usize {
+        self.atoms.count
     }
 
     /// Atom by 1-based index. Indices taken from this file's tables are always valid.
     pub fn atom(&self, index: u32) -> Option<&str> {
-        let i = (index as usize).checked_sub(1)?;
-        self.atoms.get(i).map(|a| &**a)
+        self.atoms.get((index as usize).checked_sub(1)?)
     }
 
     /// `ExpT`, in file order.
@@ -770,9 +789,89 @@ fn funref_table(c: Chunk<'_>, atoms: usize) -> Result<Table<'_>> {
     Ok(t)
 }
 
-/// Decode the atom table. The declared count is checked against the bytes present (every atom
-/// takes at least its length byte) before the vector is reserved.
-fn parse_atoms(c: Chunk<'_>, latin1: bool) -> Result<(AtomEncoding, Vec<Cow<'_, str>>)> {
+/// The atom table: the atoms back to back, each a length prefix and its text, found through a
+/// sparse index. Nothing is allocated per atom, so a table of millions of empty atoms (one byte
+/// each) costs at most a quarter of its size on top of the image.
+#[derive(Debug, Clone)]
+struct AtomTable<'a> {
+    /// The chunk's data after the count; for a Latin-1 table with text beyond ASCII, that table
+    /// re-encoded once (UTF-8 text, compact lengths), so every atom is handed out as `&str`.
+    text: Cow<'a, [u8]>,
+    /// Lengths in the compact encoding (OTP 28, or re-encoded Latin-1), else one byte each.
+    compact: bool,
+    count: usize,
+    /// Offset in `text` of atoms 0, `ATOM_STRIDE`, 2·`ATOM_STRIDE`, … (0-based).
+    marks: Vec<usize>,
+}
+
+impl AtomTable<'_> {
+    /// Atom by 0-based index.
+    fn get(&self, i: usize) -> Option<&str> {
+        if i >= self.count {
+            return None;
+        }
+        let mut pos = *self.marks.get(i / ATOM_STRIDE)?;
+        for _ in 0..i % ATOM_STRIDE {
+            let (start, len) = atom_at(&self.text, self.compact, pos)?;
+            pos = start + len;
+        }
+        let (start, len) = atom_at(&self.text, self.compact, pos)?;
+        core::str::from_utf8(self.text.get(start..start + len)?).ok()
+    }
+}
+
+/// Where the text of the atom whose length prefix is at `pos` starts, and its length. Only
+/// called on tables [`parse_atoms`] validated (so never `None` in practice).
+#[inline]
+fn atom_at(text: &[u8], compact: bool, pos: usize) -> Option<(usize, usize)> {
+    let rest = text.get(pos..)?;
+    if compact {
+        let (len, used) = compact_len(rest).ok()?;
+        Some((pos + used, usize::try_from(len).ok()?))
+    } else {
+        Some((pos + 1, *rest.first()? as usize))
+    }
+}
+
+/// The atoms of a module in order ([`Beam::atoms`]).
+#[derive(Debug, Clone)]
+pub struct Atoms<'b> {
+    text: &'b [u8],
+    compact: bool,
+    pos: usize,
+    left: usize,
+}
+
+impl<'b> Iterator for Atoms<'b> {
+    type Item = &'b str;
+    fn next(&mut self) -> Option<&'b str> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let (start, len) = atom_at(self.text, self.compact, self.pos)?;
+        self.pos = start + len;
+        // parse_atoms validated the text, so the fallback never shows.
+        Some(self.text.get(start..self.pos).and_then(|t| core::str::from_utf8(t).ok()).unwrap_or(""))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Atoms<'_> {}
+
+impl Atoms<'_> {
+    /// True when no atoms are left (never at the start: a module has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+}
+
+/// Validate the atom table and index it. The declared count is checked against the bytes
+/// present (every atom takes at least its length byte) and the loader's limit before anything
+/// is reserved; then only the index (one offset per [`ATOM_STRIDE`] atoms) is.
+fn parse_atoms(c: Chunk<'_>, latin1: bool) -> Result<(AtomEncoding, AtomTable<'_>)> {
     let d = c.data;
     let base = c.data_offset();
     if d.len() < 4 {
@@ -788,56 +887,106 @@ fn parse_atoms(c: Chunk<'_>, latin1: bool) -> Result<(AtomEncoding, Vec<Cow<'_, 
         }
     };
     // The module name is atom 1, so an empty table cannot be a module.
-    if count < 1 || count as u64 > (d.len() - 4) as u64 {
+    if count < 1 || count as u64 > (d.len() - 4) as u64 || count as u64 > MAX_ATOMS as u64 {
         return Err(BeamError::new(Some(c.id), base, BeamErrorKind::BadCount { count: raw, size: d.len() }));
     }
-    let mut atoms = Vec::with_capacity(count as usize);
-    let mut pos = 4;
-    for _ in 0..count {
+    let count = count as usize;
+    let compact = encoding == AtomEncoding::Utf8Compact;
+    // Offsets below are in `text`; errors add `tbase`.
+    let text = &d[4..];
+    let tbase = base + 4;
+    let err = |at: usize, kind| BeamError::new(Some(c.id), tbase + at, kind);
+    let mut marks = Vec::with_capacity(count.div_ceil(ATOM_STRIDE));
+    let mut beyond_ascii = false;
+    let mut pos = 0;
+    for i in 0..count {
+        if i % ATOM_STRIDE == 0 {
+            marks.push(pos);
+        }
         let at = pos;
-        let len = if encoding == AtomEncoding::Utf8Compact {
-            let (len, used) = compact_len(&d[pos..]).map_err(|k| BeamError::new(Some(c.id), base + at, k))?;
+        let len = if compact {
+            let (len, used) = compact_len(&text[pos..]).map_err(|k| err(at, k))?;
             pos += used;
             len
         } else {
-            match d.get(pos) {
+            match text.get(pos) {
                 Some(&b) => {
                     pos += 1;
                     b as u64
                 }
-                None => return Err(BeamError::new(Some(c.id), base + pos, BeamErrorKind::Truncated { need: 1 })),
+                None => return Err(err(pos, BeamErrorKind::Truncated { need: 1 })),
             }
         };
-        let left = (d.len() - pos) as u64;
+        let left = (text.len() - pos) as u64;
         if len > left {
-            return Err(BeamError::new(Some(c.id), base + pos, BeamErrorKind::Truncated { need: len - left }));
+            return Err(err(pos, BeamErrorKind::Truncated { need: len - left }));
         }
-        let text = &d[pos..pos + len as usize];
+        let t = &text[pos..pos + len as usize];
         pos += len as usize;
-        let atom = if latin1 {
-            // Latin-1 maps byte for byte onto the first 256 code points.
-            match core::str::from_utf8(text) {
-                Ok(s) if s.is_ascii() => Cow::Borrowed(s),
-                _ => Cow::Owned(text.iter().map(|&b| b as char).collect()),
-            }
+        if latin1 {
+            // Latin-1 maps byte for byte onto the first 256 code points: always valid, at most
+            // 255 characters.
+            beyond_ascii |= !crate::scan::is_ascii_swar(t);
         } else {
-            let chars = crate::scan::utf8_atom_chars(text)
-                .ok_or(BeamError::new(Some(c.id), base + at, BeamErrorKind::InvalidUtf8Atom))?;
+            let chars = crate::scan::utf8_atom_chars(t).ok_or_else(|| err(at, BeamErrorKind::InvalidUtf8Atom))?;
             if chars > MAX_ATOM_CHARS {
-                return Err(BeamError::new(Some(c.id), base + at, BeamErrorKind::AtomTooLong { chars }));
+                return Err(err(at, BeamErrorKind::AtomTooLong { chars }));
             }
-            // Validated just above.
-            match core::str::from_utf8(text) {
-                Ok(s) => Cow::Borrowed(s),
-                Err(_) => return Err(BeamError::new(Some(c.id), base + at, BeamErrorKind::InvalidUtf8Atom)),
+        }
+    }
+    if pos != text.len() {
+        return Err(err(pos, BeamErrorKind::Trailing { extra: text.len() - pos }));
+    }
+    let table = if beyond_ascii {
+        latin1_to_utf8(text, count)
+    } else {
+        AtomTable { text: Cow::Borrowed(text), compact, count, marks }
+    };
+    Ok((encoding, table))
+}
+
+/// A validated Latin-1 table (8-bit lengths) re-encoded as UTF-8 text with compact lengths:
+/// each byte from 0x80 becomes two, a length prefix at most two (an atom is at most 510 bytes
+/// of UTF-8). At most twice the table's size.
+fn latin1_to_utf8(text: &[u8], count: usize) -> AtomTable<'static> {
+    let utf8_len = |t: &[u8]| t.len() + t.iter().filter(|&&b| b >= 0x80).count();
+    let prefix_len = |n: usize| if n < 16 { 1 } else { 2 };
+    // Exact size first, then one allocation.
+    let (mut size, mut pos) = (0, 0);
+    for _ in 0..count {
+        let len = text[pos] as usize;
+        let n = utf8_len(&text[pos + 1..pos + 1 + len]);
+        size += prefix_len(n) + n;
+        pos += 1 + len;
+    }
+    let mut out = Vec::with_capacity(size);
+    let mut marks = Vec::with_capacity(count.div_ceil(ATOM_STRIDE));
+    pos = 0;
+    for i in 0..count {
+        if i % ATOM_STRIDE == 0 {
+            marks.push(out.len());
+        }
+        let len = text[pos] as usize;
+        let t = &text[pos + 1..pos + 1 + len];
+        pos += 1 + len;
+        // The compact encoding compact_len reads, tag u (0): `nnnn0000` below 16, else
+        // `nnn01000 nnnnnnnn` (11 bits).
+        let n = utf8_len(t);
+        if n < 16 {
+            out.push((n << 4) as u8);
+        } else {
+            out.push((((n >> 8) << 5) | 0x08) as u8);
+            out.push(n as u8);
+        }
+        for &b in t {
+            if b < 0x80 {
+                out.push(b);
+            } else {
+                out.extend_from_slice(&[0xc0 | (b >> 6), 0x80 | (b & 0x3f)]);
             }
-        };
-        atoms.push(atom);
+        }
     }
-    if pos != d.len() {
-        return Err(BeamError::new(Some(c.id), base + pos, BeamErrorKind::Trailing { extra: d.len() - pos }));
-    }
-    Ok((encoding, atoms))
+    AtomTable { text: Cow::Owned(out), compact: true, count, marks }
 }
 
 /// A length in BEAM's compact term encoding, as the loader reads it (`beamreader_read_tagged`):
@@ -1023,6 +1172,74 @@ mod tests {
         let b = Beam::parse(&img).unwrap();
         assert_eq!(b.atom_encoding(), AtomEncoding::Latin1);
         assert_eq!(b.atom(2), Some("ét"));
+    }
+
+    #[test]
+    fn every_atom_found_across_index_strides_in_every_encoding() {
+        // 200 atoms (several index strides): empty, ASCII, beyond ASCII, 15/16 bytes long
+        // (one- and two-byte compact lengths once re-encoded) and 255 characters.
+        let latin: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| match i % 7 {
+                0 => vec![],
+                1 => format!("a{i}").into_bytes(),
+                2 => vec![0xe9; (i % 20) as usize],
+                3 => vec![b'x'; 15],
+                4 => [vec![0xff; 8], vec![b'y'; 8]].concat(),
+                5 => vec![0xc4; 255],
+                _ => vec![b'z'; 255],
+            })
+            .collect();
+        let want: Vec<String> = latin.iter().map(|t| t.iter().map(|&b| b as char).collect()).collect();
+        let check = |img: &[u8], enc: AtomEncoding, want: &[String]| {
+            let b = Beam::parse(img).unwrap();
+            assert_eq!(b.atom_encoding(), enc);
+            assert_eq!(b.atom_count(), want.len());
+            assert_eq!(b.atoms().len(), want.len());
+            assert_eq!(b.atoms().collect::<Vec<_>>(), want.iter().map(String::as_str).collect::<Vec<_>>());
+            for (i, w) in want.iter().enumerate() {
+                assert_eq!(b.atom(i as u32 + 1), Some(w.as_str()), "atom {}", i + 1);
+            }
+            assert_eq!(b.atom(want.len() as u32 + 1), None);
+            assert_eq!(b.module(), want[0]);
+        };
+        let with = |id: &[u8; 4], count: i32, texts: &[Vec<u8>], len: &dyn Fn(usize) -> Vec<u8>| {
+            let mut atoms = count.to_be_bytes().to_vec();
+            for t in texts {
+                atoms.extend_from_slice(&len(t.len()));
+                atoms.extend_from_slice(t);
+            }
+            build(&[(id, atoms), (b"Code", words(&[16])), (b"StrT", vec![]), (b"ImpT", words(&[0])), (b"ExpT", words(&[0]))])
+        };
+        let n = want.len() as i32;
+        let byte = |n: usize| vec![n as u8];
+        let compact = |n: usize| if n < 16 { vec![(n << 4) as u8] } else { vec![(((n >> 8) << 5) | 0x08) as u8, n as u8] };
+        // Latin-1 with 8-bit lengths (re-encoded: text beyond ASCII).
+        check(&with(b"Atom", n, &latin, &byte), AtomEncoding::Latin1, &want);
+        // UTF-8 with compact lengths: the same atoms, 255 of 'Ä' being 510 bytes.
+        let utf8: Vec<Vec<u8>> = want.iter().map(|w| w.clone().into_bytes()).collect();
+        check(&with(b"AtU8", -n, &utf8, &compact), AtomEncoding::Utf8Compact, &want);
+        // UTF-8 with 8-bit lengths: those atoms cut to 127 characters.
+        let cut: Vec<String> = want.iter().map(|w| if w.len() > 255 { w.chars().take(127).collect() } else { w.clone() }).collect();
+        let utf8: Vec<Vec<u8>> = cut.iter().map(|w| w.clone().into_bytes()).collect();
+        check(&with(b"AtU8", n, &utf8, &byte), AtomEncoding::Utf8, &cut);
+        // All-ASCII Latin-1 (kept as it is, not re-encoded).
+        let ascii: Vec<Vec<u8>> = (0..100).map(|i| format!("atom_{i}").into_bytes()).collect();
+        let want: Vec<String> = (0..100).map(|i| format!("atom_{i}")).collect();
+        check(&with(b"Atom", 100, &ascii, &byte), AtomEncoding::Latin1, &want);
+    }
+
+    #[test]
+    fn atom_count_over_the_loaders_limit() {
+        // 2^27 empty atoms (128 MiB): the loader's CHECK_ITEM_COUNT refuses the count, so do we.
+        let n = MAX_ATOMS + 1;
+        let mut atoms = Vec::with_capacity(4 + n);
+        atoms.extend_from_slice(&(n as u32).to_be_bytes());
+        atoms.push(1);
+        atoms.push(b'm');
+        atoms.resize(4 + n, 0);
+        let e = Beam::parse(&minimal(atoms)).unwrap_err();
+        assert_eq!((e.chunk, e.offset), (Some(*b"AtU8"), 20));
+        assert_eq!(e.kind, BeamErrorKind::BadCount { count: n as i64, size: 4 + n });
     }
 
     fn kind(img: &[u8]) -> (Option<ChunkId>, BeamErrorKind) {

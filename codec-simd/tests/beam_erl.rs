@@ -38,8 +38,13 @@ fn track(delta: isize) {
     });
 }
 
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// contract `GlobalAlloc` requires is `System`'s; the counting touches only thread-locals (and
+// allocates nothing, so it cannot re-enter the allocator).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: `l` is the caller's layout, which `GlobalAlloc::alloc`'s contract makes valid
+        // (non-zero size) for `System` as for us.
         let p = unsafe { System.alloc(l) };
         if !p.is_null() {
             track(l.size() as isize);
@@ -47,10 +52,14 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` came from this allocator with layout `l`, i.e. from `System.alloc` or
+        // `System.realloc` with that layout, as the caller guarantees.
         unsafe { System.dealloc(p, l) };
         track(-(l.size() as isize));
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        // SAFETY: `p` is a live block of layout `l` from `System` (via this allocator) and `new`
+        // meets `realloc`'s contract, both guaranteed by the caller.
         let q = unsafe { System.realloc(p, l, new) };
         if !q.is_null() {
             track(new as isize - l.size() as isize);
@@ -148,7 +157,7 @@ fn our_line(b: &Beam<'_>) -> Vec<(char, Vec<String>)> {
     exports.sort();
     locals.sort();
     vec![
-        ('A', b.atoms().iter().map(|a| hex_upper(a.as_bytes())).collect()),
+        ('A', b.atoms().map(|a| hex_upper(a.as_bytes())).collect()),
         ('E', exports),
         ('L', locals),
         (
@@ -391,23 +400,29 @@ fn every_truncation_of_a_gzip_beam_is_an_error() {
     }
 }
 
+/// An image made of these chunks (padding added, FOR1's size right).
+fn build(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+    let mut body = b"BEAM".to_vec();
+    for (id, data) in chunks {
+        body.extend_from_slice(*id);
+        body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        body.extend_from_slice(data);
+        body.resize(body.len().div_ceil(4) * 4, 0);
+    }
+    let mut out = b"FOR1".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Big-endian 32-bit words.
+fn w(ws: &[u32]) -> Vec<u8> {
+    ws.iter().flat_map(|x| x.to_be_bytes()).collect()
+}
+
 /// A small hostile file: a valid header and then chunks whose counts claim far more than is
 /// there.
 fn hostile_images() -> Vec<(&'static str, Vec<u8>)> {
-    fn build(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
-        let mut body = b"BEAM".to_vec();
-        for (id, data) in chunks {
-            body.extend_from_slice(*id);
-            body.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            body.extend_from_slice(data);
-            body.resize(body.len().div_ceil(4) * 4, 0);
-        }
-        let mut out = b"FOR1".to_vec();
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
-    }
-    let w = |ws: &[u32]| ws.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
     let base = |atoms: Vec<u8>, funt: Vec<u8>| {
         build(&[(b"AtU8", atoms), (b"Code", w(&[16])), (b"StrT", vec![]), (b"ImpT", w(&[0])), (b"ExpT", w(&[0])), (b"FunT", funt)])
     };
@@ -431,14 +446,18 @@ fn hostile_images() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// A gzip file whose trailer declares `isize` and whose deflate data inflates to `real` zeros.
-fn gzip_of_zeros(real: usize, isize: u32) -> Vec<u8> {
-    let data = vec![0u8; real];
+/// A gzip file of `data` whose trailer declares `isize`.
+fn gzip(data: &[u8], isize: u32) -> Vec<u8> {
     let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    gz.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&data, 6));
-    gz.extend_from_slice(&beam::crc32(&data).to_le_bytes());
+    gz.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
+    gz.extend_from_slice(&beam::crc32(data).to_le_bytes());
     gz.extend_from_slice(&isize.to_le_bytes());
     gz
+}
+
+/// A gzip file whose trailer declares `isize` and whose deflate data inflates to `real` zeros.
+fn gzip_of_zeros(real: usize, isize: u32) -> Vec<u8> {
+    gzip(&vec![0u8; real], isize)
 }
 
 #[test]
@@ -477,6 +496,108 @@ fn hostile_files_fail_cleanly_and_cost_little_memory() {
     assert!(r.is_err());
     drop(scratch);
     assert!(peak < 64 << 10, "a {}-byte file with a lying size cost {peak} bytes", small.len());
+}
+
+/// A valid module whose tables hold millions of entries that each cost the file next to
+/// nothing, gzip-compressed as a registry directory or a live node could hand it over.
+struct Cheap {
+    what: &'static str,
+    /// The inflated image.
+    image: Vec<u8>,
+    /// The last atom (the table's size is `atoms`).
+    last_atom: &'static str,
+    atoms: u32,
+    /// Entries in each of ImpT, ExpT, LocT and FunT.
+    entries: usize,
+    /// The MD5 worked out here from the chunks.
+    md5: [u8; 16],
+    /// What parsing may cost beyond the image itself, as a multiple of the image.
+    extra: f64,
+}
+
+fn cheap_entry_images() -> Vec<Cheap> {
+    use md5::{Digest, Md5};
+    // Chunks in the MD5's order (Atom/AtU8, Code, StrT, ImpT, ExpT, FunT; LocT is not hashed).
+    let module = |atom_id: &[u8; 4], atoms: Vec<u8>, n: usize, entries: usize| {
+        let code = w(&[16]);
+        let imp = [w(&[entries as u32]), w(&[1, 2, 0]).repeat(entries)].concat();
+        let exp = [w(&[entries as u32]), w(&[2, 0, 1]).repeat(entries)].concat();
+        let loc = [w(&[entries as u32]), w(&[2, 1, 1]).repeat(entries)].concat();
+        let fun = [w(&[entries as u32]), w(&[2, 0, 1, 0, 0, 0]).repeat(entries)].concat();
+        let mut h = Md5::new();
+        for c in [&atoms, &code, &imp, &exp, &fun] {
+            h.update(c);
+        }
+        let md5: [u8; 16] = h.finalize().into();
+        assert!(n >= 2);
+        let image = build(&[
+            (atom_id, atoms),
+            (b"Code", code),
+            (b"StrT", vec![]),
+            (b"ImpT", imp),
+            (b"ExpT", exp),
+            (b"LocT", loc),
+            (b"FunT", fun),
+        ]);
+        (image, md5)
+    };
+    let mut out = Vec::new();
+    // The reviewer's file: "m", "f", then millions of empty atoms ('' is a legal atom, and the
+    // loader takes it any number of times), each one byte of the image.
+    let n = 8_000_000usize;
+    let atoms = [w(&[n as u32]), vec![1, b'm', 1, b'f'], vec![0; n - 2]].concat();
+    let (image, md5) = module(b"AtU8", atoms, n, 1);
+    out.push(Cheap { what: "8M empty atoms (AtU8)", image, last_atom: "", atoms: n as u32, entries: 1, md5, extra: 0.5 });
+    // The same in OTP 28's form: a negative count and compact lengths (0x00: 0, tag u).
+    let atoms = [w(&[(n as i32).wrapping_neg() as u32]), vec![0x10, b'm', 0x10, b'f'], vec![0; n - 2]].concat();
+    let (image, md5) = module(b"AtU8", atoms, n, 1);
+    out.push(Cheap { what: "8M empty atoms (AtU8, compact lengths)", image, last_atom: "", atoms: n as u32, entries: 1, md5, extra: 0.5 });
+    // Latin-1 (pre-OTP-21 "Atom"): one-character atoms beyond ASCII, two bytes each, whose text
+    // must be re-encoded to be handed out as UTF-8.
+    let n = 4_000_000usize;
+    let atoms = [w(&[n as u32]), vec![1, b'm', 1, b'f'], [1u8, 0xe9].repeat(n - 2)].concat();
+    let (image, md5) = module(b"Atom", atoms, n, 1);
+    out.push(Cheap { what: "4M one-character Latin-1 atoms", image, last_atom: "é", atoms: n as u32, entries: 1, md5, extra: 2.0 });
+    // Every other table: ImpT, ExpT, LocT and FunT with 2^19 entries each (30 MB inflated).
+    let e = 1 << 19;
+    let (image, md5) = module(b"AtU8", [w(&[2]), vec![1, b'm', 1, b'f']].concat(), 2, e);
+    out.push(Cheap { what: "2^19 entries in each of ImpT, ExpT, LocT, FunT", image, last_atom: "f", atoms: 2, entries: e, md5, extra: 0.5 });
+    out
+}
+
+#[test]
+fn millions_of_cheap_entries_cost_a_fraction_of_the_image() {
+    for c in cheap_entry_images() {
+        let gz = gzip(&c.image, c.image.len() as u32);
+        assert!(gz.len() < c.image.len() / 100, "{}: {} bytes compressed", c.what, gz.len());
+        let ((r, scratch), peak) = peak_during(|| {
+            let mut scratch = Vec::new();
+            let r = beam::image(&gz, &mut scratch, beam::DEFAULT_MAX_IMAGE).and_then(Beam::parse).map(|b| {
+                let counts = [b.imports().len(), b.exports().len(), b.locals().len(), b.lambdas().len()];
+                (b.module().to_owned(), b.md5(), b.atom(c.atoms).map(str::to_owned), b.atom(c.atoms + 1).is_none(), counts)
+            });
+            (r, scratch.len())
+        });
+        // These are valid modules: they parse, and parse right.
+        let (module, md5, last, past_end, counts) = r.unwrap_or_else(|e| panic!("{}: {e}", c.what));
+        assert_eq!(scratch, c.image.len(), "{}", c.what);
+        assert_eq!(module, "m", "{}", c.what);
+        assert_eq!(md5, c.md5, "{}", c.what);
+        assert_eq!(last.as_deref(), Some(c.last_atom), "{}", c.what);
+        assert!(past_end, "{}", c.what);
+        assert_eq!(counts, [c.entries; 4], "{}", c.what);
+        // The image is what the file costs (bounded by the cap); the parse adds no allocation per
+        // atom or entry beyond a fraction of it.
+        let allowed = c.image.len() + (c.image.len() as f64 * c.extra) as usize + (64 << 10);
+        eprintln!("{}: {}-byte image ({} gzipped), peak {peak} bytes", c.what, c.image.len(), gz.len());
+        assert!(
+            peak < allowed,
+            "{}: {peak} bytes at the peak for a {}-byte image ({} bytes gzipped); at most {allowed}",
+            c.what,
+            c.image.len(),
+            gz.len()
+        );
+    }
 }
 
 /// Overwrite a 32-bit word at a chunk-structural position (FOR1 size, a chunk size, a table
