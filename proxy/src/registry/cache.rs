@@ -326,7 +326,7 @@ fn entries(r: &mut Reader<'_>) -> Result<Vec<ModuleVersion>, CacheError> {
         let nl = r.count("lambda", 2 + 16)?;
         let mut lambdas = Vec::with_capacity(nl);
         for _ in 0..nl {
-            let name: Box<str> = r.text("lambda name")?.into();
+            let name: Arc<str> = r.text("lambda name")?.into();
             lambdas.push(Lambda {
                 name,
                 arity: r.u32("lambda arity")?,

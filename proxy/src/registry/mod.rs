@@ -19,6 +19,7 @@
 //! code of versions it does not know yet). See `docs/registry.md`.
 
 use crate::fasthash::FastMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,8 +44,10 @@ pub type Md5 = [u8; 16];
 /// One entry of a module's lambda table (`FunT`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Lambda {
-    /// The generated function's name, e.g. `-f/1-fun-0-`.
-    pub name: Box<str>,
+    /// The generated function's name, e.g. `-f/1-fun-0-`. Shared by the lambdas of one module
+    /// that name the same atom: a file's FunT entries (24 bytes each) may all name one long
+    /// atom, and a copy each would make memory a multiple of the file, not a fraction.
+    pub name: Arc<str>,
     /// Arity of the generated function: the fun's own arity plus `num_free`.
     pub arity: u32,
     /// The fun's index (NEW_FUN_EXT Index, `fun_info(F, new_index)`).
@@ -122,10 +125,13 @@ impl ModuleVersion {
         // Indices and arities were validated by Beam::parse; a missing atom cannot happen, and
         // an empty name would only make a lookup miss.
         let atom = |i: u32| -> Box<str> { b.atom(i).unwrap_or("").into() };
+        // One name per atom (the FunT entries of a module name few distinct atoms), kept
+        // while the table is read.
+        let mut names: HashMap<u32, Arc<str>> = HashMap::new();
         let lambdas = b
             .lambdas()
             .map(|l| Lambda {
-                name: atom(l.function),
+                name: names.entry(l.function).or_insert_with(|| Arc::from(b.atom(l.function).unwrap_or(""))).clone(),
                 arity: l.arity,
                 index: l.index,
                 num_free: l.num_free,
@@ -529,5 +535,50 @@ impl Registry {
         self.count_errors(report.errors.len());
         self.store(b.build());
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distgate_codec::beam::Beam;
+
+    /// A module whose FunT has `n` entries, every one naming the same 255-byte atom.
+    fn many_lambdas_of_one_name(n: u32) -> Vec<u8> {
+        let w = |ws: &[u32]| -> Vec<u8> { ws.iter().flat_map(|x| x.to_be_bytes()).collect() };
+        let mut atoms = w(&[2]);
+        atoms.extend_from_slice(&[1, b'm', 255]);
+        atoms.extend_from_slice(&[b'x'; 255]);
+        let mut funt = w(&[n]);
+        for i in 0..n {
+            funt.extend_from_slice(&w(&[2, 1, 1, i, 0, 0]));
+        }
+        let chunks: [(&[u8; 4], Vec<u8>); 6] =
+            [(b"AtU8", atoms), (b"Code", w(&[16])), (b"StrT", vec![]), (b"ImpT", w(&[0])), (b"ExpT", w(&[0])), (b"FunT", funt)];
+        let mut body = b"BEAM".to_vec();
+        for (id, data) in chunks {
+            body.extend_from_slice(id);
+            body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            body.extend_from_slice(&data);
+            body.resize(body.len().div_ceil(4) * 4, 0);
+        }
+        let mut out = b"FOR1".to_vec();
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// A FunT entry is 24 bytes of file and may name an atom of 255 bytes: the lambdas share
+    /// one copy of the name, so a version costs a fraction of its file, not ten times it.
+    #[test]
+    fn lambdas_naming_one_atom_share_its_text() {
+        let image = many_lambdas_of_one_name(10_000);
+        let b = Beam::parse(&image).unwrap_or_else(|e| panic!("{e}"));
+        let v = ModuleVersion::from_beam(&b, "test".into());
+        assert_eq!(v.lambdas().len(), 10_000);
+        let first = &v.lambdas()[0].name;
+        assert_eq!(first.len(), 255);
+        assert!(v.lambdas().iter().all(|l| Arc::ptr_eq(&l.name, first)), "one copy of the name");
+        assert_eq!(v.lambda(9_999).map(|l| l.index), Some(9_999));
     }
 }
