@@ -362,3 +362,51 @@ fn a_large_message_ending_in_a_binary_is_judged_on_its_first_fragment_and_stream
     assert_eq!(s.rt.stats().get("close:bad_frame"), 0);
     assert_eq!(s.a.eval("nodes()."), format!("[{}]", s.b.atom()));
 }
+
+#[test]
+fn rex_requests_sent_to_rexs_pid_are_judged_by_rpc_allow_and_other_gen_server_calls_pass() {
+    let s = setup(Some("preset = \"untrusted\"\n[policy.p.control]\nrpc_allow = [\"erlang:node/0\"]\nreg_send_allow = [\"dg_*\"]\n"));
+    // A learns two pids on B: rex's (as a partner does when nodes meet: rex asks A's rex for
+    // its features, and that message carries its pid) and a gen_server-like echo process's.
+    // B sends them (the b -> a direction has no policy).
+    s.a.eval("ok = dgt:sink(dg_sink).");
+    s.b.eval(
+        "Echo = spawn(fun Loop() -> receive {'$gen_call', F, R} -> gen:reply(F, {echo, R}), Loop() end end), \
+         true = register(dg_echo, Echo).",
+    );
+    s.b.eval(&format!("{{dg_sink, {}}} ! {{pids, whereis(rex), Echo}}.", s.a.atom()));
+    s.a.eval("[{pids, Rex, Echo}] = dgt:wait(dg_sink, 1, 30000).");
+    assert_eq!(s.a.eval("node(Rex) =:= B andalso node(Echo) =:= B."), "true");
+    // rpc:call's rex protocol, to rex's pid: os:cmd is not in rpc_allow, so the request is
+    // dropped and the call times out (the short timeout is the test's; distgate sends nothing
+    // back for a dropped message).
+    let r = s.a.eval("catch gen_server:call(Rex, {call, os, cmd, [\"echo hi\"], user}, 2000).");
+    assert!(r.starts_with("{'EXIT',{timeout,{gen_server,call,"), "{r}");
+    let r = s.a.eval("catch gen_server:call(Rex, {block_call, os, cmd, [\"echo hi\"], user}, 2000).");
+    assert!(r.starts_with("{'EXIT',{timeout,"), "{r}");
+    // A listed function runs.
+    assert_eq!(s.a.eval("gen_server:call(Rex, {call, erlang, node, [], user}, 30000)."), s.b.atom());
+    // The other ways into rex, each of which would make B's dg_sink hear of it: a cast, the
+    // handle_info call, and the relays. Then a plain message, and (rex handling its messages
+    // in order) an allowed call after them, so anything forwarded would have run by its reply.
+    s.a.eval(
+        "gen_server:cast(Rex, {cast, erlang, send, [dg_sink, cast_ran], user}), \
+         Rex ! {self(), {call, erlang, send, [dg_sink, info_call_ran], user}}, \
+         Rex ! {self(), {sbcast, dg_sink, sbcast_relayed}}, \
+         Rex ! {self(), {send, dg_sink, send_relayed}}, \
+         {dg_sink, B} ! plain.",
+    );
+    assert_eq!(s.a.eval("gen_server:call(Rex, {call, erlang, node, [], user}, 30000)."), s.b.atom());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.b.eval("dgt:wait(dg_sink, 1, 30000)."), "[plain]");
+    // gen_server calls of other shapes to other processes pass, by pid and by name.
+    for req in ["{call, foo, bar}", "{send, a, b}", "{call, os, cmd, [\"x\"]}", "{sbcast, dg_sink, x}", "get_state"] {
+        assert_eq!(s.a.eval(&format!("gen_server:call(Echo, {req}, 30000).")), format!("{{echo,{}}}", s.a.eval(&format!("{req}."))), "{req}");
+        assert_eq!(s.a.eval(&format!("gen_server:call({{dg_echo, B}}, {req}, 30000).")), format!("{{echo,{}}}", s.a.eval(&format!("{req}."))));
+    }
+    let refused = audit_lines("\"rule\":\"rpc_allow\"");
+    for subject in ["os:cmd/1", "erlang:send/2", "{From,{sbcast,Name,Msg}}", "{From,{send,Name,Msg}}"] {
+        assert!(refused.iter().any(|l| l.contains(subject) && !l.contains("\"op\":\"REG_SEND\"")), "{subject}: {refused:?}");
+    }
+    assert_eq!(s.a.eval("nodes()."), format!("[{}]", s.b.atom()));
+}

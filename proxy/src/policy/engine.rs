@@ -206,21 +206,6 @@ impl<'a> Peek<'_, 'a, '_> {
             _ => None,
         }
     }
-    /// `{Tag, M, F, A, …}` at `at` with the given tags: (tag, M, F, length of A).
-    fn call_mfa(&mut self, at: usize, tags: &[&[u8]]) -> Option<CallTarget<'a>> {
-        let (n, first) = self.tuple(at)?;
-        if n < 4 {
-            return None;
-        }
-        let (t, m_at) = self.atom(first)?;
-        if !tags.contains(&&*t) {
-            return None;
-        }
-        let (m, f_at) = self.atom(m_at)?;
-        let (f, a_at) = self.atom(f_at)?;
-        let a = self.list_len(a_at).and_then(|n| u8::try_from(n).ok());
-        Some((m, f, a))
-    }
 }
 
 /// Atom bytes as text, for findings.
@@ -245,6 +230,7 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
     }
     w.set_cache_refs(msg.refs.table().map(|t| t.nrefs));
     let mut peek = Peek { w, msg };
+    let mut rex_judged = false;
     match &msg.control {
         Control::SpawnRequest { module, function, arity, req_id, from, .. } => {
             let m = atom_bytes(&msg.refs, module).unwrap_or(Cow::Borrowed(b""));
@@ -290,18 +276,18 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
         Control::RegSend { to_name, .. } | Control::RegSendTt { to_name, .. } => {
             let name = to_name.as_atom().and_then(|a| atom_bytes(&msg.refs, &a)).unwrap_or(Cow::Borrowed(b""));
             if *name == *b"rex" {
-                // The rpc server: judged by rpc_allow, never reg_send_allow.
+                // The rpc server: judged by rpc_allow, never reg_send_allow. Everything is
+                // judged here (the payload checks below need not look again for rex's
+                // requests): a request rex acts on by its allow-list, rex's own features
+                // question passes, anything else is refused.
+                rex_judged = true;
                 if !p.rpc_allow.is_any() && !features_request(&mut peek) {
-                    let call = msg.payload.clone().and_then(|pl| {
-                        let (kind, req) = peek.gen_request(pl.start)?;
-                        let tags: &[&[u8]] = if kind == "$gen_call" { &[b"call", b"block_call"] } else { &[b"cast"] };
-                        peek.call_mfa(req, tags)
-                    });
-                    match call {
-                        Some((m, f, a)) if p.rpc_allow.allows(&m, &f, a) => {}
-                        Some((m, f, a)) => {
-                            let s = format!("{}:{}", text(&m), mfa_text(&f, a));
-                            return Some(deny(p, "rpc_allow", text(&m), s));
+                    let req = msg.payload.clone().and_then(|pl| rex_request(&mut peek, pl.start));
+                    match req {
+                        Some(req) => {
+                            if let Some(j) = judge_rex(p, req) {
+                                return Some(j);
+                            }
                         }
                         None => return Some(deny(p, "rpc_allow", text(&name), "unrecognised message to rex".into())),
                     }
@@ -318,11 +304,12 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
         }
         _ => {}
     }
-    if p.untrusted && carries_message(op) {
+    // By shape, whatever the destination (a partner may learn pids: rex's own is in the
+    // features question it sends when nodes meet), in any encoding.
+    let rpc = !rex_judged && !p.rpc_allow.is_any();
+    if (p.untrusted || rpc) && carries_message(op) {
         if let Some(pl) = msg.payload.clone() {
-            if let Some((rule, subject)) = dangerous_shape(&mut peek, pl.start) {
-                return Some(deny(p, rule, String::new(), subject.into()));
-            }
+            return payload_shape(p, &mut peek, pl.start, rpc);
         }
     }
     None
@@ -360,30 +347,229 @@ fn is_auth(peek: &mut Peek<'_, '_, '_>) -> bool {
     .is_some()
 }
 
-/// The payload shapes the `untrusted` preset refuses in any message, to any process.
-fn dangerous_shape(peek: &mut Peek<'_, '_, '_>, at: usize) -> Option<(&'static str, &'static str)> {
-    // Every shape is a 3- or 4-tuple starting with an atom: most payloads are ruled out by
-    // their first three bytes.
+/// The text of the atom at `at`, as its inline bytes or its cache entry's, and where the atom
+/// ends; `None` when the term there is not an atom. Neither validated nor converted from
+/// Latin-1: only for comparing with ASCII names, whose bytes are the same in every atom
+/// encoding (and no other text has them). Cheaper than [`Peek::atom`], for the checks every
+/// message goes through.
+#[inline]
+fn raw_atom<'a>(msg: &Message<'a>, at: usize) -> Option<(&'a [u8], usize)> {
+    let b = msg.bytes;
+    let (len, text) = match *b.get(at)? {
+        tag::SMALL_ATOM_UTF8 | tag::SMALL_ATOM => (usize::from(*b.get(at + 1)?), at + 2),
+        tag::ATOM_UTF8 | tag::ATOM => (usize::from(u16::from_be_bytes([*b.get(at + 1)?, *b.get(at + 2)?])), at + 3),
+        tag::ATOM_CACHE_REF => return Some((msg.refs.resolve(*b.get(at + 1)?)?.as_bytes(), at + 2)),
+        _ => return None,
+    };
+    Some((b.get(text..text + len)?, text + len))
+}
+
+/// Where the atom at `at` ends (its text not looked up: a node name in a pid, say).
+#[inline]
+fn atom_end(b: &[u8], at: usize) -> Option<usize> {
+    Some(match *b.get(at)? {
+        tag::SMALL_ATOM_UTF8 | tag::SMALL_ATOM => at + 2 + usize::from(*b.get(at + 1)?),
+        tag::ATOM_UTF8 | tag::ATOM => at + 3 + usize::from(u16::from_be_bytes([*b.get(at + 1)?, *b.get(at + 2)?])),
+        tag::ATOM_CACHE_REF => at + 2,
+        _ => return None,
+    })
+}
+
+/// Where the term at `at` ends, read directly for the scalars a message's first element
+/// usually is (an integer, an atom, a pid, a reference, `[]`, a binary); `None` for any other
+/// term, which the caller walks. (The decoder walked the whole payload, so its lengths hold.)
+#[inline]
+fn skip_scalar(b: &[u8], at: usize) -> Option<usize> {
+    let u32_at = |i: usize| Some(u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize);
+    let end = match *b.get(at)? {
+        tag::SMALL_INTEGER => at + 2,
+        tag::INTEGER => at + 5,
+        tag::NIL => at + 1,
+        tag::NEW_PID => atom_end(b, at + 1)? + 12,
+        tag::NEWER_REFERENCE => {
+            let words = usize::from(u16::from_be_bytes([*b.get(at + 1)?, *b.get(at + 2)?]));
+            atom_end(b, at + 3)? + 4 + 4 * words
+        }
+        tag::BINARY => at + 5 + u32_at(at + 1)?,
+        _ => atom_end(b, at)?,
+    };
+    (end <= b.len()).then_some(end)
+}
+
+/// Where the term at `at` ends: read directly for a scalar or a tuple or list of at most
+/// four scalars (a call's `From` is `{Pid, Ref}` or `{Pid, [alias | Ref]}`), walked
+/// otherwise.
+#[inline]
+fn skip_term(peek: &mut Peek<'_, '_, '_>, at: usize) -> Option<usize> {
     let b = peek.msg.bytes;
-    if b.get(at) != Some(&tag::SMALL_TUPLE)
-        || !matches!(b.get(at + 1), Some(3 | 4))
-        || !matches!(b.get(at + 2), Some(&(tag::SMALL_ATOM_UTF8 | tag::ATOM_UTF8 | tag::SMALL_ATOM | tag::ATOM | tag::ATOM_CACHE_REF)))
-    {
+    let shallow = || {
+        let (count, mut p) = match *b.get(at)? {
+            tag::SMALL_TUPLE => (usize::from(*b.get(at + 1)?), at + 2),
+            // The elements and the tail.
+            tag::LIST => (u32::from_be_bytes(b.get(at + 1..at + 5)?.try_into().ok()?) as usize + 1, at + 5),
+            _ => return skip_scalar(b, at),
+        };
+        if count > 4 {
+            return None;
+        }
+        for _ in 0..count {
+            p = skip_scalar(b, p)?;
+        }
+        Some(p)
+    };
+    match shallow() {
+        Some(end) => Some(end),
+        None => peek.skip(at),
+    }
+}
+
+/// The tuple at `at`, in either encoding (`SMALL_TUPLE_EXT` or `LARGE_TUPLE_EXT`, which erts
+/// decodes alike, whatever the arity): its arity and where its first element starts.
+#[inline]
+fn any_tuple(peek: &mut Peek<'_, '_, '_>, at: usize) -> Option<(u32, usize)> {
+    let b = peek.msg.bytes;
+    match *b.get(at)? {
+        tag::SMALL_TUPLE => Some((u32::from(*b.get(at + 1)?), at + 2)),
+        tag::LARGE_TUPLE => peek.tuple(at),
+        _ => None,
+    }
+}
+
+/// A request rex (the rpc server of `rpc.erl`) acts on, recognised by its shape.
+enum RexReq<'a> {
+    /// `{call | block_call | cast, M, F, Args, GroupLeader}`: runs `apply(M, F, Args)`.
+    Call(CallTarget<'a>),
+    /// The same with a module or function that is not an atom.
+    Malformed,
+    /// `{From, {sbcast, Name, Msg}}` or `{From, {send, Name, Msg}}`: rex sends `Msg` (or
+    /// `{From, Msg}`) on to `Name`, a name or pid of its node or of any other, past every
+    /// name and shape rule.
+    Relay(&'static str),
+}
+
+/// The request rex would act on in the payload at `at`, if any. The shapes of OTP's rex
+/// (`rpc.erl`, OTP 23 to 27) that do something:
+/// - `{'$gen_call', From, {call | block_call, M, F, Args, GL}}` (`rpc:call` to a node
+///   without erpc, `rpc:block_call`);
+/// - `{'$gen_cast', {cast, M, F, Args, GL}}` (`rpc:cast` to a node without erpc,
+///   `rpc:eval_everywhere`);
+/// - `{From, {call, M, F, Args, GL}}` (handle_info, for hidden C nodes);
+/// - `{From, {sbcast, Name, Msg}}`, `{From, {send, Name, Msg}}` (`rpc:sbcast`,
+///   `rpc:multi_server_call`: relays).
+///
+/// `From` may be any term. Arities are exact, as rex's clauses match them; anything else rex
+/// ignores (`{'$gen_call', From, stop}` aside: it stops rex, as `exit2` would).
+fn rex_request<'a>(peek: &mut Peek<'_, 'a, '_>, at: usize) -> Option<RexReq<'a>> {
+    match any_tuple(peek, at)? {
+        (2, first) => rex_pair(peek, first),
+        (3, first) => match raw_atom(peek.msg, first)? {
+            (b"$gen_call", next) => {
+                let req = skip_term(peek, next)?;
+                rex_inner(peek, req, &[b"call", b"block_call"], false)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A 2-tuple whose first element is at `first`: `{'$gen_cast', Request}` or `{From, Request}`.
+#[inline]
+fn rex_pair<'a>(peek: &mut Peek<'_, 'a, '_>, first: usize) -> Option<RexReq<'a>> {
+    // `From` is any term: its end read directly when it is a scalar, else walked.
+    let req = match peek.msg.bytes.get(first) {
+        Some(&(tag::SMALL_ATOM_UTF8 | tag::ATOM_CACHE_REF | tag::ATOM_UTF8 | tag::SMALL_ATOM | tag::ATOM)) => match raw_atom(peek.msg, first)? {
+            (b"$gen_cast", next) => return rex_inner(peek, next, &[b"cast"], false),
+            (_, next) => next,
+        },
+        _ => skip_term(peek, first)?,
+    };
+    rex_inner(peek, req, &[b"call"], true)
+}
+
+/// `{Tag, M, F, Args, GL}` with `Tag` in `calls`, or (`relays`) `{sbcast | send, Name, Msg}`.
+#[inline]
+fn rex_inner<'a>(peek: &mut Peek<'_, 'a, '_>, at: usize, calls: &[&[u8]], relays: bool) -> Option<RexReq<'a>> {
+    let (n, first) = any_tuple(peek, at)?;
+    if !(n == 5 || relays && n == 3) {
         return None;
     }
-    let (n, first) = (b[at + 1] as u32, at + 2);
-    let (tag, next) = peek.atom(first)?;
-    match (&*tag, n) {
+    let (t, next) = raw_atom(peek.msg, first)?;
+    if n == 5 {
+        if !calls.contains(&t) {
+            return None;
+        }
+        let call = (|| {
+            let (m, f_at) = peek.atom(next)?;
+            let (f, a_at) = peek.atom(f_at)?;
+            let a = peek.list_len(a_at).and_then(|n| u8::try_from(n).ok());
+            Some((m, f, a))
+        })();
+        return Some(call.map_or(RexReq::Malformed, RexReq::Call));
+    }
+    match t {
+        b"sbcast" => Some(RexReq::Relay("{From,{sbcast,Name,Msg}}")),
+        b"send" => Some(RexReq::Relay("{From,{send,Name,Msg}}")),
+        _ => None,
+    }
+}
+
+/// A rex request judged by `rpc_allow`: `Some` with the denial.
+fn judge_rex(p: &Compiled, req: RexReq<'_>) -> Option<Judgement> {
+    match req {
+        RexReq::Call((m, f, a)) if p.rpc_allow.allows(&m, &f, a) => None,
+        RexReq::Call((m, f, a)) => {
+            let s = format!("{}:{}", text(&m), mfa_text(&f, a));
+            Some(deny(p, "rpc_allow", text(&m), s))
+        }
+        RexReq::Malformed => Some(deny(p, "rpc_allow", "rex".into(), "rpc request whose module or function is not an atom".into())),
+        RexReq::Relay(what) => Some(deny(p, "rpc_allow", "rex".into(), format!("{what}: rex sends Msg on to Name"))),
+    }
+}
+
+/// The payload checks of every message, whatever its destination: the `untrusted` preset's
+/// dangerous shapes, and (`rpc`: `rpc_allow` restricts something) rex's requests. Every
+/// shape is a tuple of 2 to 4 elements, so most payloads are ruled out by their first two
+/// bytes, and each arity is looked into only as far as some shape of it needs.
+#[inline]
+fn payload_shape(p: &Compiled, peek: &mut Peek<'_, '_, '_>, at: usize, rpc: bool) -> Option<Judgement> {
+    let (n, first) = any_tuple(peek, at)?;
+    match n {
+        2 if rpc => rex_pair(peek, first).and_then(|req| judge_rex(p, req)),
+        // (No 4-tuple is a rex request.)
+        3 | 4 if n == 3 || p.untrusted => {
+            let (lead, next) = raw_atom(peek.msg, first)?;
+            // `{'$gen_call', From, Request}`: where `Request` starts, for both checks.
+            let call = if n == 3 && lead == b"$gen_call" { skip_term(peek, next) } else { None };
+            if p.untrusted {
+                if let Some((rule, subject)) = dangerous_shape(peek, lead, n, call) {
+                    return Some(deny(p, rule, String::new(), subject.into()));
+                }
+            }
+            match call {
+                Some(req) if rpc => rex_inner(peek, req, &[b"call", b"block_call"], false).and_then(|req| judge_rex(p, req)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The payload shapes the `untrusted` preset refuses in any message, to any process: a 3- or
+/// 4-tuple (`n`) whose first element is the atom `lead`; `call` is where a `$gen_call`'s
+/// request starts.
+#[inline]
+fn dangerous_shape(peek: &mut Peek<'_, '_, '_>, lead: &[u8], n: u32, call: Option<usize>) -> Option<(&'static str, &'static str)> {
+    match (lead, n) {
         // sys: get_state, replace_state (runs a fun), change_code, suspend, terminate …
         (b"system", 3) => Some(("untrusted:system_message", "{system,From,Request}")),
         (b"io_request", 4) => Some(("untrusted:io_request", "{io_request,From,ReplyAs,Request}")),
         // code_server's protocol: load_binary, add_path, purge, …
         (b"code_call", 3) => Some(("untrusted:code_loading", "{code_call,Pid,Request}")),
         (b"$gen_call", 3) => {
-            let req = peek.skip(next)?;
-            let (_, first) = peek.tuple(req)?;
-            let (t, _) = peek.atom(first)?;
-            match &*t {
+            let (_, first) = any_tuple(peek, call?)?;
+            let (t, _) = raw_atom(peek.msg, first)?;
+            match t {
                 b"start_child" | b"restart_child" | b"terminate_child" | b"delete_child" => {
                     Some(("untrusted:supervisor_child_call", "{'$gen_call',From,{start_child|restart_child|terminate_child|delete_child,…}}"))
                 }

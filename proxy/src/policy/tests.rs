@@ -1040,3 +1040,262 @@ fn a_sequence_begun_unjudged_completes_unjudged_under_a_new_policy() {
         assert_ne!(d.frame(&mut dec, &next, Instant::now()).unwrap(), FrameAct::Forward, "{action}: the next message is judged");
     }
 }
+
+// ---- shapes in every encoding, rex's requests to any process ---------------------------------
+
+/// A tuple as LARGE_TUPLE_EXT (erts decodes it as it decodes SMALL_TUPLE_EXT, whatever the
+/// arity).
+fn large(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = vec![105];
+    v.extend_from_slice(&(items.len() as u32).to_be_bytes());
+    items.iter().for_each(|i| v.extend_from_slice(i));
+    v
+}
+/// An atom in one of its inline encodings: ATOM_EXT (100), SMALL_ATOM_EXT (115), ATOM_UTF8_EXT
+/// (118), SMALL_ATOM_UTF8_EXT (119).
+fn atom_as(tag: u8, s: &str) -> Vec<u8> {
+    let mut v = vec![tag];
+    match tag {
+        100 | 118 => v.extend_from_slice(&(s.len() as u16).to_be_bytes()),
+        _ => v.push(s.len() as u8),
+    }
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+/// STRING_EXT: a list of small integers.
+fn string(s: &str) -> Vec<u8> {
+    let mut v = vec![107];
+    v.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// Every control op that delivers a message to a process, with a pid, alias or name as the
+/// destination (the registered name is `some_server`).
+fn message_ops() -> Vec<(&'static str, Vec<u8>)> {
+    let token = tuple(&[int(1), int(2), int(3), pid(4), int(5)]);
+    vec![
+        ("SEND", send()),
+        ("SEND_TT", tuple(&[int(12), atom(""), pid(9), token.clone()])),
+        ("SEND_SENDER", tuple(&[int(22), pid(1), pid(9)])),
+        ("SEND_SENDER_TT", tuple(&[int(23), pid(1), pid(9), token.clone()])),
+        ("ALIAS_SEND", tuple(&[int(33), pid(1), reference(&atom("b@h"))])),
+        ("ALIAS_SEND_TT", tuple(&[int(34), pid(1), reference(&atom("b@h")), token.clone()])),
+        ("REG_SEND", reg_send(&atom("some_server"))),
+        ("REG_SEND_TT", tuple(&[int(16), pid(1), atom(""), atom("some_server"), token])),
+    ]
+}
+
+#[test]
+fn untrusted_shapes_are_refused_in_every_tuple_and_atom_encoding() {
+    let p = policy("preset = \"untrusted\"\n[policy.p.control]\nreg_send_allow = [\"*\"]\n");
+    let from = tuple(&[pid(1), reference(&atom("a@h"))]);
+    // (what, outer tuple's elements after its tag atom, the tag, the rule)
+    let shapes: Vec<(&str, &str, Vec<Vec<u8>>, &str)> = vec![
+        ("system message", "system", vec![from.clone(), atom("get_state")], "untrusted:system_message"),
+        ("io request", "io_request", vec![pid(1), atom("ref"), tuple(&[atom("get_line"), string("> ")])], "untrusted:io_request"),
+        ("code_server call", "code_call", vec![pid(1), tuple(&[atom("add_path"), atom("last"), string("/tmp")])], "untrusted:code_loading"),
+        ("start_child", "$gen_call", vec![from.clone(), large(&[atom("start_child"), atom("spec")])], "untrusted:supervisor_child_call"),
+    ];
+    for (what, tag, rest, rule) in &shapes {
+        // The tag atom in every encoding, as an inline atom or through the atom cache.
+        let mut tags: Vec<(String, Vec<u8>, Vec<u8>)> =
+            [100u8, 115, 118, 119].iter().map(|&t| (format!("atom tag {t}"), header(&[]), atom_as(t, tag))).collect();
+        tags.push(("atom cache ref".into(), header(&[(3, Some(tag))]), cref(0)));
+        for (enc, hdr, tag_bytes) in &tags {
+            let mut items = vec![tag_bytes.clone()];
+            items.extend(rest.iter().cloned());
+            for (tuple_enc, payload) in [("SMALL_TUPLE", tuple(&items)), ("LARGE_TUPLE", large(&items))] {
+                for (op, ctl) in message_ops() {
+                    let (j, _) = run(&p, &data(hdr, &ctl, Some(&payload)));
+                    assert_eq!(j.verdict, Verdict::Drop, "{what}, {enc}, {tuple_enc}, {op}");
+                    assert_eq!(j.findings[0].rule, *rule, "{what}, {enc}, {tuple_enc}, {op}");
+                }
+            }
+        }
+    }
+    // The supervisor request itself as a SMALL_TUPLE inside a LARGE_TUPLE $gen_call, too.
+    let payload = large(&[atom("$gen_call"), from.clone(), tuple(&[atom_as(100, "delete_child"), atom("id")])]);
+    assert_eq!(run(&p, &data(&header(&[]), &send(), Some(&payload))).0.findings[0].rule, "untrusted:supervisor_child_call");
+    // Large tuples of other shapes, and the same tags in tuples of other arities, pass.
+    for payload in [
+        large(&[atom("system"), from.clone()]),
+        large(&[atom("hello"), from.clone(), atom("get_state")]),
+        large(&[atom("$gen_call"), from.clone(), large(&[atom("which_children")])]),
+        large(&(0..300).map(int).collect::<Vec<_>>()),
+        large(&[]),
+    ] {
+        assert_eq!(run(&p, &data(&header(&[]), &send(), Some(&payload))).0, Judgement::pass());
+    }
+}
+
+#[test]
+fn rex_requests_are_judged_by_rpc_allow_by_shape_to_any_process() {
+    let from = tuple(&[pid(1), reference(&atom("a@h"))]);
+    let gen_call = |req: Vec<u8>| tuple(&[atom("$gen_call"), from.clone(), req]);
+    let gen_cast = |req: Vec<u8>| tuple(&[atom("$gen_cast"), req]);
+    let mfa = |tag: &str, m: &str, f: &str, args: Vec<u8>| tuple(&[atom(tag), atom(m), atom(f), args, atom("user")]);
+    let os_cmd = || list(&[string("id")]);
+    // (what, payload, the finding's subject)
+    let refused: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("rpc:call to an old node", gen_call(mfa("call", "os", "cmd", os_cmd())), "os:cmd/1"),
+        ("rpc:block_call", gen_call(mfa("block_call", "os", "cmd", os_cmd())), "os:cmd/1"),
+        ("rpc:cast", gen_cast(mfa("cast", "os", "cmd", os_cmd())), "os:cmd/1"),
+        ("handle_info call, pid From", tuple(&[pid(1), mfa("call", "os", "cmd", os_cmd())]), "os:cmd/1"),
+        ("handle_info call, any From", tuple(&[int(0), mfa("call", "os", "cmd", os_cmd())]), "os:cmd/1"),
+        ("handle_info call, atom From", tuple(&[atom("x"), mfa("call", "os", "cmd", os_cmd())]), "os:cmd/1"),
+        ("Args as a string", gen_call(mfa("call", "os", "cmd", string("ab"))), "os:cmd/2"),
+        ("Args empty", gen_call(mfa("call", "init", "stop", list(&[]))), "init:stop/0"),
+        (
+            "large tuples at both levels, atoms in other encodings",
+            large(&[
+                atom_as(100, "$gen_call"),
+                from.clone(),
+                large(&[atom_as(115, "call"), atom_as(118, "os"), atom_as(100, "cmd"), os_cmd(), atom("user")]),
+            ]),
+            "os:cmd/1",
+        ),
+        ("a large rex cast", large(&[atom("$gen_cast"), large(&[atom("cast"), atom("os"), atom("cmd"), os_cmd(), atom("user")])]), "os:cmd/1"),
+        (
+            "a module that is not an atom",
+            gen_call(tuple(&[atom("call"), tuple(&[atom("os")]), atom("cmd"), os_cmd(), atom("user")])),
+            "rpc request whose module or function is not an atom",
+        ),
+        (
+            "rpc:sbcast relay",
+            tuple(&[pid(1), tuple(&[atom("sbcast"), atom("init"), tuple(&[atom("stop"), atom("stop")])])]),
+            "{From,{sbcast,Name,Msg}}: rex sends Msg on to Name",
+        ),
+        (
+            "rpc:multi_server_call relay",
+            tuple(&[pid(1), large(&[atom("send"), atom("code_server"), atom("x")])]),
+            "{From,{send,Name,Msg}}: rex sends Msg on to Name",
+        ),
+    ];
+    // Shapes rex does not act on, and ordinary gen_server traffic: they pass.
+    let passed: Vec<(&str, Vec<u8>)> = vec![
+        ("an allowed call", gen_call(mfa("call", "erlang", "node", list(&[])))),
+        ("an allowed call, large", large(&[atom("$gen_call"), from.clone(), large(&[atom("call"), atom("erlang"), atom("node"), list(&[]), atom("user")])])),
+        ("an allowed handle_info call", tuple(&[pid(1), mfa("call", "erlang", "node", list(&[]))])),
+        ("a gen_server call of another shape", gen_call(tuple(&[atom("call"), atom("foo")]))),
+        ("a send request to a gen_server", gen_call(tuple(&[atom("send"), atom("a"), atom("b")]))),
+        ("a call request to a gen_server", gen_call(tuple(&[atom("call"), atom("a"), atom("b"), atom("c")]))),
+        ("a plain call", gen_call(atom("get"))),
+        ("a cast request in a call", gen_call(mfa("cast", "os", "cmd", os_cmd()))),
+        ("a call request in a cast", gen_cast(mfa("call", "os", "cmd", os_cmd()))),
+        ("a six-tuple call", tuple(&[pid(1), tuple(&[atom("call"), atom("os"), atom("cmd"), os_cmd(), atom("user"), atom("x")])])),
+        ("a four-tuple send", tuple(&[pid(1), tuple(&[atom("send"), atom("a"), atom("b"), atom("c")])])),
+        ("a reply", tuple(&[reference(&atom("a@h")), tuple(&[atom("ok"), int(1)])])),
+        ("rex's features question", tuple(&[pid(1), atom("features_request")])),
+        ("a three-tuple", tuple(&[atom("data"), pid(1), mfa("call", "os", "cmd", os_cmd())])),
+        ("not a tuple", list(&[mfa("call", "os", "cmd", os_cmd())])),
+    ];
+    for (name, p) in [
+        ("rpc_allow", policy("[policy.p.control]\nrpc_allow = [\"erlang:node/0\"]\n")),
+        ("untrusted", policy("preset = \"untrusted\"\n[policy.p.control]\nreg_send_allow = [\"*\"]\nrpc_allow = [\"erlang:node/0\"]\n")),
+    ] {
+        for (op, ctl) in message_ops() {
+            for (what, payload, subject) in &refused {
+                let (j, _) = run(&p, &data(&header(&[]), &ctl, Some(payload)));
+                assert_eq!(j.verdict, Verdict::Drop, "{name}: {what} by {op}");
+                assert_eq!((j.findings[0].rule, j.findings[0].subject.as_str()), ("rpc_allow", *subject), "{name}: {what} by {op}");
+            }
+            for (what, payload) in &passed {
+                assert_eq!(run(&p, &data(&header(&[]), &ctl, Some(payload))).0, Judgement::pass(), "{name}: {what} by {op}");
+            }
+        }
+    }
+    // The atom cache: `call` and `os` as references.
+    let p = policy("[policy.p.control]\nrpc_allow = [\"erlang:node/0\"]\n");
+    let payload = gen_call(tuple(&[cref(0), cref(1), atom("cmd"), os_cmd(), atom("user")]));
+    let (j, _) = run(&p, &data(&header(&[(7, Some("call")), (8, Some("os"))]), &send(), Some(&payload)));
+    assert_eq!((j.verdict, j.findings[0].subject.as_str()), (Verdict::Drop, "os:cmd/1"));
+    // Without rpc_allow (and without the preset), rpc is open, by pid or by name.
+    for (what, payload, _) in &refused {
+        assert_eq!(run(&policy(""), &data(&header(&[]), &send(), Some(payload))).0, Judgement::pass(), "{what}");
+        assert_eq!(run(&policy("[policy.p.control]\nspawn_allow = []\n"), &payload_to("rex", payload)).0, Judgement::pass(), "{what}");
+    }
+    // To rex by name, every shape above is judged the same way; anything else is refused.
+    for (what, payload, subject) in &refused {
+        let (j, _) = run(&p, &payload_to("rex", payload));
+        assert_eq!((j.verdict, j.findings[0].subject.as_str()), (Verdict::Drop, *subject), "{what} to rex");
+    }
+    for (what, payload) in &passed[..3] {
+        assert_eq!(run(&p, &payload_to("rex", payload)).0, Judgement::pass(), "{what} to rex");
+    }
+    for (what, payload) in &passed[3..] {
+        let expect = if *what == "rex's features question" { Verdict::Pass } else { Verdict::Drop };
+        assert_eq!(run(&p, &payload_to("rex", payload)).0.verdict, expect, "{what} to rex");
+    }
+}
+
+/// The review's reproductions, one bypass each (each passed before the fix).
+#[test]
+fn a_large_tuple_system_message_to_a_pid_is_refused() {
+    let p = policy("preset = \"untrusted\"\n[policy.p.control]\nreg_send_allow = [\"*\"]\n");
+    let sys = large(&[atom("system"), tuple(&[pid(1), reference(&atom("a@h"))]), atom("get_state")]);
+    let (j, _) = run(&p, &data(&header(&[]), &send(), Some(&sys)));
+    assert_eq!((j.verdict, j.findings[0].rule), (Verdict::Drop, "untrusted:system_message"));
+}
+
+#[test]
+fn a_large_tuple_io_request_to_a_pid_is_refused() {
+    let p = policy("preset = \"untrusted\"\n[policy.p.control]\nreg_send_allow = [\"*\"]\n");
+    let io = large(&[atom("io_request"), pid(1), atom("r"), tuple(&[atom("put_chars"), atom("unicode"), bin(b"x")])]);
+    let (j, _) = run(&p, &data(&header(&[]), &send(), Some(&io)));
+    assert_eq!((j.verdict, j.findings[0].rule), (Verdict::Drop, "untrusted:io_request"));
+}
+
+#[test]
+fn a_rex_call_sent_to_rexs_pid_is_judged_by_rpc_allow() {
+    let p = policy("preset = \"untrusted\"\n[policy.p.control]\nreg_send_allow = [\"*\"]\n");
+    let from = tuple(&[pid(1), reference(&atom("a@h"))]);
+    let call = tuple(&[atom("$gen_call"), from, tuple(&[atom("call"), atom("os"), atom("cmd"), list(&[bin(b"id")]), atom("user")])]);
+    let (j, _) = run(&p, &data(&header(&[]), &send(), Some(&call)));
+    assert_eq!((j.verdict, j.findings[0].rule, j.findings[0].subject.as_str()), (Verdict::Drop, "rpc_allow", "os:cmd/1"));
+    // By name, as before.
+    assert_eq!(run(&p, &payload_to("rex", &call)).0.verdict, Verdict::Drop);
+}
+
+/// `{From, {call, M, F, Args, GL}}` (rex's handle_info) with every kind of `From`: the end of
+/// `From` is read directly for scalars and short tuples or lists of them, walked otherwise, and
+/// either way the request after it is found.
+#[test]
+fn a_rex_request_after_any_kind_of_from_is_found() {
+    let p = policy("[policy.p.control]\nrpc_allow = [\"erlang:node/0\"]\n");
+    let req = tuple(&[atom("call"), atom("os"), atom("cmd"), list(&[string("id")]), atom("user")]);
+    let froms: Vec<(&str, Vec<u8>)> = vec![
+        ("small integer", int(7)),
+        ("integer", int(1 << 20)),
+        ("negative integer", int(-5)),
+        ("big integer", vec![110, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ("float", vec![70, 64, 9, 33, 251, 84, 68, 45, 24]),
+        ("[]", list(&[])),
+        ("pid", pid(3)),
+        ("pid, node through the cache", pid_with(&cref(0), 3)),
+        ("reference", reference(&atom("a@h"))),
+        ("reference, node through the cache", reference(&cref(0))),
+        ("binary", bin(b"abc")),
+        ("atom through the cache", cref(0)),
+        ("atom, ATOM_EXT", atom_as(100, "x")),
+        ("{Pid, Ref}", tuple(&[pid(1), reference(&atom("a@h"))])),
+        ("{Pid, [alias | Ref]}", tuple(&[pid(1), {
+            let mut v = vec![108, 0, 0, 0, 1];
+            v.extend_from_slice(&atom("alias"));
+            v.extend_from_slice(&reference(&atom("a@h")));
+            v
+        }])),
+        ("string", string("from")),
+        ("a long tuple", tuple(&(0..9).map(int).collect::<Vec<_>>())),
+        ("a nested term", tuple(&[list(&[tuple(&[pid(1), map(&[(atom("k"), bin(b"v"))])])]), large(&[int(1)])])),
+        ("a map", map(&[(int(1), pid(2))])),
+        ("a fun", export("erlang", "node", 0)),
+    ];
+    for (what, from) in &froms {
+        let frame = data(&header(&[(5, Some("a@h"))]), &send(), Some(&tuple(&[from.clone(), req.clone()])));
+        let (j, _) = run(&p, &frame);
+        assert_eq!((j.verdict, j.findings[0].subject.as_str()), (Verdict::Drop, "os:cmd/1"), "From: {what}");
+        let frame = data(&header(&[(5, Some("a@h"))]), &send(), Some(&tuple(&[atom("$gen_call"), from.clone(), req.clone()])));
+        assert_eq!(run(&p, &frame).0.verdict, Verdict::Drop, "$gen_call From: {what}");
+    }
+}
