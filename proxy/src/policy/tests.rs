@@ -1276,3 +1276,53 @@ fn a_rex_request_after_any_kind_of_from_is_found() {
         assert_eq!(run(&p, &frame).0.verdict, Verdict::Drop, "$gen_call From: {what}");
     }
 }
+
+/// ALTACT_SIG_SEND (op 37, OTP 28): `{37, Flags, From, To}` or `{37, Flags, From, To, Token}`.
+fn altact(flags: Vec<u8>, to: Vec<u8>) -> Vec<u8> {
+    tuple(&[int(37), flags, pid(1), to])
+}
+
+#[test]
+fn altact_sig_send_to_a_name_is_judged_as_a_reg_send_and_its_message_as_any_message() {
+    const PRIO: i64 = 1;
+    const ALIAS: i64 = 4;
+    const NAME: i64 = 8;
+    const EXIT: i64 = 16;
+    let p = policy("preset = \"untrusted\"\n[policy.p.control]\nreg_send_allow = [\"dg_*\"]\nrpc_allow = [\"erlang:node/0\"]\n");
+    let from = tuple(&[pid(1), reference(&atom("a@h"))]);
+    let rex_call = |m: &str, f: &str| tuple(&[atom("$gen_call"), from.clone(), tuple(&[atom("call"), atom(m), atom(f), list(&[]), atom("user")])]);
+    let system = large(&[atom("system"), from.clone(), atom("get_state")]);
+    let judge = |ctl: Vec<u8>, payload: &[u8]| run(&p, &data(&header(&[]), &ctl, Some(payload))).0;
+    let rule = |j: Judgement| (j.verdict, j.findings.first().map(|f| f.rule));
+    // To a registered name: the name rules of a reg_send.
+    assert_eq!(rule(judge(altact(int(NAME), atom("rex")), &rex_call("os", "cmd"))), (Verdict::Drop, Some("rpc_allow")));
+    assert_eq!(judge(altact(int(NAME), atom("rex")), &rex_call("erlang", "node")), Judgement::pass());
+    assert_eq!(judge(altact(int(NAME), atom("rex")), &tuple(&[pid(1), atom("features_request")])), Judgement::pass());
+    assert_eq!(rule(judge(altact(int(NAME), atom("rex")), &atom("junk"))), (Verdict::Drop, Some("rpc_allow")));
+    assert_eq!(rule(judge(altact(int(NAME | PRIO), atom("init")), &tuple(&[atom("stop"), atom("stop")]))), (Verdict::Drop, Some("untrusted:registered_name")));
+    assert_eq!(rule(judge(altact(int(NAME), atom("other")), &atom("x"))), (Verdict::Drop, Some("reg_send_allow")));
+    assert_eq!(judge(altact(int(NAME), atom("dg_sink")), &atom("x")), Judgement::pass());
+    let ping = tuple(&[atom("$gen_call"), from.clone(), tuple(&[atom("is_auth"), atom("a@h")])]);
+    assert_eq!(judge(altact(int(NAME), atom("net_kernel")), &ping), Judgement::pass());
+    // An exit signal to a name, too (`exit(rex, kill)` stops the node).
+    assert_eq!(rule(judge(altact(int(NAME | EXIT), atom("rex")), &atom("kill"))), (Verdict::Drop, Some("rpc_allow")));
+    assert_eq!(rule(judge(altact(int(NAME | EXIT), atom("init")), &atom("kill"))), (Verdict::Drop, Some("untrusted:registered_name")));
+    // The message's shape, to a name, an alias or a pid.
+    assert_eq!(rule(judge(altact(int(NAME), atom("dg_sink")), &system)), (Verdict::Drop, Some("untrusted:system_message")));
+    assert_eq!(rule(judge(altact(int(ALIAS | PRIO), reference(&atom("b@h"))), &system)), (Verdict::Drop, Some("untrusted:system_message")));
+    assert_eq!(rule(judge(altact(int(0), pid(9)), &rex_call("os", "cmd"))), (Verdict::Drop, Some("rpc_allow")));
+    let with_token = tuple(&[int(37), int(2), pid(1), pid(9), atom("token")]);
+    assert_eq!(rule(judge(with_token, &system)), (Verdict::Drop, Some("untrusted:system_message")));
+    assert_eq!(judge(altact(int(ALIAS), reference(&atom("b@h"))), &tuple(&[reference(&atom("b@h")), atom("ok")])), Judgement::pass());
+    // An exit signal's reason is no message: not judged by shape.
+    assert_eq!(judge(altact(int(EXIT), pid(9)), &system), Judgement::pass());
+    // Flags as a bignum: erts reads their low byte (here NAME), and so does distgate.
+    let big_name = vec![110, 9, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1];
+    assert_eq!(rule(judge(altact(big_name, atom("init")), &atom("x"))), (Verdict::Drop, Some("untrusted:registered_name")));
+    let big_exit = vec![110, 1, 0, 16];
+    assert_eq!(judge(altact(big_exit, pid(9)), &system), Judgement::pass());
+    // Flags erts refuses (negative): judged as a message.
+    assert_eq!(rule(judge(altact(int(-1), pid(9)), &system)), (Verdict::Drop, Some("untrusted:system_message")));
+    // Without the preset or an rpc_allow, nothing here is looked at.
+    assert_eq!(run(&policy(""), &data(&header(&[]), &altact(int(NAME), atom("rex")), Some(&rex_call("os", "cmd")))).0, Judgement::pass());
+}
