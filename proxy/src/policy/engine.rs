@@ -482,10 +482,13 @@ enum RexReq<'a> {
     /// `{From, Msg}`) on to `Name`, a name or pid of its node or of any other, past every
     /// name and shape rule.
     Relay(&'static str),
+    /// `{'$gen_call', From, stop}`: rex stops, and `kernel_sup` (one_for_all, no restarts)
+    /// with it: the node halts.
+    Stop,
 }
 
 /// The request rex would act on in the payload at `at`, if any. The shapes of OTP's rex
-/// (`rpc.erl`, OTP 23 to 27) that do something:
+/// (`rpc.erl`, OTP 23 to 28) that do something:
 /// - `{'$gen_call', From, {call | block_call, M, F, Args, GL}}` (`rpc:call` to a node
 ///   without erpc, `rpc:block_call`);
 /// - `{'$gen_cast', {cast, M, F, Args, GL}}` (`rpc:cast` to a node without erpc,
@@ -494,19 +497,30 @@ enum RexReq<'a> {
 /// - `{From, {sbcast, Name, Msg}}`, `{From, {send, Name, Msg}}` (`rpc:sbcast`,
 ///   `rpc:multi_server_call`: relays).
 ///
+/// - `{'$gen_call', From, stop}`: stops rex, and the node with it.
+///
 /// `From` may be any term. Arities are exact, as rex's clauses match them; anything else rex
-/// ignores (`{'$gen_call', From, stop}` aside: it stops rex, as `exit2` would).
+/// ignores.
 fn rex_request<'a>(peek: &mut Peek<'_, 'a, '_>, at: usize) -> Option<RexReq<'a>> {
     match any_tuple(peek, at)? {
         (2, first) => rex_pair(peek, first),
         (3, first) => match raw_atom(peek.msg, first)? {
             (b"$gen_call", next) => {
                 let req = skip_term(peek, next)?;
-                rex_inner(peek, req, &[b"call", b"block_call"], false)
+                rex_call(peek, req)
             }
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// The request of a `{'$gen_call', From, Request}`, at `at`.
+#[inline]
+fn rex_call<'a>(peek: &mut Peek<'_, 'a, '_>, at: usize) -> Option<RexReq<'a>> {
+    match raw_atom(peek.msg, at) {
+        Some((b"stop", _)) => Some(RexReq::Stop),
+        _ => rex_inner(peek, at, &[b"call", b"block_call"], false),
     }
 }
 
@@ -561,6 +575,7 @@ fn judge_rex(p: &Compiled, req: RexReq<'_>) -> Option<Judgement> {
         }
         RexReq::Malformed => Some(deny(p, "rpc_allow", "rex".into(), "rpc request whose module or function is not an atom".into())),
         RexReq::Relay(what) => Some(deny(p, "rpc_allow", "rex".into(), format!("{what}: rex sends Msg on to Name"))),
+        RexReq::Stop => Some(deny(p, "rpc_allow", "rex".into(), "{'$gen_call',From,stop}: rex stops, and the node with it".into())),
     }
 }
 
@@ -584,7 +599,7 @@ fn payload_shape(p: &Compiled, peek: &mut Peek<'_, '_, '_>, at: usize, rpc: bool
                 }
             }
             match call {
-                Some(req) if rpc => rex_inner(peek, req, &[b"call", b"block_call"], false).and_then(|req| judge_rex(p, req)),
+                Some(req) if rpc => rex_call(peek, req).and_then(|req| judge_rex(p, req)),
                 _ => None,
             }
         }

@@ -1143,6 +1143,8 @@ fn rex_requests_are_judged_by_rpc_allow_by_shape_to_any_process() {
             tuple(&[pid(1), tuple(&[atom("sbcast"), atom("init"), tuple(&[atom("stop"), atom("stop")])])]),
             "{From,{sbcast,Name,Msg}}: rex sends Msg on to Name",
         ),
+        ("rex's stop (the node halts)", gen_call(atom("stop")), "{'$gen_call',From,stop}: rex stops, and the node with it"),
+        ("rex's stop, large", large(&[atom("$gen_call"), from.clone(), atom_as(100, "stop")]), "{'$gen_call',From,stop}: rex stops, and the node with it"),
         (
             "rpc:multi_server_call relay",
             tuple(&[pid(1), large(&[atom("send"), atom("code_server"), atom("x")])]),
@@ -1158,6 +1160,9 @@ fn rex_requests_are_judged_by_rpc_allow_by_shape_to_any_process() {
         ("a send request to a gen_server", gen_call(tuple(&[atom("send"), atom("a"), atom("b")]))),
         ("a call request to a gen_server", gen_call(tuple(&[atom("call"), atom("a"), atom("b"), atom("c")]))),
         ("a plain call", gen_call(atom("get"))),
+        ("a stop cast", gen_cast(atom("stop"))),
+        ("a stop message", tuple(&[pid(1), atom("stop")])),
+        ("a stop request of another shape", gen_call(tuple(&[atom("stop"), atom("normal")]))),
         ("a cast request in a call", gen_call(mfa("cast", "os", "cmd", os_cmd()))),
         ("a call request in a cast", gen_cast(mfa("call", "os", "cmd", os_cmd()))),
         ("a six-tuple call", tuple(&[pid(1), tuple(&[atom("call"), atom("os"), atom("cmd"), os_cmd(), atom("user"), atom("x")])])),
