@@ -1331,3 +1331,84 @@ fn altact_sig_send_to_a_name_is_judged_as_a_reg_send_and_its_message_as_any_mess
     // Without the preset or an rpc_allow, nothing here is looked at.
     assert_eq!(run(&policy(""), &data(&header(&[]), &altact(int(NAME), atom("rex")), Some(&rex_call("os", "cmd")))).0, Judgement::pass());
 }
+
+// ---- documented behaviour: old-style funs, rewrite_fallback = close, suppressed audit lines ----
+
+/// An old-style FUN_EXT (pre-R8 encoding): `117 NumFree Pid Module Index Uniq Free…`.
+fn old_fun(module: &str, index: i64, uniq: i64, free: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = vec![117];
+    v.extend_from_slice(&(free.len() as u32).to_be_bytes());
+    v.extend_from_slice(&pid(1));
+    v.extend_from_slice(&atom(module));
+    v.extend_from_slice(&int(index));
+    v.extend_from_slice(&int(uniq));
+    free.iter().for_each(|f| v.extend_from_slice(f));
+    v
+}
+
+#[test]
+fn old_style_funs_get_the_unknown_fun_action_and_are_never_rewritten() {
+    let msg = payload_msg(&tuple(&[atom("old"), old_fun("m", 3, 123456, &[int(1)])]));
+    // Pass by default, whatever the registries say (an old fun names no module version).
+    assert_eq!(run(&policy(""), &msg).0, Judgement::pass());
+    // replace: the marker {distgate_blocked_fun, Module, OldIndex, OldUniq}, integers.
+    let (j, edited) = run(&policy("unknown_fun = \"replace\"\n"), &msg);
+    assert_eq!((j.findings[0].rule, j.findings[0].action, j.findings[0].subject.as_str()), ("unknown_fun", "replace", "#Fun<m.3.123456>"));
+    assert_eq!(edited.unwrap(), "{6,#Pid<'a@h'.1.0.7>,'',sink} {old,{distgate_blocked_fun,m,3,123456}}");
+    // drop, close, and a module rule.
+    assert_eq!(run(&policy("unknown_fun = \"drop\"\n"), &msg).0.verdict, Verdict::Drop);
+    assert!(matches!(run(&policy("unknown_fun = \"close\"\n"), &msg).0.verdict, Verdict::Close { .. }));
+    let p = policy("unknown_fun = \"close\"\n[policy.p.modules]\n\"m\" = { unknown_fun = \"pass\" }\n");
+    assert_eq!(run(&p, &msg).0, Judgement::pass());
+    // rewrite: never possible, so rewrite_fallback decides (replace by default, or drop).
+    let (j, edited) = run(&policy("unknown_fun = \"rewrite\"\n"), &msg);
+    assert_eq!((j.findings[0].rule, j.findings[0].action), ("rewrite_fallback", "replace"));
+    assert_eq!(j.findings[0].detail.as_deref(), Some("an old-style fun names no lambda"));
+    assert!(edited.unwrap().ends_with("{old,{distgate_blocked_fun,m,3,123456}}"));
+    let (j, _) = run(&policy("unknown_fun = \"rewrite\"\nrewrite_fallback = \"drop\"\n"), &msg);
+    assert_eq!((j.verdict, j.findings[0].action), (Verdict::Drop, "drop"));
+}
+
+#[test]
+fn rewrite_fallback_close_closes_the_link_naming_the_fun() {
+    let anon = new_fun(&atom("m"), V1, 1, 1, &[]);
+    let p = policy("unknown_fun = \"rewrite\"\nrewrite_fallback = \"close\"\n");
+    let (j, _) = run(&p, &payload_msg(&tuple(&[atom("x"), anon])));
+    assert_eq!((j.findings[0].rule, j.findings[0].action), ("rewrite_fallback", "close"));
+    let Verdict::Close { reason, reply: None } = &j.verdict else { panic!("{j:?}") };
+    assert!(reason.contains("policy p: rewrite_fallback: #Fun<m.1."), "{reason}");
+    // A fun that can be rewritten still is.
+    let (j, _) = run(&p, &payload_msg(&local_f()));
+    assert!(matches!(j.verdict, Verdict::Edits(_)), "{j:?}");
+    // On the link path: the direction closes the link.
+    let (mut d, _) = direction(Some(p), None);
+    let (fwd, _, closed) = feed(&mut d, &mut Decoder::default(), &[payload_msg(&new_fun(&atom("m"), V1, 1, 1, &[]))]);
+    assert!(fwd.is_empty());
+    assert!(closed.is_some_and(|r| r.contains("rewrite_fallback")));
+}
+
+#[test]
+fn audit_lines_over_the_budget_are_counted_as_suppressed() {
+    let stats = Arc::new(Stats::default());
+    let p = |per_second: u32| Compiled::parse("p", &format!("audit_per_second = {per_second}\nunknown_fun = \"replace\"\n")).unwrap_or_else(|e| panic!("{e}"));
+    // One line a second: of five decisions in the same second (two in one message), one is
+    // logged and four suppressed; all five are counted.
+    // (One instant for every frame: the budget is per second of the clock.)
+    let frames =
+        vec![payload_msg(&local_f()), payload_msg(&local_f()), payload_msg(&tuple(&[local_f(), local_f()])), payload_msg(&local_f())];
+    let judge_all = |per_second: u32, stats: &Arc<Stats>| {
+        let (mut d, _) = direction(Some(p(per_second)), Some(stats.clone()));
+        let (mut dec, now) = (Decoder::default(), Instant::now());
+        for f in &frames {
+            assert!(matches!(d.frame(&mut dec, f, now).unwrap(), FrameAct::Replace { .. }));
+        }
+    };
+    judge_all(1, &stats);
+    assert_eq!(stats.get("policy:replace"), 5);
+    assert_eq!(stats.get("policy:audit_suppressed"), 4);
+    // audit_per_second = 0: no lines at all, so nothing counts as suppressed.
+    let stats = Arc::new(Stats::default());
+    judge_all(0, &stats);
+    assert_eq!(stats.get("policy:replace"), 5);
+    assert_eq!(stats.get("policy:audit_suppressed"), 0);
+}
