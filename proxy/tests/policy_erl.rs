@@ -384,6 +384,9 @@ fn rex_requests_sent_to_rexs_pid_are_judged_by_rpc_allow_and_other_gen_server_ca
     assert!(r.starts_with("{'EXIT',{timeout,{gen_server,call,"), "{r}");
     let r = s.a.eval("catch gen_server:call(Rex, {block_call, os, cmd, [\"echo hi\"], user}, 2000).");
     assert!(r.starts_with("{'EXIT',{timeout,"), "{r}");
+    // rex's stop request would halt B (rex is a permanent child of kernel_sup, which gives up).
+    let r = s.a.eval("catch gen_server:call(Rex, stop, 2000).");
+    assert!(r.starts_with("{'EXIT',{timeout,"), "{r}");
     // A listed function runs.
     assert_eq!(s.a.eval("gen_server:call(Rex, {call, erlang, node, [], user}, 30000)."), s.b.atom());
     // The other ways into rex, each of which would make B's dg_sink hear of it: a cast, the
@@ -405,7 +408,7 @@ fn rex_requests_sent_to_rexs_pid_are_judged_by_rpc_allow_and_other_gen_server_ca
         assert_eq!(s.a.eval(&format!("gen_server:call({{dg_echo, B}}, {req}, 30000).")), format!("{{echo,{}}}", s.a.eval(&format!("{req}."))));
     }
     let refused = audit_lines("\"rule\":\"rpc_allow\"");
-    for subject in ["os:cmd/1", "erlang:send/2", "{From,{sbcast,Name,Msg}}", "{From,{send,Name,Msg}}"] {
+    for subject in ["os:cmd/1", "erlang:send/2", "{From,{sbcast,Name,Msg}}", "{From,{send,Name,Msg}}", "rex stops"] {
         assert!(refused.iter().any(|l| l.contains(subject) && !l.contains("\"op\":\"REG_SEND\"")), "{subject}: {refused:?}");
     }
     assert_eq!(s.a.eval("nodes()."), format!("[{}]", s.b.atom()));

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use distgate_codec::control::{op, op_name, Control};
+use distgate_codec::control::{op, op_name, Control, Field, FieldTerm};
 use distgate_codec::fun::{FunKind, FunSite};
 use distgate_codec::message::Message;
 use distgate_codec::rewrite::{encode_export, Edit};
@@ -231,6 +231,7 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
     w.set_cache_refs(msg.refs.table().map(|t| t.nrefs));
     let mut peek = Peek { w, msg };
     let mut rex_judged = false;
+    let mut altact_message = false;
     match &msg.control {
         Control::SpawnRequest { module, function, arity, req_id, from, .. } => {
             let m = atom_bytes(&msg.refs, module).unwrap_or(Cow::Borrowed(b""));
@@ -275,31 +276,24 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
         }
         Control::RegSend { to_name, .. } | Control::RegSendTt { to_name, .. } => {
             let name = to_name.as_atom().and_then(|a| atom_bytes(&msg.refs, &a)).unwrap_or(Cow::Borrowed(b""));
-            if *name == *b"rex" {
-                // The rpc server: judged by rpc_allow, never reg_send_allow. Everything is
-                // judged here (the payload checks below need not look again for rex's
-                // requests): a request rex acts on by its allow-list, rex's own features
-                // question passes, anything else is refused.
-                rex_judged = true;
-                if !p.rpc_allow.is_any() && !features_request(&mut peek) {
-                    let req = msg.payload.clone().and_then(|pl| rex_request(&mut peek, pl.start));
-                    match req {
-                        Some(req) => {
-                            if let Some(j) = judge_rex(p, req) {
-                                return Some(j);
-                            }
-                        }
-                        None => return Some(deny(p, "rpc_allow", text(&name), "unrecognised message to rex".into())),
-                    }
+            rex_judged = *name == *b"rex";
+            if let Some(j) = judge_name(p, &mut peek, &name) {
+                return Some(j);
+            }
+        }
+        Control::AltactSigSend { fields } => {
+            // OTP 28's send of a message or an exit signal (flag EXIT) to a pid, an alias or
+            // (flag NAME) a registered name: a name is judged as a reg_send's, the payload of a
+            // message as any message's. erts takes an atom `To` only with NAME, and only the
+            // flags' low byte (of a bignum too); flags that cannot be read count as a message.
+            let flags = fields[0].as_ref().and_then(|f| altact_flags(&mut peek, f));
+            altact_message = flags.is_none_or(|f| f & ALTACT_EXIT == 0);
+            if let Some(to) = fields[2].as_ref().and_then(|f| f.as_atom()) {
+                let name = atom_bytes(&msg.refs, &to).unwrap_or(Cow::Borrowed(b""));
+                rex_judged = *name == *b"rex";
+                if let Some(j) = judge_name(p, &mut peek, &name) {
+                    return Some(j);
                 }
-            } else if p.untrusted && UNTRUSTED_NAMES.contains(&&*name) {
-                let s = format!("message to {}", text(&name));
-                return Some(deny(p, "untrusted:registered_name", text(&name), s));
-            } else if p.untrusted && *name == *b"net_kernel" && is_auth(&mut peek) {
-                // net_adm:ping: allowed by the preset (it answers yes or no, nothing else).
-            } else if !p.reg_send_allow.allows(&name) {
-                let s = format!("message to {}", text(&name));
-                return Some(deny(p, "reg_send_allow", text(&name), s));
             }
         }
         _ => {}
@@ -307,12 +301,55 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
     // By shape, whatever the destination (a partner may learn pids: rex's own is in the
     // features question it sends when nodes meet), in any encoding.
     let rpc = !rex_judged && !p.rpc_allow.is_any();
-    if (p.untrusted || rpc) && carries_message(op) {
+    if (p.untrusted || rpc) && (carries_message(op) || altact_message) {
         if let Some(pl) = msg.payload.clone() {
             return payload_shape(p, &mut peek, pl.start, rpc);
         }
     }
     None
+}
+
+/// The rules for a message to the registered name `name` (a reg_send, or an ALTACT_SIG_SEND
+/// to a name): `Some` with the denial.
+fn judge_name(p: &Compiled, peek: &mut Peek<'_, '_, '_>, name: &[u8]) -> Option<Judgement> {
+    if name == b"rex" {
+        // The rpc server: judged by rpc_allow, never reg_send_allow. Everything is judged
+        // here (the payload checks need not look again for rex's requests): a request rex
+        // acts on by its allow-list, rex's own features question passes, anything else is
+        // refused.
+        if !p.rpc_allow.is_any() && !features_request(peek) {
+            return match peek.msg.payload.clone().and_then(|pl| rex_request(peek, pl.start)) {
+                Some(req) => judge_rex(p, req),
+                None => Some(deny(p, "rpc_allow", text(name), "unrecognised message to rex".into())),
+            };
+        }
+    } else if p.untrusted && UNTRUSTED_NAMES.contains(&name) {
+        let s = format!("message to {}", text(name));
+        return Some(deny(p, "untrusted:registered_name", text(name), s));
+    } else if p.untrusted && name == b"net_kernel" && is_auth(peek) {
+        // net_adm:ping: allowed by the preset (it answers yes or no, nothing else).
+    } else if !p.reg_send_allow.allows(name) {
+        let s = format!("message to {}", text(name));
+        return Some(deny(p, "reg_send_allow", text(name), s));
+    }
+    None
+}
+
+/// ALTACT_SIG_SEND's flag bit for an exit signal (erts `ERTS_DOP_ALTACT_SIG_FLG_EXIT`); the
+/// others: 1 priority, 2 token, 4 alias, 8 name.
+const ALTACT_EXIT: u8 = 1 << 4;
+
+/// The low byte of ALTACT_SIG_SEND's flags, as erts reads it: of a non-negative integer, or
+/// of a non-negative bignum. `None` for anything else (which erts refuses).
+fn altact_flags(peek: &mut Peek<'_, '_, '_>, f: &Field<'_>) -> Option<u8> {
+    match f.term {
+        FieldTerm::Int(v) if v >= 0 => Some(v as u8),
+        FieldTerm::Int(_) => None,
+        _ => match peek.header(f.at)?.0 {
+            Term::Big { negative: false, digits } => digits.first().copied(),
+            _ => None,
+        },
+    }
 }
 
 fn mfa_text(f: &[u8], a: Option<u8>) -> String {
@@ -445,10 +482,13 @@ enum RexReq<'a> {
     /// `{From, Msg}`) on to `Name`, a name or pid of its node or of any other, past every
     /// name and shape rule.
     Relay(&'static str),
+    /// `{'$gen_call', From, stop}`: rex stops, and `kernel_sup` (one_for_all, no restarts)
+    /// with it: the node halts.
+    Stop,
 }
 
 /// The request rex would act on in the payload at `at`, if any. The shapes of OTP's rex
-/// (`rpc.erl`, OTP 23 to 27) that do something:
+/// (`rpc.erl`, OTP 23 to 28) that do something:
 /// - `{'$gen_call', From, {call | block_call, M, F, Args, GL}}` (`rpc:call` to a node
 ///   without erpc, `rpc:block_call`);
 /// - `{'$gen_cast', {cast, M, F, Args, GL}}` (`rpc:cast` to a node without erpc,
@@ -457,19 +497,30 @@ enum RexReq<'a> {
 /// - `{From, {sbcast, Name, Msg}}`, `{From, {send, Name, Msg}}` (`rpc:sbcast`,
 ///   `rpc:multi_server_call`: relays).
 ///
+/// - `{'$gen_call', From, stop}`: stops rex, and the node with it.
+///
 /// `From` may be any term. Arities are exact, as rex's clauses match them; anything else rex
-/// ignores (`{'$gen_call', From, stop}` aside: it stops rex, as `exit2` would).
+/// ignores.
 fn rex_request<'a>(peek: &mut Peek<'_, 'a, '_>, at: usize) -> Option<RexReq<'a>> {
     match any_tuple(peek, at)? {
         (2, first) => rex_pair(peek, first),
         (3, first) => match raw_atom(peek.msg, first)? {
             (b"$gen_call", next) => {
                 let req = skip_term(peek, next)?;
-                rex_inner(peek, req, &[b"call", b"block_call"], false)
+                rex_call(peek, req)
             }
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// The request of a `{'$gen_call', From, Request}`, at `at`.
+#[inline]
+fn rex_call<'a>(peek: &mut Peek<'_, 'a, '_>, at: usize) -> Option<RexReq<'a>> {
+    match raw_atom(peek.msg, at) {
+        Some((b"stop", _)) => Some(RexReq::Stop),
+        _ => rex_inner(peek, at, &[b"call", b"block_call"], false),
     }
 }
 
@@ -524,6 +575,7 @@ fn judge_rex(p: &Compiled, req: RexReq<'_>) -> Option<Judgement> {
         }
         RexReq::Malformed => Some(deny(p, "rpc_allow", "rex".into(), "rpc request whose module or function is not an atom".into())),
         RexReq::Relay(what) => Some(deny(p, "rpc_allow", "rex".into(), format!("{what}: rex sends Msg on to Name"))),
+        RexReq::Stop => Some(deny(p, "rpc_allow", "rex".into(), "{'$gen_call',From,stop}: rex stops, and the node with it".into())),
     }
 }
 
@@ -547,7 +599,7 @@ fn payload_shape(p: &Compiled, peek: &mut Peek<'_, '_, '_>, at: usize, rpc: bool
                 }
             }
             match call {
-                Some(req) if rpc => rex_inner(peek, req, &[b"call", b"block_call"], false).and_then(|req| judge_rex(p, req)),
+                Some(req) if rpc => rex_call(peek, req).and_then(|req| judge_rex(p, req)),
                 _ => None,
             }
         }

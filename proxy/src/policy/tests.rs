@@ -1166,6 +1166,8 @@ fn rex_requests_are_judged_by_rpc_allow_by_shape_to_any_process() {
             tuple(&[pid(1), tuple(&[atom("sbcast"), atom("init"), tuple(&[atom("stop"), atom("stop")])])]),
             "{From,{sbcast,Name,Msg}}: rex sends Msg on to Name",
         ),
+        ("rex's stop (the node halts)", gen_call(atom("stop")), "{'$gen_call',From,stop}: rex stops, and the node with it"),
+        ("rex's stop, large", large(&[atom("$gen_call"), from.clone(), atom_as(100, "stop")]), "{'$gen_call',From,stop}: rex stops, and the node with it"),
         (
             "rpc:multi_server_call relay",
             tuple(&[pid(1), large(&[atom("send"), atom("code_server"), atom("x")])]),
@@ -1181,6 +1183,9 @@ fn rex_requests_are_judged_by_rpc_allow_by_shape_to_any_process() {
         ("a send request to a gen_server", gen_call(tuple(&[atom("send"), atom("a"), atom("b")]))),
         ("a call request to a gen_server", gen_call(tuple(&[atom("call"), atom("a"), atom("b"), atom("c")]))),
         ("a plain call", gen_call(atom("get"))),
+        ("a stop cast", gen_cast(atom("stop"))),
+        ("a stop message", tuple(&[pid(1), atom("stop")])),
+        ("a stop request of another shape", gen_call(tuple(&[atom("stop"), atom("normal")]))),
         ("a cast request in a call", gen_call(mfa("cast", "os", "cmd", os_cmd()))),
         ("a call request in a cast", gen_cast(mfa("call", "os", "cmd", os_cmd()))),
         ("a six-tuple call", tuple(&[pid(1), tuple(&[atom("call"), atom("os"), atom("cmd"), os_cmd(), atom("user"), atom("x")])])),
@@ -1298,4 +1303,135 @@ fn a_rex_request_after_any_kind_of_from_is_found() {
         let frame = data(&header(&[(5, Some("a@h"))]), &send(), Some(&tuple(&[atom("$gen_call"), from.clone(), req.clone()])));
         assert_eq!(run(&p, &frame).0.verdict, Verdict::Drop, "$gen_call From: {what}");
     }
+}
+
+/// ALTACT_SIG_SEND (op 37, OTP 28): `{37, Flags, From, To}` or `{37, Flags, From, To, Token}`.
+fn altact(flags: Vec<u8>, to: Vec<u8>) -> Vec<u8> {
+    tuple(&[int(37), flags, pid(1), to])
+}
+
+#[test]
+fn altact_sig_send_to_a_name_is_judged_as_a_reg_send_and_its_message_as_any_message() {
+    const PRIO: i64 = 1;
+    const ALIAS: i64 = 4;
+    const NAME: i64 = 8;
+    const EXIT: i64 = 16;
+    let p = policy("preset = \"untrusted\"\n[policy.p.control]\nreg_send_allow = [\"dg_*\"]\nrpc_allow = [\"erlang:node/0\"]\n");
+    let from = tuple(&[pid(1), reference(&atom("a@h"))]);
+    let rex_call = |m: &str, f: &str| tuple(&[atom("$gen_call"), from.clone(), tuple(&[atom("call"), atom(m), atom(f), list(&[]), atom("user")])]);
+    let system = large(&[atom("system"), from.clone(), atom("get_state")]);
+    let judge = |ctl: Vec<u8>, payload: &[u8]| run(&p, &data(&header(&[]), &ctl, Some(payload))).0;
+    let rule = |j: Judgement| (j.verdict, j.findings.first().map(|f| f.rule));
+    // To a registered name: the name rules of a reg_send.
+    assert_eq!(rule(judge(altact(int(NAME), atom("rex")), &rex_call("os", "cmd"))), (Verdict::Drop, Some("rpc_allow")));
+    assert_eq!(judge(altact(int(NAME), atom("rex")), &rex_call("erlang", "node")), Judgement::pass());
+    assert_eq!(judge(altact(int(NAME), atom("rex")), &tuple(&[pid(1), atom("features_request")])), Judgement::pass());
+    assert_eq!(rule(judge(altact(int(NAME), atom("rex")), &atom("junk"))), (Verdict::Drop, Some("rpc_allow")));
+    assert_eq!(rule(judge(altact(int(NAME | PRIO), atom("init")), &tuple(&[atom("stop"), atom("stop")]))), (Verdict::Drop, Some("untrusted:registered_name")));
+    assert_eq!(rule(judge(altact(int(NAME), atom("other")), &atom("x"))), (Verdict::Drop, Some("reg_send_allow")));
+    assert_eq!(judge(altact(int(NAME), atom("dg_sink")), &atom("x")), Judgement::pass());
+    let ping = tuple(&[atom("$gen_call"), from.clone(), tuple(&[atom("is_auth"), atom("a@h")])]);
+    assert_eq!(judge(altact(int(NAME), atom("net_kernel")), &ping), Judgement::pass());
+    // An exit signal to a name, too (`exit(rex, kill)` stops the node).
+    assert_eq!(rule(judge(altact(int(NAME | EXIT), atom("rex")), &atom("kill"))), (Verdict::Drop, Some("rpc_allow")));
+    assert_eq!(rule(judge(altact(int(NAME | EXIT), atom("init")), &atom("kill"))), (Verdict::Drop, Some("untrusted:registered_name")));
+    // The message's shape, to a name, an alias or a pid.
+    assert_eq!(rule(judge(altact(int(NAME), atom("dg_sink")), &system)), (Verdict::Drop, Some("untrusted:system_message")));
+    assert_eq!(rule(judge(altact(int(ALIAS | PRIO), reference(&atom("b@h"))), &system)), (Verdict::Drop, Some("untrusted:system_message")));
+    assert_eq!(rule(judge(altact(int(0), pid(9)), &rex_call("os", "cmd"))), (Verdict::Drop, Some("rpc_allow")));
+    let with_token = tuple(&[int(37), int(2), pid(1), pid(9), atom("token")]);
+    assert_eq!(rule(judge(with_token, &system)), (Verdict::Drop, Some("untrusted:system_message")));
+    assert_eq!(judge(altact(int(ALIAS), reference(&atom("b@h"))), &tuple(&[reference(&atom("b@h")), atom("ok")])), Judgement::pass());
+    // An exit signal's reason is no message: not judged by shape.
+    assert_eq!(judge(altact(int(EXIT), pid(9)), &system), Judgement::pass());
+    // Flags as a bignum: erts reads their low byte (here NAME), and so does distgate.
+    let big_name = vec![110, 9, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1];
+    assert_eq!(rule(judge(altact(big_name, atom("init")), &atom("x"))), (Verdict::Drop, Some("untrusted:registered_name")));
+    let big_exit = vec![110, 1, 0, 16];
+    assert_eq!(judge(altact(big_exit, pid(9)), &system), Judgement::pass());
+    // Flags erts refuses (negative): judged as a message.
+    assert_eq!(rule(judge(altact(int(-1), pid(9)), &system)), (Verdict::Drop, Some("untrusted:system_message")));
+    // Without the preset or an rpc_allow, nothing here is looked at.
+    assert_eq!(run(&policy(""), &data(&header(&[]), &altact(int(NAME), atom("rex")), Some(&rex_call("os", "cmd")))).0, Judgement::pass());
+}
+
+// ---- documented behaviour: old-style funs, rewrite_fallback = close, suppressed audit lines ----
+
+/// An old-style FUN_EXT (pre-R8 encoding): `117 NumFree Pid Module Index Uniq Free…`.
+fn old_fun(module: &str, index: i64, uniq: i64, free: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = vec![117];
+    v.extend_from_slice(&(free.len() as u32).to_be_bytes());
+    v.extend_from_slice(&pid(1));
+    v.extend_from_slice(&atom(module));
+    v.extend_from_slice(&int(index));
+    v.extend_from_slice(&int(uniq));
+    free.iter().for_each(|f| v.extend_from_slice(f));
+    v
+}
+
+#[test]
+fn old_style_funs_get_the_unknown_fun_action_and_are_never_rewritten() {
+    let msg = payload_msg(&tuple(&[atom("old"), old_fun("m", 3, 123456, &[int(1)])]));
+    // Pass by default, whatever the registries say (an old fun names no module version).
+    assert_eq!(run(&policy(""), &msg).0, Judgement::pass());
+    // replace: the marker {distgate_blocked_fun, Module, OldIndex, OldUniq}, integers.
+    let (j, edited) = run(&policy("unknown_fun = \"replace\"\n"), &msg);
+    assert_eq!((j.findings[0].rule, j.findings[0].action, j.findings[0].subject.as_str()), ("unknown_fun", "replace", "#Fun<m.3.123456>"));
+    assert_eq!(edited.unwrap(), "{6,#Pid<'a@h'.1.0.7>,'',sink} {old,{distgate_blocked_fun,m,3,123456}}");
+    // drop, close, and a module rule.
+    assert_eq!(run(&policy("unknown_fun = \"drop\"\n"), &msg).0.verdict, Verdict::Drop);
+    assert!(matches!(run(&policy("unknown_fun = \"close\"\n"), &msg).0.verdict, Verdict::Close { .. }));
+    let p = policy("unknown_fun = \"close\"\n[policy.p.modules]\n\"m\" = { unknown_fun = \"pass\" }\n");
+    assert_eq!(run(&p, &msg).0, Judgement::pass());
+    // rewrite: never possible, so rewrite_fallback decides (replace by default, or drop).
+    let (j, edited) = run(&policy("unknown_fun = \"rewrite\"\n"), &msg);
+    assert_eq!((j.findings[0].rule, j.findings[0].action), ("rewrite_fallback", "replace"));
+    assert_eq!(j.findings[0].detail.as_deref(), Some("an old-style fun names no lambda"));
+    assert!(edited.unwrap().ends_with("{old,{distgate_blocked_fun,m,3,123456}}"));
+    let (j, _) = run(&policy("unknown_fun = \"rewrite\"\nrewrite_fallback = \"drop\"\n"), &msg);
+    assert_eq!((j.verdict, j.findings[0].action), (Verdict::Drop, "drop"));
+}
+
+#[test]
+fn rewrite_fallback_close_closes_the_link_naming_the_fun() {
+    let anon = new_fun(&atom("m"), V1, 1, 1, &[]);
+    let p = policy("unknown_fun = \"rewrite\"\nrewrite_fallback = \"close\"\n");
+    let (j, _) = run(&p, &payload_msg(&tuple(&[atom("x"), anon])));
+    assert_eq!((j.findings[0].rule, j.findings[0].action), ("rewrite_fallback", "close"));
+    let Verdict::Close { reason, reply: None } = &j.verdict else { panic!("{j:?}") };
+    assert!(reason.contains("policy p: rewrite_fallback: #Fun<m.1."), "{reason}");
+    // A fun that can be rewritten still is.
+    let (j, _) = run(&p, &payload_msg(&local_f()));
+    assert!(matches!(j.verdict, Verdict::Edits(_)), "{j:?}");
+    // On the link path: the direction closes the link.
+    let (mut d, _) = direction(Some(p), None);
+    let (fwd, _, closed) = feed(&mut d, &mut Decoder::default(), &[payload_msg(&new_fun(&atom("m"), V1, 1, 1, &[]))]);
+    assert!(fwd.is_empty());
+    assert!(closed.is_some_and(|r| r.contains("rewrite_fallback")));
+}
+
+#[test]
+fn audit_lines_over_the_budget_are_counted_as_suppressed() {
+    let stats = Arc::new(Stats::default());
+    let p = |per_second: u32| Compiled::parse("p", &format!("audit_per_second = {per_second}\nunknown_fun = \"replace\"\n")).unwrap_or_else(|e| panic!("{e}"));
+    // One line a second: of five decisions in the same second (two in one message), one is
+    // logged and four suppressed; all five are counted.
+    // (One instant for every frame: the budget is per second of the clock.)
+    let frames =
+        vec![payload_msg(&local_f()), payload_msg(&local_f()), payload_msg(&tuple(&[local_f(), local_f()])), payload_msg(&local_f())];
+    let judge_all = |per_second: u32, stats: &Arc<Stats>| {
+        let (mut d, _) = direction(Some(p(per_second)), Some(stats.clone()));
+        let (mut dec, now) = (Decoder::default(), Instant::now());
+        for f in &frames {
+            assert!(matches!(d.frame(&mut dec, f, now).unwrap(), FrameAct::Replace { .. }));
+        }
+    };
+    judge_all(1, &stats);
+    assert_eq!(stats.get("policy:replace"), 5);
+    assert_eq!(stats.get("policy:audit_suppressed"), 4);
+    // audit_per_second = 0: no lines at all, so nothing counts as suppressed.
+    let stats = Arc::new(Stats::default());
+    judge_all(0, &stats);
+    assert_eq!(stats.get("policy:replace"), 5);
+    assert_eq!(stats.get("policy:audit_suppressed"), 0);
 }
