@@ -1029,23 +1029,28 @@ fn compact_len(b: &[u8]) -> core::result::Result<(u64, usize), BeamErrorKind> {
     Ok((v, 1 + count))
 }
 
+/// A module image made of these chunks, in order (each padded to 4 bytes, `FOR1`'s size
+/// right): for tests and tools that make `.beam` files, valid or not, without a compiler.
+pub fn image_of_chunks(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+    let mut body = b"BEAM".to_vec();
+    for (id, data) in chunks {
+        body.extend_from_slice(*id);
+        body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        body.extend_from_slice(data);
+        body.resize(body.len().div_ceil(4) * 4, 0);
+    }
+    let mut out = b"FOR1".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A minimal module image built from chunks (padding added), for the unit tests.
     pub(crate) fn build(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
-        let mut body = b"BEAM".to_vec();
-        for (id, data) in chunks {
-            body.extend_from_slice(*id);
-            body.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            body.extend_from_slice(data);
-            body.resize(body.len().div_ceil(4) * 4, 0);
-        }
-        let mut out = b"FOR1".to_vec();
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
+        image_of_chunks(chunks)
     }
 
     fn words(ws: &[u32]) -> Vec<u8> {

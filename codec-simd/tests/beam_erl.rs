@@ -402,17 +402,7 @@ fn every_truncation_of_a_gzip_beam_is_an_error() {
 
 /// An image made of these chunks (padding added, FOR1's size right).
 fn build(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
-    let mut body = b"BEAM".to_vec();
-    for (id, data) in chunks {
-        body.extend_from_slice(*id);
-        body.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        body.extend_from_slice(data);
-        body.resize(body.len().div_ceil(4) * 4, 0);
-    }
-    let mut out = b"FOR1".to_vec();
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    beam::image_of_chunks(chunks)
 }
 
 /// Big-endian 32-bit words.

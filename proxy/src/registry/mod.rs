@@ -553,19 +553,7 @@ mod tests {
         for i in 0..n {
             funt.extend_from_slice(&w(&[2, 1, 1, i, 0, 0]));
         }
-        let chunks: [(&[u8; 4], Vec<u8>); 6] =
-            [(b"AtU8", atoms), (b"Code", w(&[16])), (b"StrT", vec![]), (b"ImpT", w(&[0])), (b"ExpT", w(&[0])), (b"FunT", funt)];
-        let mut body = b"BEAM".to_vec();
-        for (id, data) in chunks {
-            body.extend_from_slice(id);
-            body.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            body.extend_from_slice(&data);
-            body.resize(body.len().div_ceil(4) * 4, 0);
-        }
-        let mut out = b"FOR1".to_vec();
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
+        distgate_codec::beam::image_of_chunks(&[(b"AtU8", atoms), (b"Code", w(&[16])), (b"StrT", vec![]), (b"ImpT", w(&[0])), (b"ExpT", w(&[0])), (b"FunT", funt)])
     }
 
     /// A FunT entry is 24 bytes of file and may name an atom of 255 bytes: the lambdas share

@@ -556,16 +556,7 @@ mod tests {
             (b"ExpT", words(&[1, 2, 0, 2])),
             (b"FunT", words(&[1, 3, 0, 5, 0, 0, 7])),
         ];
-        let mut body = b"BEAM".to_vec();
-        for (id, data) in chunks {
-            body.extend_from_slice(id);
-            body.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            body.extend_from_slice(&data);
-            body.resize(body.len().div_ceil(4) * 4, 0);
-        }
-        let mut out = b"FOR1".to_vec();
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
+        let out = beam::image_of_chunks(&chunks);
         assert!(beam::Beam::parse(&out).is_ok());
         std::fs::write(dir.join(format!("{m}.beam")), out).unwrap();
     }
