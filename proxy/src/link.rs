@@ -309,11 +309,15 @@ impl Link {
     }
 
     /// The driver moved `n` (at most [`Link::opaque_pending`]) bytes from `leg` to the other
-    /// leg itself.
-    pub fn on_passed(&mut self, leg: Leg, n: usize, now: Instant) {
+    /// leg itself. When that ends the frame, answers held back for it (see `Link::back`) are
+    /// in `out`, to be written behind it.
+    pub fn on_passed(&mut self, leg: Leg, n: usize, now: Instant, out: &mut Output) {
         let i = leg.index();
         self.last_rx[i] = now;
         self.opaque[i] -= n.min(self.opaque[i]);
+        if self.opaque[i] == 0 && matches!(self.state, State::Forwarding) {
+            self.flush_deferred(leg.other(), out);
+        }
     }
 
     /// Flags both legs negotiated (0 before the handshake completes).
@@ -1041,7 +1045,7 @@ mod tests {
                     // The driver moves opaque bytes itself (splice).
                     let n = opaque.min(7_000).min(stream.len() - at);
                     sent.extend_from_slice(&stream[at..at + n]);
-                    l.on_passed(Leg::Down, n, now);
+                    l.on_passed(Leg::Down, n, now, &mut Output::default());
                     at += n;
                     continue;
                 }
@@ -1269,6 +1273,28 @@ mod tests {
         let distgate_codec::message::Decoded::Message(m) = dec.decode(&reply[4..]).unwrap() else { panic!("{reply:?}") };
         assert_eq!(m.control.op(), 31, "the spawn reply");
         assert_eq!(&to_down[to_down.len() - 4..], &[0, 0, 0, 0]);
+    }
+
+    /// The same when the driver moves the rest of that frame itself (splice, `on_passed`):
+    /// the reply comes out of the call that reports the frame's last byte passed, not only
+    /// on the next read of either leg (which may never come).
+    #[test]
+    fn a_reply_held_for_a_frame_the_driver_passes_comes_out_when_it_ends() {
+        let (mut l, big, spawn) = streaming_to_down();
+        let now = Instant::now();
+        let mut out = Output::default();
+        assert_eq!(l.on_bytes(Leg::Down, &spawn, now, &mut out), spawn.len());
+        assert!(out.writes.iter().all(|(leg, _)| *leg != Leg::Down), "{:?}", out.writes);
+        let rest = l.opaque_pending(Leg::Up);
+        assert_eq!(rest, big.len() - 1000 - 4, "the frame's rest, not the tick behind it");
+        let mut out = Output::default();
+        l.on_passed(Leg::Up, rest - 1, now, &mut out);
+        assert!(out.writes.is_empty(), "one byte still to come: {:?}", out.writes);
+        l.on_passed(Leg::Up, 1, now, &mut out);
+        let [(Leg::Down, Chunk::Owned(reply))] = &out.writes[..] else { panic!("{:?}", out.writes) };
+        let mut dec = Decoder::default();
+        let distgate_codec::message::Decoded::Message(m) = dec.decode(&reply[4..]).unwrap() else { panic!("{reply:?}") };
+        assert_eq!(m.control.op(), 31, "the spawn reply");
     }
 
     /// Answers held for a frame streaming to their leg are bounded: a peer that keeps sending
