@@ -185,6 +185,18 @@ pub(crate) struct Shared {
     /// The policy handle of every connected pair. Swapped whole by a reload that connects a
     /// new pair (a handle, once made, stays: established links keep theirs).
     policies: arc_swap::ArcSwap<PolicyTable>,
+    /// The registrations distgate holds in other clusters' upstream EPMDs for each node
+    /// registered with a responder, by (its side, its name); see [`sync_mirrors`].
+    mirrors: Mutex<HashMap<(usize, String), Arc<Mutex<Vec<Mirror>>>>>,
+}
+
+/// One registration of a node held in an upstream EPMD: it lives as long as `held`.
+struct Mirror {
+    /// The side whose upstream EPMD holds it, that EPMD, and the proxy port it names.
+    from: usize,
+    upstream: SocketAddr,
+    port: u16,
+    held: TcpStream,
 }
 
 /// A running distgate. Dropping it stops it (see [`Runtime::shutdown`]).
@@ -231,6 +243,7 @@ impl Runtime {
             epmd_timeout: spec.epmd_timeout,
             stats,
             policies: arc_swap::ArcSwap::from_pointee(spec.policies.clone()),
+            mirrors: Mutex::new(HashMap::new()),
         });
         let mut responder_threads = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
@@ -316,6 +329,15 @@ impl Runtime {
         // Limits: for links accepted from now on.
         for c in &sh.cores {
             let _ = c.set_limits(spec.limits, spec.link_buffer);
+        }
+        // Mirrors follow the routes, `nodes` and upstream EPMDs just swapped in: added for a
+        // new route, moved to a new upstream EPMD, withdrawn for a node now outside `nodes` or
+        // a route removed.
+        for side in 0..sh.sides.len() {
+            let names: Vec<String> = sh.sides[side].table.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+            for name in names {
+                sync_mirrors(sh, side, &name);
+            }
         }
     }
 
@@ -476,7 +498,7 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
                 return Ok(());
             };
             tracing::info!(side = %me.name, node = %name, port = info.port, creation, "node registered");
-            let mirrors = mirror(sh, side, &info, SocketAddr::new(peer.ip(), info.port));
+            sync_mirrors(sh, side, &name);
             // The registration lives as long as this connection.
             s.set_read_timeout(None)?;
             let mut sink = [0u8; 64];
@@ -486,8 +508,10 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
                     Ok(_) => {}
                 }
             }
-            drop(mirrors);
             me.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            // Its mirrors end with it (dropped here, or by a reload syncing them now).
+            let mirrors = sh.mirrors.lock().unwrap_or_else(|p| p.into_inner()).remove(&(side, name.clone()));
+            drop(mirrors);
             tracing::info!(side = %me.name, node = %name, "node unregistered");
         }
         Request::PortPlease2(name) => {
@@ -605,45 +629,87 @@ fn upstream_port_please(sh: &Shared, side: usize, name: &str) -> Option<(NodeInf
     None
 }
 
-/// Mirror a node that registered with side `side`'s responder into the upstream EPMDs of every
-/// side that may route to it, under the dedicated proxy port, so nodes there can dial first:
-/// into each of them, since each may be the epmd of other hosts, whose nodes ask their own.
-/// A node outside its side's `nodes` is not mirrored. The returned streams keep the mirrored
-/// registrations alive; dropping them ends them.
-fn mirror(sh: &Shared, side: usize, info: &NodeInfo, target: SocketAddr) -> Vec<TcpStream> {
-    let mut held = Vec::new();
-    if !sh.sides[side].knows_alive(&info.name) {
-        tracing::info!(side = %sh.sides[side].name, node = %info.name, "not in the cluster's nodes: not mirrored");
-        return held;
-    }
-    for &(from, to) in sh.routes_allowed.load().iter() {
-        if to != side {
-            continue;
+/// Bring the mirrors of side `side`'s registered node `name` in line with the configuration
+/// in force: the node registered in the upstream EPMDs of every side that may route to it,
+/// under the dedicated proxy port, so nodes there can dial first; into each of them, since
+/// each may be the epmd of other hosts, whose nodes ask their own. A node outside its side's
+/// `nodes` has none. Called when the node registers and on every reload; mirrors no longer
+/// wanted are dropped (which ends those registrations), and ones whose EPMD closed them (it
+/// restarted, say) are made again.
+fn sync_mirrors(sh: &Shared, side: usize, name: &str) {
+    let s = &sh.sides[side];
+    // The entry is taken while the node is registered (checked under the map's lock, which
+    // unregistering takes after the table's): mirrors are never left to a gone node.
+    let entry = {
+        let mut map = sh.mirrors.lock().unwrap_or_else(|p| p.into_inner());
+        let reg = s.table.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        match reg {
+            Some(reg) => (reg, map.entry((side, name.to_string())).or_default().clone()),
+            None => {
+                map.remove(&(side, name.to_string()));
+                return;
+            }
         }
-        let ups = upstream_addrs(sh, from);
-        if ups.is_empty() {
-            continue;
-        }
-        let port = match route_for(sh, from, to, &info.name, target) {
-            Ok(p) => p,
-            Err(e) => {
-                sh.stats.count("route_open_failed");
-                tracing::warn!(node = %info.name, error = %e, "cannot open a proxy port for a mirror");
+    };
+    let (reg, held) = entry;
+    let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+    let mut want = Vec::new();
+    if !s.knows_alive(name) {
+        tracing::info!(side = %s.name, node = %name, "not in the cluster's nodes: not mirrored");
+    } else {
+        let target = SocketAddr::new(reg.ip, reg.info.port);
+        for &(from, to) in sh.routes_allowed.load().iter() {
+            if to != side {
                 continue;
             }
-        };
-        let mirrored = NodeInfo { port, ..info.clone() };
-        for up in ups {
-            match epmd::alive2(up, &mirrored, sh.epmd_timeout) {
-                Ok((s, _)) => {
-                    tracing::info!(node = %info.name, upstream = %up, port, "registration mirrored upstream");
-                    held.push(s);
+            let ups = upstream_addrs(sh, from);
+            if ups.is_empty() {
+                continue;
+            }
+            match route_for(sh, from, to, name, target) {
+                Ok(port) => want.extend(ups.into_iter().map(|up| (from, up, port))),
+                Err(e) => {
+                    sh.stats.count("route_open_failed");
+                    tracing::warn!(node = %name, error = %e, "cannot open a proxy port for a mirror");
                 }
-                Err(e) => tracing::info!(node = %info.name, upstream = %up, error = %e, "not mirrored upstream"),
             }
         }
     }
-    held
+    held.retain(|m| {
+        let keep = want.contains(&(m.from, m.upstream, m.port)) && still_held(&m.held);
+        if !keep {
+            tracing::info!(node = %name, upstream = %m.upstream, port = m.port, "mirror withdrawn");
+        }
+        keep
+    });
+    for (from, up, port) in want {
+        if held.iter().any(|m| (m.from, m.upstream, m.port) == (from, up, port)) {
+            continue;
+        }
+        let mirrored = NodeInfo { port, ..reg.info.clone() };
+        match epmd::alive2(up, &mirrored, sh.epmd_timeout) {
+            Ok((stream, _)) => {
+                tracing::info!(node = %name, upstream = %up, port, "registration mirrored upstream");
+                held.push(Mirror { from, upstream: up, port, held: stream });
+            }
+            Err(e) => tracing::info!(node = %name, upstream = %up, error = %e, "not mirrored upstream"),
+        }
+    }
+    // Unregistered meanwhile: nothing of it stays.
+    if !s.table.lock().unwrap_or_else(|p| p.into_inner()).contains_key(name) {
+        held.clear();
+    }
+}
+
+/// Whether an upstream EPMD still holds the registration made on `s`: it closes the
+/// connection when it drops one (stopped, restarted), and sends nothing otherwise.
+fn still_held(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let alive = matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    let _ = s.set_nonblocking(false);
+    alive
 }
 
 /// The dedicated port for (from → to, name), opened on first use; the target is refreshed.

@@ -304,3 +304,51 @@ fn a_reload_that_adds_a_cluster_still_applies_the_rest() {
     let b = Node::start_with("cb", NodeOptions { cookie: "ops_cookie_b_rotated".into(), epmd_port: Some(eb), ..NodeOptions::default() });
     assert_eq!(a.eval(&format!("net_adm:ping({}).", b.atom())), "pong", "b's new cookie is in force");
 }
+
+/// Mirrors follow a reload: a route added from b (whose nodes use a real epmd) to a puts a's
+/// registered node into that epmd, where b's nodes find it and dial it through distgate;
+/// taking the node out of a's `nodes` withdraws it; putting it back mirrors it again.
+#[test]
+fn a_reload_adds_and_withdraws_mirrors() {
+    let dir = TempDir::new("dg_ops_mirrors");
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let e = Epmd::start();
+    let listen_a = format!("listen = \"127.0.0.1:{ea}\"\n");
+    let listen_b = format!("listen = \"127.0.0.1:{eb}\"\n");
+    let write = |route: bool, a_nodes: &str| {
+        let cfg = config(&dir, ea, eb, mp, false);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let text = text.replace(&listen_b, &format!("{listen_b}upstream_epmd = \"127.0.0.1:{}\"\n", e.1));
+        let text = text.replace(&listen_a, &format!("{listen_a}{a_nodes}"));
+        let text = if route { text.replace("[metrics]", "[[route]]\nfrom = \"b\"\nto = \"a\"\n\n[metrics]") } else { text };
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let cfg = write(false, "");
+    let mut dg = Daemon::start(BIN, &cfg);
+    let a = Node::start_with("ma1", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
+    let b = Node::start_with("mb1", NodeOptions { cookie: "ops_cookie_b".into(), epmd_port: Some(e.1), ..NodeOptions::default() });
+    // What b's epmd lists: whether a's node is there (b's own always is).
+    let alive = |n: &Node| n.atom().trim_matches('\'').split('@').next().unwrap().to_string();
+    let (alive_a, alive_b) = (alive(&a), alive(&b));
+    let mirrored = || {
+        let ns = b.eval("[N || {N, _} <- element(2, net_adm:names())].");
+        assert!(ns.contains(&format!("\"{alive_b}\"")), "{ns}");
+        ns.contains(&format!("\"{alive_a}\""))
+    };
+    assert!(!mirrored(), "no route from b to a: a's node is not in b's epmd");
+    let reload = |dg: &mut Daemon| {
+        dg.signal("HUP");
+        dg.wait_for("SIGHUP: configuration reloaded");
+    };
+    write(true, "");
+    reload(&mut dg);
+    assert!(mirrored(), "the added route mirrors a's node into b's epmd");
+    assert_eq!(b.eval(&format!("net_adm:ping({}).", a.atom())), "pong", "b dials a through the mirror");
+    write(true, "nodes = [\"other*@*\"]\n");
+    reload(&mut dg);
+    assert!(!mirrored(), "a node taken out of a's nodes is withdrawn");
+    write(true, "");
+    reload(&mut dg);
+    assert!(mirrored(), "and mirrored again when it is back");
+}
