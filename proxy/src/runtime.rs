@@ -187,8 +187,11 @@ pub(crate) struct Shared {
     policies: arc_swap::ArcSwap<PolicyTable>,
     /// The registrations distgate holds in other clusters' upstream EPMDs for each node
     /// registered with a responder, by (its side, its name); see [`sync_mirrors`].
-    mirrors: Mutex<HashMap<(usize, String), Arc<Mutex<Vec<Mirror>>>>>,
+    mirrors: Mutex<HashMap<(usize, String), NodeMirrors>>,
 }
+
+/// The mirrors of one registered node (locked while they are brought in line).
+type NodeMirrors = Arc<Mutex<Vec<Mirror>>>;
 
 /// One registration of a node held in an upstream EPMD: it lives as long as `held`.
 struct Mirror {
