@@ -583,3 +583,29 @@ fn flush_sock(s: &mut TcpStream, mut b: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leg a burst grew keeps its buffers while they are in use and gives them back on the
+    /// timer once idle.
+    #[test]
+    fn an_idle_leg_gives_back_what_a_burst_grew() {
+        let mut io = LegIo::new(None, true);
+        io.rbuf = vec![0; READ_MAX];
+        io.read_size = READ_MAX;
+        io.wq = vec![7; 8 * READ_CHUNK];
+        // Busy: reads still large, bytes still queued.
+        trim(&mut io);
+        assert_eq!((io.rbuf.len(), io.wq.len()), (READ_MAX, 8 * READ_CHUNK));
+        // Reads came short again and the queue was written: back to one chunk each.
+        io.read_size = READ_CHUNK;
+        io.wq_off = io.wq.len();
+        io.wq.clear();
+        io.wq_off = 0;
+        trim(&mut io);
+        assert_eq!(io.rbuf.len(), READ_CHUNK);
+        assert!(io.wq.capacity() <= READ_CHUNK, "{}", io.wq.capacity());
+    }
+}
