@@ -179,6 +179,9 @@ pub struct Output {
     pub frames: [u64; 2],
     /// Of those, frames streamed (see [`Decoder::set_streaming`]).
     pub streamed: [u64; 2],
+    /// Answers the link held back behind a frame streaming to their receiver (see
+    /// `Link::back`), for metrics.
+    pub held: u64,
 }
 
 impl Output {
@@ -187,6 +190,7 @@ impl Output {
         self.events.clear();
         self.frames = [0; 2];
         self.streamed = [0; 2];
+        self.held = 0;
     }
     fn owned(&mut self, leg: Leg, bytes: Vec<u8>) {
         self.writes.push((leg, Chunk::Owned(bytes)));
@@ -724,6 +728,7 @@ impl Link {
                 return false;
             }
             held.extend_from_slice(&bytes);
+            out.held += 1;
         } else {
             self.flush_deferred(leg, out);
             out.owned(leg, bytes);
@@ -1260,6 +1265,7 @@ mod tests {
         assert_eq!(l.on_bytes(Leg::Down, &spawn, now, &mut out), spawn.len());
         assert!(out.events.is_empty(), "{:?}", out.events);
         assert!(out.writes.iter().all(|(leg, _)| *leg != Leg::Down), "nothing written into the streaming frame: {:?}", out.writes);
+        assert_eq!(out.held, 1, "counted as held");
         // The rest of the big frame arrives (and the tick behind it): it passes, then the
         // reply, then the tick.
         let rest = &big[1000..];

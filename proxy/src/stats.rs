@@ -56,6 +56,14 @@ impl Stats {
         *m.entry(label.to_string()).or_default() += 1;
     }
 
+    /// `n` more of `label` (nothing for 0).
+    pub fn count_n(&self, label: &str, n: u64) {
+        if n > 0 {
+            let mut m = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+            *m.entry(label.to_string()).or_default() += n;
+        }
+    }
+
     pub fn get(&self, label: &str) -> u64 {
         self.labelled.lock().unwrap_or_else(|p| p.into_inner()).get(label).copied().unwrap_or(0)
     }

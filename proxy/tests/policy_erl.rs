@@ -413,3 +413,50 @@ fn rex_requests_sent_to_rexs_pid_are_judged_by_rpc_allow_and_other_gen_server_ca
     }
     assert_eq!(s.a.eval("nodes()."), format!("[{}]", s.b.atom()));
 }
+
+/// Answers distgate makes itself (here the error replies to refused spawn requests) while a
+/// large message streams towards their receiver wait for the end of that message's frame:
+/// written into its middle, they would cut it. B floods A with 1 MiB binaries (unjudged
+/// direction: streamed) while A keeps sending refused spawn requests, ten at a time; every request gets its
+/// error, every binary arrives intact and in order, the link stays up, and some answers were
+/// indeed held (`distgate_events_total{event="reply_held"}`).
+#[test]
+fn answers_to_a_sender_wait_for_the_frame_streaming_to_it() {
+    let s = setup(Some("[policy.p.control]\nspawn_allow = [\"dgt:*\"]\n"));
+    let streamed = || s.rt.stats().streamed[1].load(std::sync::atomic::Ordering::Relaxed);
+    let before = streamed();
+    // A's collector checks order and content, and says `done` when all 40 came (in a
+    // persistent term: each eval runs in a process of its own).
+    s.a.eval(
+        "register(dg_coll, spawn(fun() -> \
+           C = fun Loop(I) when I > 40 -> persistent_term:put(dg_coll, done); \
+                   Loop(I) -> receive {big, I, Md5, Bin} when is_binary(Bin) -> \
+                                          case erlang:md5(Bin) of Md5 -> Loop(I + 1); _ -> persistent_term:put(dg_coll, {corrupt, I}) end; \
+                                      Other -> persistent_term:put(dg_coll, {unexpected, I, Other}) end end, \
+           C(1) end)).",
+    );
+    s.b.eval(&format!(
+        "A = {}, Bin = crypto:strong_rand_bytes(1 bsl 20), Md5 = erlang:md5(Bin), \
+         spawn(fun() -> [{{dg_coll, A}} ! {{big, I, Md5, Bin}} || I <- lists:seq(1, 40)] end), ok.",
+        s.a.atom()
+    ));
+    // Refused requests, one after the other, until the collector is done (or 40 s passed).
+    let r = s.a.eval(
+        "Until = erlang:monotonic_time(millisecond) + 40000, \
+         Ask = fun Ask(N) -> \
+            Rs = [erlang:spawn_request(B, os, cmd, [\"true\"], []) || _ <- lists:seq(1, 10)], \
+            Got = [receive {spawn_reply, R, error, distgate_denied} -> ok after 30000 -> no_reply end || R <- Rs], \
+            case {lists:usort(Got), persistent_term:get(dg_coll, running), erlang:monotonic_time(millisecond) > Until} of \
+                {[ok], running, false} -> Ask(N + 10); \
+                {[ok], What, _} -> {What, N + 10}; \
+                {Bad, _, _} -> {Bad, N} end end, \
+         Ask(0).",
+    );
+    let (what, asked) = r.trim_matches(|c| c == '{' || c == '}').split_once(',').expect("{What, N}");
+    assert_eq!(what, "done", "{r}");
+    assert!(asked.parse::<u32>().unwrap() > 0, "{r}");
+    assert!(streamed() - before >= 40, "{} frames streamed to A", streamed() - before);
+    assert!(s.rt.stats().get("reply_held") > 0, "no answer waited for a streaming frame (asked {asked})");
+    assert_eq!(s.rt.stats().get("close:bad_frame"), 0);
+    assert_eq!(s.a.eval("nodes()."), format!("[{}]", s.b.atom()));
+}

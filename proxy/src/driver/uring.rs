@@ -959,6 +959,7 @@ impl Core {
         let frames = self.out.frames[i];
         Stats::add(&self.stats.frames[i], frames);
         Stats::add(&self.stats.streamed[i], self.out.streamed[i]);
+        self.stats.count_n("reply_held", self.out.held);
         self.apply(slot);
         if frames > 0 {
             self.stats.frame_time.observe(t0.elapsed().as_secs_f64());
