@@ -335,13 +335,21 @@ impl Runtime {
         }
         // Mirrors follow the routes, `nodes` and upstream EPMDs just swapped in: added for a
         // new route, moved to a new upstream EPMD, withdrawn for a node now outside `nodes` or
-        // a route removed.
-        for side in 0..sh.sides.len() {
-            let names: Vec<String> = sh.sides[side].table.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-            for name in names {
-                sync_mirrors(sh, side, &name);
+        // a route removed. A thread per node, as each may wait on an EPMD that does not
+        // answer (`epmd_timeout` per attempt): the reload waits for the slowest, not the sum.
+        thread::scope(|scope| {
+            for side in 0..sh.sides.len() {
+                let names: Vec<String> = sh.sides[side].table.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+                for name in names {
+                    let sync = move || sync_mirrors(sh, side, &name);
+                    // No thread to be had: here, then.
+                    if let Err(e) = thread::Builder::new().name("mirrors".into()).spawn_scoped(scope, sync.clone()) {
+                        tracing::debug!(error = %e, "no thread for a mirror sync");
+                        sync();
+                    }
+                }
             }
-        }
+        });
     }
 
     /// The policy handles this runtime was started with (for a reload).
