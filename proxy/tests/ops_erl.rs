@@ -307,7 +307,8 @@ fn a_reload_that_adds_a_cluster_still_applies_the_rest() {
 
 /// Mirrors follow a reload: a route added from b (whose nodes use a real epmd) to a puts a's
 /// registered node into that epmd, where b's nodes find it and dial it through distgate;
-/// taking the node out of a's `nodes` withdraws it; putting it back mirrors it again.
+/// taking the node out of a's `nodes` withdraws it; putting it back mirrors it again; and a
+/// mirror lost with a restarted epmd is made again.
 #[test]
 fn a_reload_adds_and_withdraws_mirrors() {
     let dir = TempDir::new("dg_ops_mirrors");
@@ -331,10 +332,10 @@ fn a_reload_adds_and_withdraws_mirrors() {
     // What b's epmd lists: whether a's node is there (b's own always is).
     let alive = |n: &Node| n.atom().trim_matches('\'').split('@').next().unwrap().to_string();
     let (alive_a, alive_b) = (alive(&a), alive(&b));
+    let listed = |alive: &str| b.eval("[N || {N, _} <- element(2, net_adm:names())].").contains(&format!("\"{alive}\""));
     let mirrored = || {
-        let ns = b.eval("[N || {N, _} <- element(2, net_adm:names())].");
-        assert!(ns.contains(&format!("\"{alive_b}\"")), "{ns}");
-        ns.contains(&format!("\"{alive_a}\""))
+        assert!(listed(&alive_b), "b's own node is in its epmd");
+        listed(&alive_a)
     };
     assert!(!mirrored(), "no route from b to a: a's node is not in b's epmd");
     let reload = |dg: &mut Daemon| {
@@ -351,4 +352,11 @@ fn a_reload_adds_and_withdraws_mirrors() {
     write(true, "");
     reload(&mut dg);
     assert!(mirrored(), "and mirrored again when it is back");
+    // b's epmd restarts (empty): the next reload makes the mirror it dropped again.
+    let port = e.1;
+    drop(e);
+    let _e = Epmd::start_on(port);
+    assert!(!listed(&alive_a), "a new epmd knows nothing");
+    reload(&mut dg);
+    assert!(listed(&alive_a), "a mirror its epmd dropped is made again");
 }

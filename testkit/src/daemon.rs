@@ -144,7 +144,11 @@ pub struct Epmd(Child, pub u16);
 
 impl Epmd {
     pub fn start() -> Epmd {
-        let port = free_port();
+        Epmd::start_on(free_port())
+    }
+
+    /// An epmd on `port` (say, one restarted where an earlier one ran).
+    pub fn start_on(port: u16) -> Epmd {
         let child = Command::new("epmd").args(["-port", &port.to_string()]).spawn().expect("epmd (erlang-base) starts");
         let epmd = Epmd(child, port);
         // A node started before its epmd listens fails to register and halts.
