@@ -246,8 +246,9 @@ fuzz_target!(|data: &[u8]| {
         if op & 0x10 != 0 && opaque > 0 && hs.pending[i].is_empty() {
             // The driver splices the opaque bytes straight to the other leg.
             let n = opaque.min(size);
-            hs.pass(leg, n);
             rx[leg.other().index()].push(Write { leg: leg.other(), bytes: &chunk[..n], owned: false });
+            let mut sink = |w: Write<'_>| rx[w.leg.index()].push(w);
+            hs.pass(leg, n, &mut sink);
             at[i] += n;
         } else {
             let mut sink = |w: Write<'_>| rx[w.leg.index()].push(w);

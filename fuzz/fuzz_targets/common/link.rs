@@ -71,11 +71,14 @@ impl Harness {
     }
 
     /// The driver moved `n` opaque bytes (`Link::opaque_pending`) of `leg` to the other leg
-    /// itself, as a splicing driver does.
-    pub fn pass(&mut self, leg: Leg, n: usize) {
+    /// itself, as a splicing driver does (the caller has delivered them). What the link
+    /// writes then (answers held for that frame) goes to `sink`.
+    pub fn pass(&mut self, leg: Leg, n: usize, sink: &mut dyn FnMut(Write<'_>)) {
         assert!(n <= self.link.opaque_pending(leg));
         self.fed[leg.index()] += n;
-        self.link.on_passed(leg, n, self.now);
+        self.out.clear();
+        self.link.on_passed(leg, n, self.now, &mut self.out);
+        self.apply(None, sink);
     }
 
     /// The up connection is established (after `Event::DialUp`).
