@@ -69,12 +69,12 @@ fn reg_send_frame(term_body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// The load generator's fun flood: `n` messages, REG_SENDs and SENDs in turn, each carrying
-/// the `fun` payload with its own sequence number (frames without their length prefix).
-fn fun_flood(n: u32) -> Vec<Vec<u8>> {
+/// The load generator's flood of `kind` payloads (`fun`, `1KB`): `n` messages, REG_SENDs and
+/// SENDs in turn, each with its own sequence number (frames without their length prefix).
+fn flood(kind: PayloadKind, n: u32) -> Vec<Vec<u8>> {
     let node = "load@127.0.0.1";
     let flags = flag::DIST_HDR_ATOM_CACHE | flag::FRAGMENTS;
-    let mut payload = PayloadKind::Fun.encode(node);
+    let mut payload = kind.encode(node);
     let mut seq = 0;
     (0..n)
         .map(|i| {
@@ -199,7 +199,8 @@ fn inputs() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         let (buf, ranges) = load_corpus(&format!("{name}.etf"));
         out.push((name, ranges.iter().map(|r| reg_send_frame(&buf[r.start + 1..r.end])).collect()));
     }
-    out.push(("fun-flood", fun_flood(2000)));
+    out.push(("fun-flood", flood(PayloadKind::Fun, 2000)));
+    out.push(("1KB-flood", flood(PayloadKind::Mixed, 2000)));
     out
 }
 
