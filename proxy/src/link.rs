@@ -424,10 +424,6 @@ impl Link {
                 return buf.len();
             }
             if matches!(self.state, State::Forwarding) {
-                // Replies held back for a frame the driver since passed itself (on_passed).
-                for l in [Leg::Down, Leg::Up] {
-                    self.flush_deferred(l, out);
-                }
                 // Frames the decoder streamed in this call, for metrics.
                 let streamed = |l: &Self| l.decoders.as_ref().map_or(0, |d| d[leg.index()].streamed());
                 let before = streamed(self);
