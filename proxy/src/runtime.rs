@@ -650,7 +650,8 @@ fn upstream_port_please(sh: &Shared, side: usize, name: &str) -> Option<(NodeInf
 fn sync_mirrors(sh: &Shared, side: usize, name: &str) {
     let s = &sh.sides[side];
     // The entry is taken while the node is registered (checked under the map's lock, which
-    // unregistering takes after the table's): mirrors are never left to a gone node.
+    // unregistering takes after the table's): once the node unregisters, its entry leaves the
+    // map, and what this call still holds of it is dropped when the call ends.
     let entry = {
         let mut map = sh.mirrors.lock().unwrap_or_else(|p| p.into_inner());
         let reg = s.table.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
@@ -705,10 +706,6 @@ fn sync_mirrors(sh: &Shared, side: usize, name: &str) {
             }
             Err(e) => tracing::info!(node = %name, upstream = %up, error = %e, "not mirrored upstream"),
         }
-    }
-    // Unregistered meanwhile: nothing of it stays.
-    if !s.table.lock().unwrap_or_else(|p| p.into_inner()).contains_key(name) {
-        held.clear();
     }
 }
 

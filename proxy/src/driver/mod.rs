@@ -210,11 +210,6 @@ fn on_flush_timeout(stats: &Stats, core: usize, link: u64, node: &str, queued: u
     tracing::warn!(core, link, node = %node, queued, "closing link dropped: its peer did not read the last writes within 5 s");
 }
 
-/// What both drivers do when they close a link for a reason of their own (the core stopping
-/// or failing): count and log it as [`on_close`] does, unless the link had already closed for
-/// a reason of its own and was only flushing (`flushing`: the bytes it still had queued): a
-/// close is counted once, under its first reason. Cutting such a flush loses what was left of
-/// it: logged.
 /// What a link closed because its route was removed is told.
 const ROUTE_REMOVED: &str = "a reload removed the route between these clusters";
 
@@ -224,6 +219,11 @@ fn refuse_unrouted(stats: &Stats, core: usize, node: &str, peer: Option<std::net
     tracing::info!(core, node = %node, peer = ?peer, "connection refused: {ROUTE_REMOVED}");
 }
 
+/// What both drivers do when they close a link for a reason of their own (the core stopping
+/// or failing): count and log it as [`on_close`] does, unless the link had already closed for
+/// a reason of its own and was only flushing (`flushing`: the bytes it still had queued): a
+/// close is counted once, under its first reason. Cutting such a flush loses what was left of
+/// it: logged.
 fn on_cut(stats: &Stats, core: usize, link: u64, node: &str, flushing: Option<usize>, label: &'static str, detail: &str) {
     if let Some(queued) = flushing {
         tracing::info!(core, link, node = %node, queued, reason = %detail, "closing link cut before its last writes were read");

@@ -559,7 +559,7 @@ fn flush(io: &mut LegIo) -> io::Result<()> {
 }
 
 /// Give back the memory a burst made a leg take, once it is idle: its read buffer back to one
-/// chunk once reads came short again, its empty queue back to one chunk.
+/// chunk once reads came short again, its empty queue's buffer released.
 ///
 /// Why on the timer and not as soon as a buffer empties: under a steady flood a leg's
 /// buffers empty and fill again many times a second, and each time memory given back was
@@ -602,9 +602,7 @@ mod tests {
         assert_eq!((io.rbuf.len(), io.wq.len()), (READ_MAX, 8 * READ_CHUNK));
         // Reads came short again and the queue was written: back to one chunk each.
         io.read_size = READ_CHUNK;
-        io.wq_off = io.wq.len();
         io.wq.clear();
-        io.wq_off = 0;
         trim(&mut io);
         assert_eq!(io.rbuf.len(), READ_CHUNK);
         assert!(io.wq.capacity() <= READ_CHUNK, "{}", io.wq.capacity());
