@@ -197,6 +197,7 @@ impl Fleet {
             driver,
             epmd_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
+            mirror_check: Duration::from_secs(10),
             policies: Default::default(),
             registries: Default::default(),
         };

@@ -305,6 +305,7 @@ node_name = "gate"
 threads = 2
 driver = "mio"
 drain_timeout = "5s"
+mirror_check = "30s"
 
 [limits]
 max_frame_bytes = "16MiB"
@@ -345,6 +346,7 @@ level = "warn,distgate::link=debug"
         assert_eq!(p.control.on_deny, DenyAction::Close);
         assert_eq!(c.registry.node_name, "gate");
         assert_eq!(c.runtime.threads, Threads::Fixed(2.try_into().unwrap()));
+        assert_eq!(c.runtime.mirror_check, Duration::from_secs(30));
         assert_eq!(c.limits.max_frame_bytes, 16 << 20);
         assert_eq!(c.limits.link_buffer_bytes, 1 << 20);
         assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(90)));

@@ -131,11 +131,14 @@ pub struct Runtime {
     pub driver: Driver,
     /// On SIGTERM: how long established links may drain before they are closed.
     pub drain_timeout: Duration,
+    /// How often the registrations distgate holds in other clusters' upstream EPMDs (the
+    /// mirrors) are checked: one an EPMD dropped (restarted), or could not take, is made again.
+    pub mirror_check: Duration,
 }
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime { threads: Threads::Auto, driver: Driver::Auto, drain_timeout: Duration::from_secs(30) }
+        Runtime { threads: Threads::Auto, driver: Driver::Auto, drain_timeout: Duration::from_secs(30), mirror_check: Duration::from_secs(10) }
     }
 }
 
@@ -548,11 +551,13 @@ fn decode_runtime(cx: &mut Cx, mut t: Table<'_>) -> Runtime {
     let threads = t.get::<Threads>(cx, "threads");
     let driver = t.get::<Driver>(cx, "driver");
     let drain = duration_in(&mut t, cx, "drain_timeout", Duration::ZERO, Duration::from_secs(3600));
+    let mirror_check = duration_in(&mut t, cx, "mirror_check", Duration::from_millis(100), Duration::from_secs(3600));
     t.finish(cx);
     Runtime {
         threads: threads.unwrap_or(d.threads),
         driver: driver.unwrap_or(d.driver),
         drain_timeout: drain.unwrap_or(d.drain_timeout),
+        mirror_check: mirror_check.unwrap_or(d.mirror_check),
     }
 }
 

@@ -27,7 +27,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One cluster side as the runtime sees it.
 #[derive(Debug, Clone)]
@@ -65,6 +65,9 @@ pub struct Spec {
     /// On shutdown, how long established links may take to flush what is queued towards their
     /// peers before they are closed (`[runtime] drain_timeout`). Applied by a reload too.
     pub drain_timeout: Duration,
+    /// How often the mirrors are checked and the missing ones made again (`[runtime]
+    /// mirror_check`, see [`sweep_mirrors`]). Applied by a reload too.
+    pub mirror_check: Duration,
     /// The policy handle of each route direction, by side indices; empty: nothing is judged.
     /// Links take their route's handles when they open; storing a new policy into a handle
     /// ([`crate::policy::RouteHandle::store`], [`Runtime::reload`]) applies to
@@ -181,6 +184,8 @@ pub(crate) struct Shared {
     epmd_timeout: Duration,
     /// `Spec::drain_timeout` in milliseconds; swapped by a reload.
     drain_ms: AtomicU64,
+    /// `Spec::mirror_check` in milliseconds; swapped by a reload.
+    mirror_check_ms: AtomicU64,
     pub stats: Arc<Stats>,
     /// The policy handle of every connected pair. Swapped whole by a reload that connects a
     /// new pair (a handle, once made, stays: established links keep theirs).
@@ -208,6 +213,8 @@ pub struct Runtime {
     registries: Arc<RegistrySet>,
     responder_threads: Vec<thread::JoinHandle<()>>,
     core_threads: Vec<thread::JoinHandle<()>>,
+    /// The thread that checks the mirrors (see [`keep_mirrors`]).
+    mirror_keeper: Option<thread::JoinHandle<()>>,
     driver: DriverKind,
 }
 
@@ -243,6 +250,7 @@ impl Runtime {
             next_creation: AtomicU64::new(seed),
             stopping: AtomicBool::new(false),
             drain_ms: AtomicU64::new(millis(spec.drain_timeout)),
+            mirror_check_ms: AtomicU64::new(millis(spec.mirror_check)),
             epmd_timeout: spec.epmd_timeout,
             stats,
             policies: arc_swap::ArcSwap::from_pointee(spec.policies.clone()),
@@ -255,9 +263,13 @@ impl Runtime {
             tracing::info!(side = %sh.sides[i].name, addr = %l.local_addr()?, "EPMD responder listening");
             responder_threads.push(thread::Builder::new().name(format!("epmd-{}", sh.sides[i].name)).spawn(move || accept_loop(sh, i, l))?);
         }
+        let mirror_keeper = {
+            let sh = shared.clone();
+            Some(thread::Builder::new().name("mirrors".into()).spawn(move || keep_mirrors(&sh))?)
+        };
         // Directories and the cache load here; live nodes are asked in the background.
         spec.registries.start(Arc::new(SideNodes(Arc::downgrade(&shared))));
-        Ok(Runtime { shared, registries: spec.registries, responder_threads, core_threads, driver })
+        Ok(Runtime { shared, registries: spec.registries, responder_threads, core_threads, mirror_keeper, driver })
     }
 
     /// The bound address of a side's responder (useful when configured with port 0).
@@ -279,6 +291,7 @@ impl Runtime {
     pub fn reload(&self, spec: &Spec) {
         let sh = &self.shared;
         sh.drain_ms.store(millis(spec.drain_timeout), Ordering::Relaxed);
+        sh.mirror_check_ms.store(millis(spec.mirror_check), Ordering::Relaxed);
         // The running index of the new spec's side `k`, if that cluster runs.
         let running: Vec<Option<usize>> = spec.sides.iter().map(|n| sh.sides.iter().position(|s| s.name == n.name)).collect();
         if running.iter().any(Option::is_none) || spec.sides.len() != sh.sides.len() {
@@ -341,7 +354,7 @@ impl Runtime {
             for side in 0..sh.sides.len() {
                 let names: Vec<String> = sh.sides[side].table.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
                 for name in names {
-                    let sync = move || sync_mirrors(sh, side, &name);
+                    let sync = move || sync_mirrors(sh, side, &name, None);
                     // No thread to be had: here, then.
                     if let Err(e) = thread::Builder::new().name("mirrors".into()).spawn_scoped(scope, sync.clone()) {
                         tracing::debug!(error = %e, "no thread for a mirror sync");
@@ -389,6 +402,10 @@ impl Runtime {
             let _ = t.join();
         }
         for t in self.responder_threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(t) = self.mirror_keeper.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
         self.registries.stop();
@@ -509,7 +526,7 @@ fn serve(sh: &Shared, side: usize, mut s: TcpStream) -> io::Result<()> {
                 return Ok(());
             };
             tracing::info!(side = %me.name, node = %name, port = info.port, creation, "node registered");
-            sync_mirrors(sh, side, &name);
+            sync_mirrors(sh, side, &name, None);
             // The registration lives as long as this connection.
             s.set_read_timeout(None)?;
             let mut sink = [0u8; 64];
@@ -640,14 +657,64 @@ fn upstream_port_please(sh: &Shared, side: usize, name: &str) -> Option<(NodeInf
     None
 }
 
+/// What one sweep of the mirror keeper learns as it goes, so that it asks each upstream EPMD's
+/// address once and waits at most once for each that does not answer.
+#[derive(Default)]
+struct Sweep {
+    /// Each side's upstream EPMDs, resolved once per sweep.
+    upstreams: HashMap<usize, Vec<SocketAddr>>,
+    /// Upstream EPMDs that could not take a registration in this sweep: skipped for the rest
+    /// of it (each attempt may wait `epmd_timeout`).
+    unreachable: HashSet<SocketAddr>,
+}
+
+/// The mirror keeper: every `mirror_check`, [`sweep_mirrors`], until the runtime stops.
+///
+/// Why: a mirror lives as long as its connection to the upstream EPMD. An EPMD that restarts
+/// drops it, and one that was down when the node registered never had it; in both cases the
+/// other cluster's nodes cannot dial the node first (their lookups answer "not found") until
+/// it is made again. Registration and reload make mirrors; this makes them again in between.
+fn keep_mirrors(sh: &Shared) {
+    loop {
+        let until = Instant::now() + Duration::from_millis(sh.mirror_check_ms.load(Ordering::Relaxed));
+        // Parked until then (early wake-ups, `stop`'s included, look again).
+        while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+            if sh.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            thread::park_timeout(left);
+        }
+        if sh.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        sweep_mirrors(sh);
+    }
+}
+
+/// Every registered node's mirrors brought in line ([`sync_mirrors`]): the ones an upstream
+/// EPMD dropped or could not take are made again.
+fn sweep_mirrors(sh: &Shared) {
+    let mut sweep = Sweep::default();
+    for side in 0..sh.sides.len() {
+        let names: Vec<String> = sh.sides[side].table.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for name in names {
+            if sh.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            sync_mirrors(sh, side, &name, Some(&mut sweep));
+        }
+    }
+}
+
 /// Bring the mirrors of side `side`'s registered node `name` in line with the configuration
 /// in force: the node registered in the upstream EPMDs of every side that may route to it,
 /// under the dedicated proxy port, so nodes there can dial first; into each of them, since
 /// each may be the epmd of other hosts, whose nodes ask their own. A node outside its side's
-/// `nodes` has none. Called when the node registers and on every reload; mirrors no longer
-/// wanted are dropped (which ends those registrations), and ones whose EPMD closed them (it
+/// `nodes` has none. Called when the node registers, on every reload and by the mirror keeper
+/// (`sweep`: quieter about what it cannot do, which it tries again); mirrors no longer wanted
+/// are dropped (which ends those registrations), and ones whose EPMD closed them (it
 /// restarted, say) are made again.
-fn sync_mirrors(sh: &Shared, side: usize, name: &str) {
+fn sync_mirrors(sh: &Shared, side: usize, name: &str, mut sweep: Option<&mut Sweep>) {
     let s = &sh.sides[side];
     // The entry is taken while the node is registered (checked under the map's lock, which
     // unregistering takes after the table's): once the node unregisters, its entry leaves the
@@ -667,14 +734,19 @@ fn sync_mirrors(sh: &Shared, side: usize, name: &str) {
     let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
     let mut want = Vec::new();
     if !s.knows_alive(name) {
-        tracing::info!(side = %s.name, node = %name, "not in the cluster's nodes: not mirrored");
+        if sweep.is_none() {
+            tracing::info!(side = %s.name, node = %name, "not in the cluster's nodes: not mirrored");
+        }
     } else {
         let target = SocketAddr::new(reg.ip, reg.info.port);
         for &(from, to) in sh.routes_allowed.load().iter() {
             if to != side {
                 continue;
             }
-            let ups = upstream_addrs(sh, from);
+            let ups = match sweep.as_deref_mut() {
+                Some(sw) => sw.upstreams.entry(from).or_insert_with(|| upstream_addrs(sh, from)).clone(),
+                None => upstream_addrs(sh, from),
+            };
             if ups.is_empty() {
                 continue;
             }
@@ -688,14 +760,22 @@ fn sync_mirrors(sh: &Shared, side: usize, name: &str) {
         }
     }
     held.retain(|m| {
-        let keep = want.contains(&(m.from, m.upstream, m.port)) && still_held(&m.held);
-        if !keep {
+        let wanted = want.contains(&(m.from, m.upstream, m.port));
+        let alive = still_held(&m.held);
+        if wanted && !alive {
+            // Made again below.
+            sh.stats.count("mirror_lost");
+            tracing::warn!(node = %name, upstream = %m.upstream, port = m.port, "the upstream EPMD dropped a mirror (restarted?): registering it again");
+        } else if !wanted {
             tracing::info!(node = %name, upstream = %m.upstream, port = m.port, "mirror withdrawn");
         }
-        keep
+        wanted && alive
     });
     for (from, up, port) in want {
         if held.iter().any(|m| (m.from, m.upstream, m.port) == (from, up, port)) {
+            continue;
+        }
+        if sweep.as_deref().is_some_and(|sw| sw.unreachable.contains(&up)) {
             continue;
         }
         let mirrored = NodeInfo { port, ..reg.info.clone() };
@@ -704,7 +784,17 @@ fn sync_mirrors(sh: &Shared, side: usize, name: &str) {
                 tracing::info!(node = %name, upstream = %up, port, "registration mirrored upstream");
                 held.push(Mirror { from, upstream: up, port, held: stream });
             }
-            Err(e) => tracing::info!(node = %name, upstream = %up, error = %e, "not mirrored upstream"),
+            Err(e) => {
+                sh.stats.count("mirror_failed");
+                match sweep.as_deref_mut() {
+                    // Tried again at every check: logged at debug, counted each time.
+                    Some(sw) => {
+                        sw.unreachable.insert(up);
+                        tracing::debug!(node = %name, upstream = %up, error = %e, "not mirrored upstream (tried again at the next check)");
+                    }
+                    None => tracing::info!(node = %name, upstream = %up, error = %e, "not mirrored upstream (tried again at every mirror_check)"),
+                }
+            }
         }
     }
 }
@@ -924,6 +1014,7 @@ impl Spec {
             },
             epmd_timeout: Duration::from_secs(5),
             drain_timeout: cfg.runtime.drain_timeout,
+            mirror_check: cfg.runtime.mirror_check,
             policies: PolicyTable::from_config(cfg, &registries.registries()),
             registries,
         })

@@ -46,6 +46,7 @@ fn start() -> Runtime {
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
+        mirror_check: Duration::from_secs(10),
         policies: Default::default(),
         registries: Default::default(),
     })

@@ -57,6 +57,7 @@ fn spec(driver: DriverKind, drain_timeout: Duration, ca: &[u8], cb: &[u8]) -> Sp
         driver,
         epmd_timeout: Duration::from_secs(10),
         drain_timeout,
+        mirror_check: Duration::from_secs(10),
         policies: Default::default(),
         registries: Default::default(),
     }

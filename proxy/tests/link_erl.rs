@@ -42,6 +42,7 @@ fn spec(driver: DriverKind, sides: Vec<SideSpec>) -> Spec {
         driver,
         epmd_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
+        mirror_check: Duration::from_secs(10),
         policies: Default::default(),
         registries: Default::default(),
     }

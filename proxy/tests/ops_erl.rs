@@ -360,3 +360,43 @@ fn a_reload_adds_and_withdraws_mirrors() {
     reload(&mut dg);
     assert!(listed(&alive_a), "a mirror its epmd dropped is made again");
 }
+
+/// Between reloads the mirror keeper (`[runtime] mirror_check`) makes again the mirrors an
+/// upstream EPMD could not take (it was down when the node registered) or dropped (it
+/// restarted), with no reload and no new registration.
+#[test]
+fn the_mirror_keeper_makes_missing_mirrors_again() {
+    let dir = TempDir::new("dg_ops_keeper");
+    let (ea, eb, mp, up) = (free_port(), free_port(), free_port(), free_port());
+    let cfg = config(&dir, ea, eb, mp, false);
+    let listen_b = format!("listen = \"127.0.0.1:{eb}\"\n");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(&listen_b, &format!("{listen_b}upstream_epmd = \"127.0.0.1:{up}\"\n"));
+    let text = text.replace("[metrics]", "[[route]]\nfrom = \"b\"\nto = \"a\"\n\n[metrics]");
+    std::fs::write(&cfg, format!("{text}mirror_check = \"200ms\"\n")).unwrap();
+    let _dg = Daemon::start(BIN, &cfg);
+    // a registers while b's upstream epmd is down: the mirror cannot be made now.
+    let a = Node::start_with("ka1", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
+    let until = |what: &str, cond: &dyn Fn() -> bool| {
+        let t0 = std::time::Instant::now();
+        while !cond() {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(30), "{what}: not within 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    until("the failed attempt is counted", &|| {
+        distgate_testkit::daemon::sample_or(&scrape(mp), "distgate_events_total{event=\"mirror_failed\"}").is_some_and(|n| n >= 1.0)
+    });
+    let e = Epmd::start_on(up);
+    let b = Node::start_with("kb1", NodeOptions { cookie: "ops_cookie_b".into(), epmd_port: Some(up), ..NodeOptions::default() });
+    let alive_a = a.atom().trim_matches('\'').split('@').next().unwrap().to_string();
+    let listed = || b.eval("[N || {N, _} <- element(2, net_adm:names())].").contains(&format!("\"{alive_a}\""));
+    until("mirrored once b's epmd is up", &listed);
+    assert_eq!(b.eval(&format!("net_adm:ping({}).", a.atom())), "pong", "b dials a through the mirror");
+    // b's epmd restarts, empty: the keeper registers a's node in it again.
+    drop(e);
+    let _e = Epmd::start_on(up);
+    until("mirrored again after b's epmd restarted", &listed);
+    let m = scrape(mp);
+    assert!(sample(&m, "distgate_events_total{event=\"mirror_lost\"}") >= 1.0, "{m}");
+}

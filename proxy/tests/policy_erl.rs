@@ -95,6 +95,7 @@ fn setup(policy_body: Option<&str>) -> Setup {
         driver: DriverKind::Poll,
         epmd_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
+        mirror_check: Duration::from_secs(10),
         policies: table,
         registries: Default::default(),
     };
