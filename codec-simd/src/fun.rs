@@ -1,10 +1,18 @@
 //! Finding every fun in a message: NEW_FUN_EXT (local), FUN_EXT (old local) and EXPORT_EXT
 //! (`fun M:F/A`), wherever it sits — control or payload, inside tuples, lists, maps, or the
 //! free variables of another fun — with its byte extent and decoded fields.
+//!
+//! Two forms: a [`FunSite`] carries the fun's full view; a [`FunSpan`] only where it lies and
+//! its tag, from which [`FunSpan::key`] reads the names that identify its code and
+//! [`FunSpan::site`] builds the full view when it is needed. Why both: the policy's common
+//! case (every fun remembered as passed) needs only the names, and building and copying the
+//! views (a pid, old index and uniq, offsets: 152 bytes a fun) was most of what collecting
+//! funs cost on top of the walk.
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
-use crate::term::{Export, NewFun, OldFun, Term, Visitor, Walker};
+use crate::tag;
+use crate::term::{Atom, Export, NewFun, OldFun, Term, Visitor, Walker};
 use core::ops::Range;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -12,6 +20,25 @@ pub enum FunKind<'a> {
     New(NewFun<'a>),
     Old(OldFun<'a>),
     Export(Export<'a>),
+}
+
+impl<'a> FunKind<'a> {
+    /// The names that identify the fun's code (see [`FunKey`]); `None` for an old-style fun.
+    pub fn key(&self) -> Option<FunKey<'a>> {
+        match *self {
+            FunKind::New(f) => Some(FunKey::Local { module: f.module, uniq: f.uniq }),
+            FunKind::Export(e) => Some(FunKey::Export { module: e.module, function: e.function, arity: e.arity }),
+            FunKind::Old(_) => None,
+        }
+    }
+}
+
+/// What identifies a fun's code: a local fun's module and MD5 (the module version its lambda
+/// lives in), or an export fun's module, function and arity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunKey<'a> {
+    Local { module: Atom<'a>, uniq: &'a [u8; 16] },
+    Export { module: Atom<'a>, function: Atom<'a>, arity: u8 },
 }
 
 /// Which part of the message a fun was found in.
@@ -36,19 +63,163 @@ impl FunSite<'_> {
     pub fn range(&self) -> Range<usize> {
         self.at..self.end
     }
+
+    /// The same fun without its view.
+    pub fn span(&self) -> FunSpan {
+        let tag = match self.kind {
+            FunKind::New(_) => tag::NEW_FUN,
+            FunKind::Old(_) => tag::FUN,
+            FunKind::Export(_) => tag::EXPORT,
+        };
+        FunSpan { at: self.at, end: self.end, tag, nesting: self.nesting, part: self.part }
+    }
 }
 
-pub(crate) struct Collect<'v, 'a> {
-    out: &'v mut Vec<FunSite<'a>>,
+/// One fun as [`collect_spans`] finds it: a [`FunSite`] without the view. Its offsets are into
+/// the buffer that was walked; its methods must be given that buffer, and they read the fun's
+/// header there again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunSpan {
+    pub at: usize,
+    pub end: usize,
+    /// The fun's tag: [`tag::NEW_FUN`], [`tag::FUN`] or [`tag::EXPORT`].
+    pub tag: u8,
+    /// How many funs enclose this one (0: not inside another fun's free variables).
+    pub nesting: u32,
+    pub part: Part,
+}
+
+impl FunSpan {
+    pub fn range(&self) -> Range<usize> {
+        self.at..self.end
+    }
+
+    /// The full view, as [`collect`] would have built it: the fun's header read again from
+    /// `buf` (the walked buffer) with the walk's atom-cache ref count. Bytes the walk accepted
+    /// read the same again, so this fails only when given another buffer.
+    pub fn site<'a>(&self, buf: &'a [u8], cache_refs: Option<u16>) -> Result<FunSite<'a>> {
+        let kind = match crate::term::header(buf, self.at, cache_refs)?.0 {
+            Term::NewFun(f) => FunKind::New(f),
+            Term::OldFun(f) => FunKind::Old(f),
+            Term::Export(e) => FunKind::Export(e),
+            _ => return Err(Error::new(self.at, ErrorKind::UnknownTag(self.tag))),
+        };
+        Ok(FunSite { at: self.at, end: self.end, kind, nesting: self.nesting, part: self.part })
+    }
+
+    /// [`FunSpan::site`] for a fun of `msg` (whose bytes were walked).
+    pub fn site_in<'a>(&self, msg: &Message<'a>) -> Result<FunSite<'a>> {
+        self.site(msg.bytes, msg.refs.table().map(|t| t.nrefs))
+    }
+
+    /// The names that identify the fun's code, read straight from `buf` (the walked buffer):
+    /// what `self.site(buf, ..)?.kind.key()` gives, without reading the rest of the header
+    /// (the pid, the old index and uniq) or checking the text again (the walk did). `None` for
+    /// an old-style fun, or when `buf` is not the walked buffer and the bytes do not fit.
+    ///
+    /// NEW_FUN_EXT: tag, Size (4), Arity (1), Uniq (16) at +6, Index (4), NumFree (4), Module
+    /// at +30. EXPORT_EXT: tag, Module at +1, Function, then SMALL_INTEGER_EXT Arity.
+    ///
+    /// Inlined, with the atoms: called, each result came back through memory and was
+    /// reloaded before the stores had landed (a stall per atom on the policy's hot path).
+    #[inline(always)]
+    pub fn key<'a>(&self, buf: &'a [u8]) -> Option<FunKey<'a>> {
+        match self.tag {
+            tag::NEW_FUN => {
+                let uniq = buf.get(self.at + 6..)?.first_chunk::<16>()?;
+                let (module, _) = walked_atom(buf, self.at + 30)?;
+                Some(FunKey::Local { module, uniq })
+            }
+            tag::EXPORT => {
+                let (module, next) = walked_atom(buf, self.at + 1)?;
+                let (function, next) = walked_atom(buf, next)?;
+                match buf.get(next..next + 2)? {
+                    &[tag::SMALL_INTEGER, arity] => Some(FunKey::Export { module, function, arity }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An atom the walk has checked (text valid, cache index in range): only its structure read.
+#[inline(always)]
+fn walked_atom(buf: &[u8], at: usize) -> Option<(Atom<'_>, usize)> {
+    let text = |len_at: usize, len: usize| buf.get(len_at..len_at + len);
+    Some(match *buf.get(at)? {
+        tag::ATOM_CACHE_REF => (Atom::CacheRef(*buf.get(at + 1)?), at + 2),
+        tag::SMALL_ATOM_UTF8 => {
+            let n = *buf.get(at + 1)? as usize;
+            (Atom::Utf8(text(at + 2, n)?), at + 2 + n)
+        }
+        tag::SMALL_ATOM => {
+            let n = *buf.get(at + 1)? as usize;
+            (Atom::Latin1(text(at + 2, n)?), at + 2 + n)
+        }
+        t @ (tag::ATOM_UTF8 | tag::ATOM) => {
+            let n = u16::from_be_bytes(*buf.get(at + 1..)?.first_chunk::<2>()?) as usize;
+            let b = text(at + 3, n)?;
+            (if t == tag::ATOM_UTF8 { Atom::Utf8(b) } else { Atom::Latin1(b) }, at + 3 + n)
+        }
+        _ => return None,
+    })
+}
+
+/// What a collecting walk records of each fun: a [`FunSite`] or a [`FunSpan`].
+pub(crate) trait Record<'a>: Sized {
+    /// The record of the fun `term` at `at`, or `None` for a term that is not a fun.
+    fn fun(at: usize, term: &Term<'a>, nesting: u32, part: Part) -> Option<Self>;
+    fn set_end(&mut self, end: usize);
+}
+
+impl<'a> Record<'a> for FunSite<'a> {
+    #[inline(always)]
+    fn fun(at: usize, term: &Term<'a>, nesting: u32, part: Part) -> Option<Self> {
+        let kind = match *term {
+            Term::NewFun(f) => FunKind::New(f),
+            Term::OldFun(f) => FunKind::Old(f),
+            Term::Export(e) => FunKind::Export(e),
+            _ => return None,
+        };
+        Some(FunSite { at, end: at, kind, nesting, part })
+    }
+    #[inline(always)]
+    fn set_end(&mut self, end: usize) {
+        self.end = end;
+    }
+}
+
+impl<'a> Record<'a> for FunSpan {
+    /// Only the variant is looked at: with the header read inlined into the walk, the view's
+    /// fields are never stored (the reads that validate them still happen).
+    #[inline(always)]
+    fn fun(at: usize, term: &Term<'a>, nesting: u32, part: Part) -> Option<Self> {
+        let tag = match term {
+            Term::NewFun(_) => tag::NEW_FUN,
+            Term::OldFun(_) => tag::FUN,
+            Term::Export(_) => tag::EXPORT,
+            _ => return None,
+        };
+        Some(FunSpan { at, end: at, tag, nesting, part })
+    }
+    #[inline(always)]
+    fn set_end(&mut self, end: usize) {
+        self.end = end;
+    }
+}
+
+pub(crate) struct Collect<'v, R> {
+    out: &'v mut Vec<R>,
     /// Indices (into `out`) of the funs entered and not yet left, innermost last.
     open: OpenStack,
     part: Part,
 }
 
-impl<'v, 'a> Collect<'v, 'a> {
+impl<'v, R> Collect<'v, R> {
     /// A visitor appending the funs of the walked term to `out` (the decoder uses it for
     /// [`crate::message::Decoder::decode_collecting`]).
-    pub(crate) fn new(out: &'v mut Vec<FunSite<'a>>, part: Part) -> Self {
+    pub(crate) fn new(out: &'v mut Vec<R>, part: Part) -> Self {
         Collect { out, open: OpenStack::default(), part }
     }
 }
@@ -89,35 +260,31 @@ impl OpenStack {
     }
 }
 
-impl<'a> Visitor<'a> for Collect<'_, 'a> {
+impl<'a, R: Record<'a>> Visitor<'a> for Collect<'_, R> {
     /// Only funs are of interest: every other term is walked (and validated) on the walker's
     /// lean path, with no view built and no call here. So enter and leave come in nested
     /// pairs for funs alone, and `open` is exactly the chain of enclosing funs.
     #[inline(always)]
     fn wants(tag: u8) -> bool {
-        matches!(tag, crate::tag::NEW_FUN | crate::tag::FUN | crate::tag::EXPORT)
+        matches!(tag, tag::NEW_FUN | tag::FUN | tag::EXPORT)
     }
     #[inline]
     fn enter(&mut self, at: usize, term: &Term<'a>) -> Result<()> {
-        let kind = match *term {
-            Term::NewFun(f) => FunKind::New(f),
-            Term::OldFun(f) => FunKind::Old(f),
-            Term::Export(e) => FunKind::Export(e),
-            // Not shown (see `wants`); kept paired all the same.
-            _ => {
-                self.open.push(usize::MAX);
-                return Ok(());
-            }
-        };
         let nesting = self.open.len() as u32;
-        self.open.push(self.out.len());
-        self.out.push(FunSite { at, end: at, kind, nesting, part: self.part });
+        match R::fun(at, term, nesting, self.part) {
+            Some(r) => {
+                self.open.push(self.out.len());
+                self.out.push(r);
+            }
+            // Not shown (see `wants`); kept paired all the same.
+            None => self.open.push(usize::MAX),
+        }
         Ok(())
     }
     #[inline]
     fn leave(&mut self, _at: usize, end: usize) {
-        if let Some(site) = self.open.pop().and_then(|i| self.out.get_mut(i)) {
-            site.end = end;
+        if let Some(r) = self.open.pop().and_then(|i| self.out.get_mut(i)) {
+            r.set_end(end);
         }
     }
 }
@@ -130,8 +297,14 @@ impl<'a> Visitor<'a> for Collect<'_, 'a> {
 /// with only funs wanted the walk costs what a plain validating walk does. The scan cost more
 /// than it saved (term-heavy walk+funs 19% slower with it, binary-heavy 67%).
 pub fn collect<'a>(w: &mut Walker, buf: &'a [u8], range: Range<usize>, part: Part, out: &mut Vec<FunSite<'a>>) -> Result<()> {
-    let mut c = Collect::new(out, part);
-    w.walk(buf, range.start, &mut c)?;
+    w.walk(buf, range.start, &mut Collect::new(out, part))?;
+    Ok(())
+}
+
+/// [`collect`], recording each fun's [`FunSpan`] only: the same walk, the same checks and
+/// errors, the same funs in the same order.
+pub fn collect_spans(w: &mut Walker, buf: &[u8], range: Range<usize>, part: Part, out: &mut Vec<FunSpan>) -> Result<()> {
+    w.walk(buf, range.start, &mut Collect::new(out, part))?;
     Ok(())
 }
 
@@ -273,6 +446,131 @@ mod tests {
         let (mut w, mut whole) = (Walker::default(), Vec::new());
         collect(&mut w, m.bytes, m.payload.clone().unwrap(), Part::Payload, &mut whole).unwrap();
         assert_eq!(whole.len(), 4);
-        assert_eq!(got, whole);
+        assert_eq!(got, whole.iter().map(FunSite::span).collect::<Vec<_>>());
+        let views: Vec<_> = got.iter().map(|s| s.site_in(&m).unwrap()).collect();
+        assert_eq!(views, whole);
+    }
+
+    /// A NEW_FUN_EXT without free variables whose module atom is `module` (encoded), with
+    /// this uniq.
+    fn new_fun_mod(out: &mut Vec<u8>, module: &[u8], uniq: u8) {
+        let start = out.len();
+        out.extend_from_slice(&[112, 0, 0, 0, 0, 1]);
+        out.extend_from_slice(&[uniq; 16]);
+        out.extend_from_slice(&3u32.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(module);
+        out.extend_from_slice(&[97, 0, 98, 0, 0, 0, 9]);
+        out.push(88);
+        atom(out, "n@h");
+        out.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let size = (out.len() - start - 1) as u32;
+        out[start + 1..start + 5].copy_from_slice(&size.to_be_bytes());
+    }
+
+    /// Funs naming their modules and functions in every atom encoding, an old-style fun, and
+    /// funs inside funs, as a list (cache refs valid below 3).
+    fn every_encoding() -> Vec<u8> {
+        let encodings: [&[u8]; 6] = [
+            &[119, 3, b'a', b'b', b'c'],
+            &[118, 0, 3, b'a', b'b', b'd'],
+            &[115, 3, b'a', b'b', 0xe9],
+            &[100, 0, 2, b'a', b'b'],
+            &[82, 2],
+            &[119, 0],
+        ];
+        let mut items: Vec<Vec<u8>> = Vec::new();
+        for (i, m) in encodings.iter().enumerate() {
+            let mut b = Vec::new();
+            new_fun_mod(&mut b, m, i as u8);
+            items.push(b);
+            for f in encodings {
+                let mut b = vec![113];
+                b.extend_from_slice(m);
+                b.extend_from_slice(f);
+                b.extend_from_slice(&[97, i as u8]);
+                items.push(b);
+            }
+        }
+        // FUN_EXT: NumFree 1, pid, module, index, uniq, then its free variable (an export).
+        let mut old = vec![117, 0, 0, 0, 1, 88];
+        atom(&mut old, "n@h");
+        old.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+        atom(&mut old, "old");
+        old.extend_from_slice(&[97, 4, 98, 0, 0, 1, 0]);
+        export(&mut old, "x", "y", 2);
+        items.push(old);
+        let mut outer = Vec::new();
+        new_fun(&mut outer, 2, |b| {
+            export(b, "a", "b", 0);
+            new_fun(b, 1, |b| b.extend_from_slice(&[82, 1]));
+        });
+        items.push(outer);
+        let mut b = vec![108];
+        b.extend_from_slice(&(items.len() as u32).to_be_bytes());
+        for i in items {
+            b.extend_from_slice(&i);
+        }
+        b.push(106);
+        b
+    }
+
+    /// A span's view, read again, is the view the eager walk built, and its key (read
+    /// straight from the bytes) the view's key: in every atom encoding, at every nesting.
+    #[test]
+    fn spans_rebuild_the_eager_views_and_keys() {
+        let b = every_encoding();
+        let mut w = Walker::default();
+        w.set_cache_refs(Some(3));
+        let (mut sites, mut spans) = (Vec::new(), Vec::new());
+        collect(&mut w, &b, 0..b.len(), Part::Control, &mut sites).unwrap();
+        collect_spans(&mut w, &b, 0..b.len(), Part::Control, &mut spans).unwrap();
+        assert_eq!(sites.len(), 6 + 36 + 2 + 3);
+        assert_eq!(spans, sites.iter().map(FunSite::span).collect::<Vec<_>>());
+        for (span, site) in spans.iter().zip(&sites) {
+            assert_eq!(span.site(&b, Some(3)).as_ref(), Ok(site));
+            assert_eq!(span.key(&b), site.kind.key(), "{site:?}");
+            assert_eq!(span.key(&b).is_none(), matches!(site.kind, FunKind::Old(_)));
+        }
+        // The keys tell the encodings apart (Latin-1 from UTF-8 text, one cache ref from
+        // another): no two of the first 42 funs share one.
+        let keys: Vec<_> = spans[..42].iter().filter_map(|s| s.key(&b)).collect();
+        assert_eq!(keys.len(), 42);
+        for (i, k) in keys.iter().enumerate() {
+            assert!(!keys[..i].contains(k), "{k:?}");
+        }
+    }
+
+    /// Collecting spans checks what collecting sites does: on every truncation and on bytes
+    /// changed anywhere, the same error at the same offset, or the same funs.
+    #[test]
+    fn spans_and_sites_fail_alike() {
+        let good = every_encoding();
+        let mut inputs: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+        for at in 0..good.len() {
+            for x in [0x00, 0x01, 0x80, 0xff] {
+                let mut b = good.clone();
+                b[at] = if x == 0x01 { b[at].wrapping_add(1) } else { x };
+                inputs.push(b);
+            }
+        }
+        let mut w = Walker::default();
+        w.set_cache_refs(Some(3));
+        let mut errors = 0;
+        for b in &inputs {
+            let (mut sites, mut spans) = (Vec::new(), Vec::new());
+            let r1 = collect(&mut w, b, 0..b.len(), Part::Payload, &mut sites);
+            let r2 = collect_spans(&mut w, b, 0..b.len(), Part::Payload, &mut spans);
+            assert_eq!(r1, r2, "{b:?}");
+            errors += r1.is_err() as usize;
+            if r1.is_ok() {
+                assert_eq!(spans, sites.iter().map(FunSite::span).collect::<Vec<_>>());
+                for (span, site) in spans.iter().zip(&sites) {
+                    assert_eq!(span.site(b, Some(3)).as_ref(), Ok(site));
+                    assert_eq!(span.key(b), site.kind.key());
+                }
+            }
+        }
+        assert!(errors > good.len(), "the corruptions are caught ({errors})");
     }
 }

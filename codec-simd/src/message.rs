@@ -20,7 +20,7 @@
 use crate::atom_cache::{AtomCache, RefTable};
 use crate::control::{self, Control};
 use crate::error::{DistErrorKind, Error, ErrorKind, Result};
-use crate::fun::{Collect, FunSite, Part};
+use crate::fun::{Collect, FunSpan, Part};
 use crate::tag;
 use crate::term::{u64_at, u8_at, Limits, Walker};
 use core::ops::Range;
@@ -386,8 +386,8 @@ impl Decoder {
     /// [`Decoder::decode`], also appending to `funs` every fun in the payload of a completed
     /// message, found during the payload walk the decode does anyway (the policy's funs
     /// without a second walk; funs in the control term are not collected: it is decoded, not
-    /// walked).
-    pub fn decode_collecting<'a>(&'a mut self, frame: &'a [u8], funs: Option<&mut Vec<FunSite<'a>>>) -> Result<Decoded<'a>> {
+    /// walked). Their offsets are into [`Message::bytes`]; [`FunSpan::site_in`] gives a view.
+    pub fn decode_collecting<'a>(&'a mut self, frame: &'a [u8], funs: Option<&mut Vec<FunSpan>>) -> Result<Decoded<'a>> {
         self.done = None;
         if frame.is_empty() {
             return Ok(Decoded::Tick);
@@ -431,7 +431,7 @@ impl Decoder {
         }
     }
 
-    fn first_fragment<'a>(&'a mut self, frame: &'a [u8], funs: Option<&mut Vec<FunSite<'a>>>) -> Result<Decoded<'a>> {
+    fn first_fragment<'a>(&'a mut self, frame: &'a [u8], funs: Option<&mut Vec<FunSpan>>) -> Result<Decoded<'a>> {
         let seq = u64_at(frame, 2)?;
         let frag_id = u64_at(frame, 10)?;
         if frag_id == 0 {
@@ -486,7 +486,7 @@ impl Decoder {
         Ok(())
     }
 
-    fn continuation<'a>(&'a mut self, frame: &'a [u8], funs: Option<&mut Vec<FunSite<'a>>>) -> Result<Decoded<'a>> {
+    fn continuation<'a>(&'a mut self, frame: &'a [u8], funs: Option<&mut Vec<FunSpan>>) -> Result<Decoded<'a>> {
         let seq = u64_at(frame, 2)?;
         let frag_id = u64_at(frame, 10)?;
         let Some(i) = self.seqs.iter().position(|s| s.id == seq) else {
@@ -547,7 +547,7 @@ fn after_version(body: &[u8], p: usize, versioned: bool) -> Result<usize> {
 #[allow(clippy::too_many_arguments)]
 fn decode_body<'a>(
     w: &mut Walker,
-    funs: Option<&mut Vec<FunSite<'a>>>,
+    funs: Option<&mut Vec<FunSpan>>,
     body: &'a [u8],
     at: usize,
     versioned: bool,

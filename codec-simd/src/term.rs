@@ -654,7 +654,7 @@ fn read_pid<'a>(buf: &'a [u8], at: usize, cache_refs: Option<u16>) -> Result<(Pi
 /// Decode the header of the term at `at`: its view and the offset right after the header
 /// (where its children, if any, start).
 #[inline]
-fn header<'a>(buf: &'a [u8], at: usize, cache_refs: Option<u16>) -> Result<(Term<'a>, usize)> {
+pub(crate) fn header<'a>(buf: &'a [u8], at: usize, cache_refs: Option<u16>) -> Result<(Term<'a>, usize)> {
     header_inline(buf, at, cache_refs)
 }
 

@@ -44,11 +44,17 @@ fuzz_target!(|data: &[u8]| {
                 match d.decode_collecting(frame, Some(&mut collected)) {
                     Ok(Decoded::Message(m)) => {
                         // The funs the decoder collected in its own walk are exactly the
-                        // payload's funs a separate walk finds.
+                        // payload's funs a separate walk finds, their views read again
+                        // exactly the views that walk built, and their keys those views'.
                         let mut funs = Vec::new();
                         if fun::message_funs(&mut w, &m, &mut funs).is_ok() {
                             let payload: Vec<_> = funs.iter().filter(|f| f.part == fun::Part::Payload).copied().collect();
-                            assert_eq!(payload, collected);
+                            let spans: Vec<_> = payload.iter().map(fun::FunSite::span).collect();
+                            assert_eq!(spans, collected);
+                            for (span, site) in collected.iter().zip(&payload) {
+                                assert_eq!(span.site_in(&m).as_ref(), Ok(site));
+                                assert_eq!(span.key(m.bytes), site.kind.key());
+                            }
                         }
                     }
                     Ok(_) => {}

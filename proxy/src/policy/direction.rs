@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use distgate_codec::fun::{self, FunSite};
+use distgate_codec::fun::{self, FunSite, FunSpan};
 use distgate_codec::message::{self, Decoded, Decoder, Framing, Message};
 use distgate_codec::rewrite::{self, Edit};
 use distgate_codec::term::{Limits, Walker};
@@ -84,7 +84,10 @@ pub struct Direction {
     /// receiver's cache changes).
     cache_epoch: u64,
     walker: Walker,
-    funs: Vec<FunSite<'static>>,
+    /// The message's funs, as collected (where each lies), reused from message to message.
+    funs: Vec<FunSpan>,
+    /// Their full views, built only for the general path (see `message`).
+    views: Vec<FunSite<'static>>,
     /// The policy last seen on the handle, and the handle's generation then.
     current: Option<Arc<Compiled>>,
     seen: u64,
@@ -112,19 +115,27 @@ struct TargetView {
 
 /// The target's current snapshot through `view`, reloaded only when the handle swapped its
 /// registries or the registry stored a new snapshot since.
+///
+/// Inlined, and checked in place: taking the view out and putting it back was a move of it
+/// through memory on every message.
+#[inline(always)]
 fn current_target<'v>(view: &'v mut Option<TargetView>, h: &RouteHandle) -> &'v Arc<Snapshot> {
     let registries = h.registries.load(Ordering::Acquire);
-    let v = match view.take() {
-        Some(v) if v.registries == registries && v.registry.stores() == v.stores => v,
-        _ => {
-            let registry = h.target.load_full();
-            // The count before the snapshot: a store in between makes the next check reload.
-            let stores = registry.stores();
-            let snapshot = registry.snapshot();
-            TargetView { registries, registry, stores, snapshot }
-        }
-    };
-    &view.insert(v).snapshot
+    if !matches!(view, Some(v) if v.registries == registries && v.registry.stores() == v.stores) {
+        *view = Some(load_target(h, registries));
+    }
+    // Always `Some` here; the closure only spares an `unwrap`.
+    &view.get_or_insert_with(|| load_target(h, registries)).snapshot
+}
+
+#[cold]
+#[inline(never)]
+fn load_target(h: &RouteHandle, registries: u64) -> TargetView {
+    let registry = h.target.load_full();
+    // The count before the snapshot: a store in between makes the next check reload.
+    let stores = registry.stores();
+    let snapshot = registry.snapshot();
+    TargetView { registries, registry, stores, snapshot }
 }
 
 impl Direction {
@@ -144,6 +155,7 @@ impl Direction {
             cache_epoch: 0,
             walker: Walker::new(limits),
             funs: Vec::new(),
+            views: Vec::new(),
             scratch: Vec::new(),
             current: None,
             seen: u64::MAX,
@@ -207,14 +219,15 @@ impl Direction {
         // When the policy looks at funs, the decoder collects the payload's during the walk
         // it does anyway: no second walk.
         let payload_funs = policy.is_some_and(|p| p.funs_matter);
-        let mut funs = recycle(std::mem::take(&mut self.funs));
+        let mut funs = std::mem::take(&mut self.funs);
+        funs.clear();
         // Matched in place: a decoded message is a large value, not worth moving.
         let decoded = dec.decode_collecting(frame, payload_funs.then_some(&mut funs));
         let decoded = match &decoded {
             Ok(d) => d,
             Err(e) => {
                 let e = *e;
-                self.funs = recycle(funs);
+                self.funs = funs;
                 return Err(e);
             }
         };
@@ -226,7 +239,7 @@ impl Direction {
                 // Its header reaches the receiver as it is or on a stand-in.
                 self.cache_epoch += msg.refs.table().is_some_and(|t| t.defines_entries()) as u64;
                 let act = self.message(msg, policy, None, now, &mut funs, true, Some(seq));
-                self.funs = recycle(funs);
+                self.funs = funs;
                 act
             }
             // A later fragment of a streamed message: it follows its first fragment's fate.
@@ -270,7 +283,7 @@ impl Direction {
                         // a broken sequence.
                         None if policy.is_some_and(|p| p.dry_run) => None,
                         None => {
-                            self.funs = recycle(funs);
+                            self.funs = funs;
                             return Ok(FrameAct::Forward);
                         }
                     },
@@ -282,7 +295,7 @@ impl Direction {
                     }
                 };
                 let act = self.message(msg, policy, held, now, &mut funs, payload_funs, None);
-                self.funs = recycle(funs);
+                self.funs = funs;
                 if self.scratch.capacity() > 1 << 20 {
                     self.scratch = Vec::new();
                 }
@@ -302,7 +315,7 @@ impl Direction {
         policy: Option<&Compiled>,
         held: Option<bool>,
         now: Instant,
-        funs: &mut Vec<FunSite<'a>>,
+        funs: &mut Vec<FunSpan>,
         payload_funs: bool,
         streamed: Option<u64>,
     ) -> distgate_codec::Result<FrameAct> {
@@ -337,14 +350,22 @@ impl Direction {
             if let Some(h) = &self.handle {
                 let target = current_target(&mut self.target, h);
                 self.memo.sync(target, p);
-                if funs.iter().all(|f| engine::remembered(&self.memo, msg, f)) {
+                // Each fun's names read straight from its header: no view is built.
+                if funs.iter().all(|f| engine::span_remembered(&self.memo, msg, f)) {
                     return Ok(FrameAct::Forward);
                 }
             }
         }
         // Out of `self` while the closure below borrows it.
         let mut view = self.target.take();
+        let mut views = recycle(std::mem::take(&mut self.views));
         let result = collected.and_then(|()| {
+            // The funs' full views: the judgement needs them for its findings, markers and
+            // rewrites, and a re-emission for the Size fields it patches.
+            for f in funs {
+                views.push(f.site_in(msg)?);
+            }
+            let funs = &views[..];
             // The registries are consulted only for funs (a policy implies a handle), the
             // source's only to rewrite.
             let handle = self.handle.as_ref().filter(|_| !funs.is_empty());
@@ -400,6 +421,7 @@ impl Direction {
             })
         });
         self.target = view;
+        self.views = recycle(views);
         result
     }
 
@@ -456,18 +478,18 @@ impl Direction {
 /// only when one of its elements could hold a fun (`Control::may_hold_fun`: not every one was
 /// read as a pid, atom, integer or reference) and a fun tag byte occurs in it; its funs go
 /// first.
-fn collect_funs<'a>(w: &mut Walker, msg: &Message<'a>, out: &mut Vec<FunSite<'a>>, payload_collected: bool) -> distgate_codec::Result<()> {
+fn collect_funs(w: &mut Walker, msg: &Message<'_>, out: &mut Vec<FunSpan>, payload_collected: bool) -> distgate_codec::Result<()> {
     const SMALL: usize = 512;
     let may_hold = |r: &std::ops::Range<usize>| distgate_codec::scan::may_contain_fun(&msg.bytes[r.clone()]);
     w.set_cache_refs(msg.refs.table().map(|t| t.nrefs));
     if !payload_collected {
         if let Some(p) = msg.payload.as_ref().filter(|p| p.len() > SMALL || may_hold(p)) {
-            fun::collect(w, msg.bytes, p.clone(), fun::Part::Payload, out)?;
+            fun::collect_spans(w, msg.bytes, p.clone(), fun::Part::Payload, out)?;
         }
     }
     if msg.control.may_hold_fun() && may_hold(&msg.control_range) {
         let before = out.len();
-        fun::collect(w, msg.bytes, msg.control_range.clone(), fun::Part::Control, out)?;
+        fun::collect_spans(w, msg.bytes, msg.control_range.clone(), fun::Part::Control, out)?;
         let n = out.len() - before;
         out.rotate_right(n);
     }

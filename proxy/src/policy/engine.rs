@@ -11,11 +11,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use distgate_codec::control::{op, op_name, Control, Field, FieldTerm};
-use distgate_codec::fun::{FunKind, FunSite};
-use distgate_codec::message::Message;
+use distgate_codec::fun::{FunKey, FunKind, FunSite, FunSpan};
+use distgate_codec::message::{Message, Refs};
 use distgate_codec::rewrite::{encode_export, Edit};
 use distgate_codec::tag;
-use distgate_codec::term::{read_tuple, NewFun, Skip, Term, Walker};
+use distgate_codec::term::{read_tuple, Atom, NewFun, Skip, Term, Walker};
 use distgate_config::{DenyAction, FunAction};
 
 use super::compile::{Compiled, UNTRUSTED_NAMES};
@@ -695,19 +695,59 @@ enum Effect {
     Close,
 }
 
-/// Whether `memo` (synced to the policy and target snapshot at hand) remembers `site` as
-/// passed. A hit means exactly this module text and MD5 (a local fun), or module, function
-/// and arity (an export fun), passed against this snapshot and policy: `atom_bytes` is
-/// `atom_text`'s bytes whenever the latter exists, and only passes of resolved names are
-/// remembered. Old-style funs are never remembered.
-#[inline]
-pub(crate) fn remembered(memo: &FunMemo, msg: &Message<'_>, site: &FunSite<'_>) -> bool {
-    match site.kind {
-        FunKind::New(nf) => atom_bytes(&msg.refs, &nf.module).is_some_and(|b| memo.local_passed(&b, nf.uniq)),
-        FunKind::Export(e) => atom_bytes(&msg.refs, &e.module)
-            .zip(atom_bytes(&msg.refs, &e.function))
-            .is_some_and(|(mb, fb)| memo.export_passed(&mb, &fb, e.arity)),
-        FunKind::Old(_) => false,
+/// Whether `memo` (synced to the policy and target snapshot at hand) remembers the fun `key`
+/// names as passed. A hit means exactly this module text and MD5 (a local fun), or module,
+/// function and arity (an export fun), passed against this snapshot and policy: `atom_bytes`
+/// is `atom_text`'s bytes whenever the latter exists, and only passes of resolved names are
+/// remembered. (Old-style funs have no key: they are never remembered.)
+pub(crate) fn remembered(memo: &FunMemo, msg: &Message<'_>, key: FunKey<'_>) -> bool {
+    match key {
+        FunKey::Local { module, uniq } => atom_bytes(&msg.refs, &module).is_some_and(|b| memo.local_passed(&b, uniq)),
+        FunKey::Export { module, function, arity } => atom_bytes(&msg.refs, &module)
+            .zip(atom_bytes(&msg.refs, &function))
+            .is_some_and(|(mb, fb)| memo.export_passed(&mb, &fb, arity)),
+    }
+}
+
+/// [`remembered`] for a fun of `msg` as collected (its key read from its header), on the
+/// forwarding path: inline, and the text borrowed where it lies (see [`borrowed_text`]), with
+/// anything else left to [`remembered`].
+///
+/// Why the span and not its key: a key handed on to an out-of-line call was built in memory
+/// up front, byte by byte, and read back as words, which the CPU cannot forward (a stall on
+/// every fun).
+#[inline(always)]
+pub(crate) fn span_remembered(memo: &FunMemo, msg: &Message<'_>, span: &FunSpan) -> bool {
+    let refs = &msg.refs;
+    match span.key(msg.bytes) {
+        Some(FunKey::Local { module, uniq }) => match borrowed_text(refs, module) {
+            Some(m) => memo.local_passed(m, uniq),
+            None => span_remembered_cold(memo, msg, span),
+        },
+        Some(FunKey::Export { module, function, arity }) => match (borrowed_text(refs, module), borrowed_text(refs, function)) {
+            (Some(m), Some(f)) => memo.export_passed(m, f, arity),
+            _ => span_remembered_cold(memo, msg, span),
+        },
+        None => false,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn span_remembered_cold(memo: &FunMemo, msg: &Message<'_>, span: &FunSpan) -> bool {
+    span.key(msg.bytes).is_some_and(|k| remembered(memo, msg, k))
+}
+
+/// An atom's text as UTF-8 bytes when they lie in the message or the atom cache as they are
+/// (every atom but non-ASCII Latin-1, and a cache ref the message does not define): what
+/// [`atom_bytes`] gives then, with no `Cow` to build and drop.
+#[inline(always)]
+fn borrowed_text<'a>(refs: &Refs<'a>, a: Atom<'a>) -> Option<&'a [u8]> {
+    match a {
+        Atom::Utf8(b) => Some(b),
+        Atom::Latin1(b) if b.is_ascii() => Some(b),
+        Atom::CacheRef(i) => refs.resolve(i).map(str::as_bytes),
+        Atom::Latin1(_) => None,
     }
 }
 
@@ -723,7 +763,7 @@ fn judge_funs<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: R
         }
         let Case { rule, module, subject, action, marker, rewrite } = match site.kind {
                 FunKind::New(nf) => {
-                    if memo.as_deref().is_some_and(|m| remembered(m, msg, site)) {
+                    if memo.as_deref().is_some_and(|m| site.kind.key().is_some_and(|k| remembered(m, msg, k))) {
                         continue;
                     }
                     let text = atom_text(&msg.refs, &nf.module);
@@ -760,7 +800,7 @@ fn judge_funs<'a>(p: &Compiled, msg: &Message<'a>, funs: &[FunSite<'a>], regs: R
                     Case { rule: "unknown_fun", module, subject, action, marker, rewrite: rw }
                 }
                 FunKind::Export(e) => {
-                    if memo.as_deref().is_some_and(|m| remembered(m, msg, site)) {
+                    if memo.as_deref().is_some_and(|m| site.kind.key().is_some_and(|k| remembered(m, msg, k))) {
                         continue;
                     }
                     let (mt, ft) = (atom_text(&msg.refs, &e.module), atom_text(&msg.refs, &e.function));

@@ -954,6 +954,95 @@ fn the_memo_keys_funs_by_their_module_text_not_their_bytes() {
     assert_eq!(d.frame(&mut dec, &third, now).unwrap(), FrameAct::Forward);
 }
 
+/// The forwarding path's probe (a fun's key read from its bytes, its text borrowed where it
+/// lies) claims a hit exactly when the general path's does, and exactly for the funs whose
+/// module text and MD5 (or module, function and arity) were remembered: never for a fun
+/// differing in a byte of either, in any atom encoding, cache refs included.
+#[test]
+fn the_forwarding_probe_hits_exactly_what_was_remembered() {
+    use super::engine::{remembered, span_remembered};
+    use super::memo::FunMemo;
+    let raw_export = |m: &[u8], f: &[u8], a: u8| {
+        let mut v = vec![113];
+        v.extend_from_slice(m);
+        v.extend_from_slice(f);
+        v.extend_from_slice(&[97, a]);
+        v
+    };
+    let small = |t: u8, text: &[u8]| {
+        let mut v = vec![t, text.len() as u8];
+        v.extend_from_slice(text);
+        v
+    };
+    let long = |t: u8, text: &[u8]| {
+        let mut v = vec![t];
+        v.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        v.extend_from_slice(text);
+        v
+    };
+    // MD5s that look like MD5s (uniform ones all fall in one slot).
+    let md5 = |seed: u8| -> [u8; 16] { std::array::from_fn(|i| seed.wrapping_mul(97).wrapping_add((i as u8).wrapping_mul(29)) ^ 0x5a) };
+    let (ua, ub, uc) = (md5(1), md5(2), md5(3));
+    let mut uniq_off = ua;
+    uniq_off[15] ^= 1;
+    // Every way of writing `shared` (refs 0 and 3 name it), and modules that are not it.
+    let shared = [small(119, b"shared"), long(118, b"shared"), small(115, b"shared"), long(100, b"shared"), cref(0), cref(3)];
+    let others = [small(119, b"sharee"), small(119, b"share"), small(119, b"shared_"), cref(1), small(115, b"Shared")];
+    // `é` in Latin-1 is the UTF-8 text `é`; `Ã©` in Latin-1 is not.
+    let e_latin1 = small(115, &[0xe9]);
+    let e_utf8 = small(119, "é".as_bytes());
+    let not_e = small(115, &[0xc3, 0xa9]);
+    let mut funs = Vec::new();
+    for m in shared.iter().chain(&others).chain([&e_latin1, &e_utf8, &not_e]) {
+        funs.push(new_fun(m, ua, 0, 1, &[]));
+        funs.push(new_fun(m, uniq_off, 0, 1, &[]));
+        funs.push(new_fun(m, uc, 0, 1, &[]));
+        funs.push(new_fun(m, ub, 0, 1, &[]));
+        for f in [small(119, b"f"), cref(2), small(119, b"g"), small(119, b"dshared"), e_latin1.clone()] {
+            for a in [1, 2] {
+                funs.push(raw_export(m, &f, a));
+            }
+        }
+    }
+    // `sh` + `aredf`: the split between the names counts.
+    funs.push(raw_export(&small(119, b"sh"), &small(119, b"aredf"), 1));
+    let hdr = header(&[(300, Some("shared")), (301, Some("m")), (302, Some("f")), (303, Some("shared"))]);
+    let frame = data(&hdr, &reg_send(&atom("sink")), Some(&list(&funs)));
+    let (p, t) = (policy("unknown_fun = \"replace\"\n"), target().snapshot());
+    let mut memo = FunMemo::default();
+    memo.sync(&t, &p);
+    memo.remember_local(b"shared", &ua);
+    // (Another MD5: local funs are slotted by it, and one would evict the other.)
+    memo.remember_local("é".as_bytes(), &ub);
+    memo.remember_export(b"shared", b"f", 1);
+    memo.remember_export("é".as_bytes(), "é".as_bytes(), 2);
+    assert_eq!(memo.len(), 4, "no two share a slot");
+    let mut dec = Decoder::default();
+    let mut spans = Vec::new();
+    let Decoded::Message(m) = dec.decode_collecting(&frame, Some(&mut spans)).unwrap() else { panic!("not a message") };
+    assert_eq!(spans.len(), funs.len());
+    let mut hits = 0;
+    for span in &spans {
+        let site = span.site_in(&m).unwrap();
+        let key = site.kind.key().unwrap();
+        let text = |a| wire::atom_text(&m.refs, &a).unwrap().into_owned();
+        let want = match site.kind {
+            fun::FunKind::New(nf) => (text(nf.module), *nf.uniq) == ("shared".into(), ua) || (text(nf.module), *nf.uniq) == ("é".into(), ub),
+            fun::FunKind::Export(e) => {
+                (text(e.module), text(e.function), e.arity) == ("shared".into(), "f".into(), 1)
+                    || (text(e.module), text(e.function), e.arity) == ("é".into(), "é".into(), 2)
+            }
+            fun::FunKind::Old(_) => unreachable!(),
+        };
+        assert_eq!(remembered(&memo, &m, key), want, "{site:?}");
+        assert_eq!(span_remembered(&memo, &m, span), want, "{site:?}");
+        hits += want as usize;
+    }
+    // `shared` 6 ways (local, and export f/1 with f inline or ref 2), `é` 2 ways (local),
+    // and é:é/2 from both Latin-1 and UTF-8 `é` modules.
+    assert_eq!(hits, 6 + 6 * 2 + 2 + 2);
+}
+
 #[test]
 fn judging_with_the_memo_gives_the_same_judgements() {
     use super::engine::judge_memo;

@@ -32,6 +32,7 @@ pub fn atom_text<'a>(refs: &Refs<'a>, a: &Atom<'a>) -> Option<Cow<'a, str>> {
 
 /// The text of an atom of `msg` as UTF-8 bytes, without validating it again (the decoder
 /// has): what the control rules compare, on every message.
+#[inline]
 pub fn atom_bytes<'a>(refs: &Refs<'a>, a: &Atom<'a>) -> Option<Cow<'a, [u8]>> {
     match *a {
         Atom::Utf8(b) => Some(Cow::Borrowed(b)),
