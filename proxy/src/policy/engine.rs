@@ -230,7 +230,8 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
     }
     w.set_cache_refs(msg.refs.table().map(|t| t.nrefs));
     let mut peek = Peek { w, msg };
-    let mut rex_judged = false;
+    // Addressed to a registered name: rex's by `judge_name`, any other's never reaches rex.
+    let mut named = false;
     let mut altact_message = false;
     match &msg.control {
         Control::SpawnRequest { module, function, arity, req_id, from, .. } => {
@@ -276,7 +277,7 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
         }
         Control::RegSend { to_name, .. } | Control::RegSendTt { to_name, .. } => {
             let name = to_name.as_atom().and_then(|a| atom_bytes(&msg.refs, &a)).unwrap_or(Cow::Borrowed(b""));
-            rex_judged = *name == *b"rex";
+            named = true;
             if let Some(j) = judge_name(p, &mut peek, &name) {
                 return Some(j);
             }
@@ -290,7 +291,7 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
             altact_message = flags.is_none_or(|f| f & ALTACT_EXIT == 0);
             if let Some(to) = fields[2].as_ref().and_then(|f| f.as_atom()) {
                 let name = atom_bytes(&msg.refs, &to).unwrap_or(Cow::Borrowed(b""));
-                rex_judged = *name == *b"rex";
+                named = true;
                 if let Some(j) = judge_name(p, &mut peek, &name) {
                     return Some(j);
                 }
@@ -298,9 +299,12 @@ pub(crate) fn judge_control<'a>(p: &Compiled, msg: &Message<'a>, w: &mut Walker)
         }
         _ => {}
     }
-    // By shape, whatever the destination (a partner may learn pids: rex's own is in the
-    // features question it sends when nodes meet), in any encoding.
-    let rpc = !rex_judged && !p.rpc_allow.is_any();
+    // By shape, in any encoding: the untrusted preset's shapes whatever the destination; rex's
+    // requests in whatever is sent to a pid or an alias (a partner may learn pids: rex's own is
+    // in the features question it sends when nodes meet). A message to a registered name other
+    // than `rex` cannot reach rex (a process has one name at most), so a gen_server's own
+    // `stop` call by name, say, is not taken for rex's.
+    let rpc = !named && !p.rpc_allow.is_any();
     if (p.untrusted || rpc) && (carries_message(op) || altact_message) {
         if let Some(pl) = msg.payload.clone() {
             return payload_shape(p, &mut peek, pl.start, rpc);
