@@ -411,6 +411,13 @@ fn rex_requests_sent_to_rexs_pid_are_judged_by_rpc_allow_and_other_gen_server_ca
         assert_eq!(s.a.eval(&format!("gen_server:call(Echo, {req}, 30000).")), format!("{{echo,{}}}", s.a.eval(&format!("{req}."))), "{req}");
         assert_eq!(s.a.eval(&format!("gen_server:call({{dg_echo, B}}, {req}, 30000).")), format!("{{echo,{}}}", s.a.eval(&format!("{req}."))));
     }
+    // rex's shapes by name to another process: they cannot reach rex, so they pass (a
+    // gen_server's own stop call, say); to that process's pid, the shape is refused.
+    for req in ["stop", "{call, os, cmd, [\"x\"], user}"] {
+        assert_eq!(s.a.eval(&format!("gen_server:call({{dg_echo, B}}, {req}, 30000).")), format!("{{echo,{}}}", s.a.eval(&format!("{req}."))), "{req} by name");
+        let r = s.a.eval(&format!("catch gen_server:call(Echo, {req}, 2000)."));
+        assert!(r.starts_with("{'EXIT',{timeout,"), "{req} by pid: {r}");
+    }
     let refused = audit_lines("\"rule\":\"rpc_allow\"");
     for subject in ["os:cmd/1", "erlang:send/2", "{From,{sbcast,Name,Msg}}", "{From,{send,Name,Msg}}", "rex stops"] {
         assert!(refused.iter().any(|l| l.contains(subject) && !l.contains("\"op\":\"REG_SEND\"")), "{subject}: {refused:?}");
