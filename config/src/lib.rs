@@ -368,6 +368,14 @@ level = "warn,distgate::link=debug"
     }
 
     #[test]
+    fn mirror_check_out_of_range_says_where() {
+        let e = errs(&format!("{MIN}[runtime]\nmirror_check = \"50ms\"\n"));
+        assert!(e.contains("runtime.mirror_check: must be between 100ms and 1h, found 50ms at t.toml:6:16"), "{e}");
+        let e = errs(&format!("{MIN}[runtime]\nmirror_check = 10\n"));
+        assert!(e.contains("durations need a unit"), "{e}");
+    }
+
+    #[test]
     fn key_in_the_wrong_section_is_pointed_home() {
         let e = errs(&format!("{MIN}[limits]\nthreads = 2\n"));
         assert!(e.contains("unknown key 'threads' in [limits] at t.toml:6:1 — 'threads' belongs in [runtime]"), "{e}");
