@@ -12,7 +12,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::tag;
-use crate::term::{Atom, Export, NewFun, OldFun, Term, Visitor, Walker};
+use crate::term::{walked_atom, Atom, Export, NewFun, OldFun, Term, Visitor, Walker};
 use core::ops::Range;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,29 +141,6 @@ impl FunSpan {
             _ => None,
         }
     }
-}
-
-/// An atom the walk has checked (text valid, cache index in range): only its structure read.
-#[inline(always)]
-fn walked_atom(buf: &[u8], at: usize) -> Option<(Atom<'_>, usize)> {
-    let text = |len_at: usize, len: usize| buf.get(len_at..len_at + len);
-    Some(match *buf.get(at)? {
-        tag::ATOM_CACHE_REF => (Atom::CacheRef(*buf.get(at + 1)?), at + 2),
-        tag::SMALL_ATOM_UTF8 => {
-            let n = *buf.get(at + 1)? as usize;
-            (Atom::Utf8(text(at + 2, n)?), at + 2 + n)
-        }
-        tag::SMALL_ATOM => {
-            let n = *buf.get(at + 1)? as usize;
-            (Atom::Latin1(text(at + 2, n)?), at + 2 + n)
-        }
-        t @ (tag::ATOM_UTF8 | tag::ATOM) => {
-            let n = u16::from_be_bytes(*buf.get(at + 1..)?.first_chunk::<2>()?) as usize;
-            let b = text(at + 3, n)?;
-            (if t == tag::ATOM_UTF8 { Atom::Utf8(b) } else { Atom::Latin1(b) }, at + 3 + n)
-        }
-        _ => return None,
-    })
 }
 
 /// What a collecting walk records of each fun: a [`FunSite`] or a [`FunSpan`].

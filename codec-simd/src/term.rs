@@ -587,6 +587,32 @@ pub fn read_tuple(buf: &[u8], at: usize) -> Result<Option<(u32, usize)>> {
     })
 }
 
+/// The atom at `at` of a buffer a walk has already checked (text valid, cache index in
+/// range): only its structure read, nothing validated again; `None` when no atom is there or
+/// it does not fit in `buf`. For readers that come back to walked bytes (a fun's key, a
+/// policy's shape checks) and must not pay for the checks twice.
+#[inline(always)]
+pub fn walked_atom(buf: &[u8], at: usize) -> Option<(Atom<'_>, usize)> {
+    let text = |len_at: usize, len: usize| buf.get(len_at..len_at + len);
+    Some(match *buf.get(at)? {
+        tag::ATOM_CACHE_REF => (Atom::CacheRef(*buf.get(at + 1)?), at + 2),
+        tag::SMALL_ATOM_UTF8 => {
+            let n = *buf.get(at + 1)? as usize;
+            (Atom::Utf8(text(at + 2, n)?), at + 2 + n)
+        }
+        tag::SMALL_ATOM => {
+            let n = *buf.get(at + 1)? as usize;
+            (Atom::Latin1(text(at + 2, n)?), at + 2 + n)
+        }
+        t @ (tag::ATOM_UTF8 | tag::ATOM) => {
+            let n = u16::from_be_bytes(*buf.get(at + 1..)?.first_chunk::<2>()?) as usize;
+            let b = text(at + 3, n)?;
+            (if t == tag::ATOM_UTF8 { Atom::Utf8(b) } else { Atom::Latin1(b) }, at + 3 + n)
+        }
+        _ => return None,
+    })
+}
+
 /// Read an atom in any encoding (a pid's node, a fun's module, …).
 #[inline]
 fn read_atom<'a>(buf: &'a [u8], at: usize, cache_refs: Option<u16>) -> Result<(Atom<'a>, usize)> {

@@ -52,8 +52,7 @@ impl Default for Stats {
 impl Stats {
     /// Count a rare event by label (e.g. `close:bad_cookie`).
     pub fn count(&self, label: &str) {
-        let mut m = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry(label.to_string()).or_default() += 1;
+        self.count_n(label, 1);
     }
 
     /// `n` more of `label` (nothing for 0).

@@ -15,7 +15,7 @@ use distgate_codec::fun::{FunKey, FunKind, FunSite, FunSpan};
 use distgate_codec::message::{Message, Refs};
 use distgate_codec::rewrite::{encode_export, Edit};
 use distgate_codec::tag;
-use distgate_codec::term::{read_tuple, Atom, NewFun, Skip, Term, Walker};
+use distgate_codec::term::{read_tuple, walked_atom, Atom, NewFun, Skip, Term, Walker};
 use distgate_config::{DenyAction, FunAction};
 
 use super::compile::{Compiled, UNTRUSTED_NAMES};
@@ -395,25 +395,18 @@ fn is_auth(peek: &mut Peek<'_, '_, '_>) -> bool {
 /// message goes through.
 #[inline]
 fn raw_atom<'a>(msg: &Message<'a>, at: usize) -> Option<(&'a [u8], usize)> {
-    let b = msg.bytes;
-    let (len, text) = match *b.get(at)? {
-        tag::SMALL_ATOM_UTF8 | tag::SMALL_ATOM => (usize::from(*b.get(at + 1)?), at + 2),
-        tag::ATOM_UTF8 | tag::ATOM => (usize::from(u16::from_be_bytes([*b.get(at + 1)?, *b.get(at + 2)?])), at + 3),
-        tag::ATOM_CACHE_REF => return Some((msg.refs.resolve(*b.get(at + 1)?)?.as_bytes(), at + 2)),
-        _ => return None,
+    let (a, next) = walked_atom(msg.bytes, at)?;
+    let text = match a {
+        Atom::Utf8(b) | Atom::Latin1(b) => b,
+        Atom::CacheRef(i) => msg.refs.resolve(i)?.as_bytes(),
     };
-    Some((b.get(text..text + len)?, text + len))
+    Some((text, next))
 }
 
 /// Where the atom at `at` ends (its text not looked up: a node name in a pid, say).
 #[inline]
 fn atom_end(b: &[u8], at: usize) -> Option<usize> {
-    Some(match *b.get(at)? {
-        tag::SMALL_ATOM_UTF8 | tag::SMALL_ATOM => at + 2 + usize::from(*b.get(at + 1)?),
-        tag::ATOM_UTF8 | tag::ATOM => at + 3 + usize::from(u16::from_be_bytes([*b.get(at + 1)?, *b.get(at + 2)?])),
-        tag::ATOM_CACHE_REF => at + 2,
-        _ => return None,
-    })
+    walked_atom(b, at).map(|(_, end)| end)
 }
 
 /// Where the term at `at` ends, read directly for the scalars a message's first element
