@@ -145,6 +145,10 @@ impl Side {
     fn nodes(&self) -> Option<Arc<NodeFilter>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).nodes.clone()
     }
+    /// The names of the nodes registered with this side's responder now.
+    fn registered(&self) -> Vec<String> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
     /// Whether distgate knows this side's node `alive` (`nodes`), and so proxies to it.
     fn knows_alive(&self, alive: &str) -> bool {
         self.nodes().is_none_or(|f| f.knows_alive(alive))
@@ -352,8 +356,7 @@ impl Runtime {
         // answer (`epmd_timeout` per attempt): the reload waits for the slowest, not the sum.
         thread::scope(|scope| {
             for side in 0..sh.sides.len() {
-                let names: Vec<String> = sh.sides[side].table.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-                for name in names {
+                for name in sh.sides[side].registered() {
                     let sync = move || sync_mirrors(sh, side, &name, None);
                     // No thread to be had: here, then.
                     if let Err(e) = thread::Builder::new().name("mirrors".into()).spawn_scoped(scope, sync.clone()) {
@@ -696,8 +699,7 @@ fn keep_mirrors(sh: &Shared) {
 fn sweep_mirrors(sh: &Shared) {
     let mut sweep = Sweep::default();
     for side in 0..sh.sides.len() {
-        let names: Vec<String> = sh.sides[side].table.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        for name in names {
+        for name in sh.sides[side].registered() {
             if sh.stopping.load(Ordering::SeqCst) {
                 return;
             }
