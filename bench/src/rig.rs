@@ -72,7 +72,7 @@ pub struct RigConfig {
 impl Default for RigConfig {
     fn default() -> Self {
         RigConfig {
-            targets: vec![Target::Direct, Target::DistgateMio, Target::DistgateUring, Target::DistgateMioPolicy, Target::Haproxy, Target::Socat],
+            targets: vec![Target::Direct, Target::DistgateMio, Target::DistgateUring, Target::DistgateMioPolicy, Target::DistgateMioBatch, Target::Haproxy, Target::Socat],
             scenarios: vec![Scenario::PingPong, Scenario::Flood],
             payloads: PayloadKind::ALL.to_vec(),
             conns: vec![1, 16],

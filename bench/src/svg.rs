@@ -13,6 +13,7 @@ fn color(t: Target) -> &'static str {
         Target::DistgateMio => "#d62728",
         Target::DistgateUring => "#ff7f0e",
         Target::DistgateMioPolicy => "#9467bd",
+        Target::DistgateMioBatch => "#8c564b",
         Target::Haproxy => "#1f77b4",
         Target::Socat => "#2ca02c",
     }

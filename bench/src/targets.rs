@@ -4,7 +4,7 @@
 
 use distgate::driver::DriverKind;
 use distgate::link::{Cookie, LinkLimits};
-use distgate::runtime::{Runtime, SideSpec, Spec};
+use distgate::runtime::{Runtime, Scheduling, SideSpec, Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io;
@@ -21,12 +21,16 @@ pub enum Target {
     DistgateUring,
     /// distgate (mio) with the policy engine on: a hook until the policy issue lands.
     DistgateMioPolicy,
+    /// distgate (mio) with `[runtime] scheduling = "batch"`: its threads do not preempt the
+    /// nodes on wake-up.
+    DistgateMioBatch,
     Haproxy,
     Socat,
 }
 
 impl Target {
-    pub const ALL: [Target; 6] = [Target::Direct, Target::DistgateMio, Target::DistgateUring, Target::DistgateMioPolicy, Target::Haproxy, Target::Socat];
+    pub const ALL: [Target; 7] =
+        [Target::Direct, Target::DistgateMio, Target::DistgateUring, Target::DistgateMioPolicy, Target::DistgateMioBatch, Target::Haproxy, Target::Socat];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +38,7 @@ impl Target {
             Target::DistgateMio => "distgate-mio",
             Target::DistgateUring => "distgate-uring",
             Target::DistgateMioPolicy => "distgate-mio+policy",
+            Target::DistgateMioBatch => "distgate-mio+batch",
             Target::Haproxy => "haproxy",
             Target::Socat => "socat",
         }
@@ -44,7 +49,7 @@ impl Target {
     }
 
     pub fn is_distgate(self) -> bool {
-        matches!(self, Target::DistgateMio | Target::DistgateUring | Target::DistgateMioPolicy)
+        matches!(self, Target::DistgateMio | Target::DistgateUring | Target::DistgateMioPolicy | Target::DistgateMioBatch)
     }
 }
 
@@ -155,9 +160,10 @@ impl Fleet {
                     }
                     Ok(())
                 }
-                Target::DistgateMio => f.start_distgate(t, DriverKind::Poll, false, ups, cookie, distgate_threads),
-                Target::DistgateUring => f.start_distgate(t, DriverKind::Uring, false, ups, cookie, distgate_threads),
-                Target::DistgateMioPolicy => f.start_distgate(t, DriverKind::Poll, true, ups, cookie, distgate_threads),
+                Target::DistgateMio => f.start_distgate(t, DriverKind::Poll, Scheduling::Normal, false, ups, cookie, distgate_threads),
+                Target::DistgateUring => f.start_distgate(t, DriverKind::Uring, Scheduling::Normal, false, ups, cookie, distgate_threads),
+                Target::DistgateMioPolicy => f.start_distgate(t, DriverKind::Poll, Scheduling::Normal, true, ups, cookie, distgate_threads),
+                Target::DistgateMioBatch => f.start_distgate(t, DriverKind::Poll, Scheduling::Batch, false, ups, cookie, distgate_threads),
                 Target::Haproxy => f.start_haproxy(ups, logs),
                 Target::Socat => f.start_socat(ups, logs),
             };
@@ -177,7 +183,17 @@ impl Fleet {
         targets.iter().copied().filter(|t| !self.unavailable.iter().any(|(u, _)| u == t)).collect()
     }
 
-    fn start_distgate(&mut self, t: Target, driver: DriverKind, policy: bool, ups: &[Upstream], cookie: &str, threads: usize) -> Result<(), String> {
+    #[allow(clippy::too_many_arguments)]
+    fn start_distgate(
+        &mut self,
+        t: Target,
+        driver: DriverKind,
+        scheduling: Scheduling,
+        policy: bool,
+        ups: &[Upstream],
+        cookie: &str,
+        threads: usize,
+    ) -> Result<(), String> {
         let side = |name: &str| SideSpec {
             name: name.into(),
             cookie: Cookie::new(cookie.as_bytes()),
@@ -198,6 +214,7 @@ impl Fleet {
             epmd_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             mirror_check: Duration::from_secs(10),
+            scheduling,
             policies: Default::default(),
             registries: Default::default(),
         };

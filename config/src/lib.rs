@@ -32,7 +32,7 @@ pub use error::{Error, Errors};
 pub use pattern::{Glob, MfPattern, Mfa, NodePattern};
 pub use policy::{ControlOp, ControlRules, DenyAction, FunAction, FunMapping, ModuleRule, Policy, Preset};
 pub use schema::{
-    Cluster, ClusterRegistry, Config, Driver, Limits, Log, LogFormat, Metrics, Registry, Route, Runtime, Threads,
+    Cluster, ClusterRegistry, Config, Driver, Limits, Log, LogFormat, Metrics, Registry, Route, Runtime, Scheduling, Threads,
     DEFAULT_METRICS_LISTEN, MAX_THREADS,
 };
 pub use units::{format_duration, format_size, parse_duration, parse_size, HostPort, PortRange};
@@ -264,6 +264,7 @@ mod tests {
         let c = ok(MIN);
         assert_eq!(c.runtime.threads, Threads::Auto);
         assert_eq!(c.runtime.driver, Driver::Auto);
+        assert_eq!(c.runtime.scheduling, Scheduling::Normal);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.metrics.listen, DEFAULT_METRICS_LISTEN);
         assert_eq!(c.registry.refresh_interval, Duration::from_secs(300));
@@ -306,6 +307,7 @@ threads = 2
 driver = "mio"
 drain_timeout = "5s"
 mirror_check = "30s"
+scheduling = "batch"
 
 [limits]
 max_frame_bytes = "16MiB"
@@ -347,6 +349,7 @@ level = "warn,distgate::link=debug"
         assert_eq!(c.registry.node_name, "gate");
         assert_eq!(c.runtime.threads, Threads::Fixed(2.try_into().unwrap()));
         assert_eq!(c.runtime.mirror_check, Duration::from_secs(30));
+        assert_eq!(c.runtime.scheduling, Scheduling::Batch);
         assert_eq!(c.limits.max_frame_bytes, 16 << 20);
         assert_eq!(c.limits.link_buffer_bytes, 1 << 20);
         assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(90)));
@@ -373,6 +376,12 @@ level = "warn,distgate::link=debug"
         assert!(e.contains("runtime.mirror_check: must be between 100ms and 1h, found 50ms at t.toml:6:16"), "{e}");
         let e = errs(&format!("{MIN}[runtime]\nmirror_check = 10\n"));
         assert!(e.contains("durations need a unit"), "{e}");
+    }
+
+    #[test]
+    fn unknown_scheduling_says_where_and_what_is_accepted() {
+        let e = errs(&format!("{MIN}[runtime]\nscheduling = \"idle\"\n"));
+        assert!(e.contains("runtime.scheduling: unknown scheduling policy 'idle', expected one of 'normal', 'batch' at t.toml:6:14"), "{e}");
     }
 
     #[test]

@@ -134,11 +134,19 @@ pub struct Runtime {
     /// How often the registrations distgate holds in other clusters' upstream EPMDs (the
     /// mirrors) are checked: one an EPMD dropped (restarted), or could not take, is made again.
     pub mirror_check: Duration,
+    /// How the kernel schedules the data-plane threads.
+    pub scheduling: Scheduling,
 }
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime { threads: Threads::Auto, driver: Driver::Auto, drain_timeout: Duration::from_secs(30), mirror_check: Duration::from_secs(10) }
+        Runtime {
+            threads: Threads::Auto,
+            driver: Driver::Auto,
+            drain_timeout: Duration::from_secs(30),
+            mirror_check: Duration::from_secs(10),
+            scheduling: Scheduling::Normal,
+        }
     }
 }
 
@@ -208,6 +216,22 @@ keyword_enum! {
         IoUring = "io_uring",
         /// mio (epoll) even where io_uring works.
         Mio = "mio",
+    }
+}
+
+keyword_enum! {
+    /// The Linux scheduling policy of the data-plane threads (see docs/operations.md,
+    /// "Sharing CPUs with the nodes"). Why a choice: a thread woken by traffic may preempt the
+    /// task running on its CPU, and when that task is the node sending the traffic (distgate
+    /// beside busy nodes on few cores), every wake-up costs the sender a context switch.
+    pub enum Scheduling ("scheduling policy") {
+        /// `SCHED_OTHER`, the kernel's default: a woken data-plane thread may preempt.
+        Normal = "normal",
+        /// `SCHED_BATCH`: same share of the CPU, but a woken data-plane thread waits for the
+        /// running task's turn to end (or another CPU) instead of preempting it: fewer context
+        /// switches for busy nodes beside distgate, at the price of forwarding latency when
+        /// every CPU is busy. Unprivileged, reversible by a reload.
+        Batch = "batch",
     }
 }
 
@@ -552,12 +576,14 @@ fn decode_runtime(cx: &mut Cx, mut t: Table<'_>) -> Runtime {
     let driver = t.get::<Driver>(cx, "driver");
     let drain = duration_in(&mut t, cx, "drain_timeout", Duration::ZERO, Duration::from_secs(3600));
     let mirror_check = duration_in(&mut t, cx, "mirror_check", Duration::from_millis(100), Duration::from_secs(3600));
+    let scheduling = t.get::<Scheduling>(cx, "scheduling");
     t.finish(cx);
     Runtime {
         threads: threads.unwrap_or(d.threads),
         driver: driver.unwrap_or(d.driver),
         drain_timeout: drain.unwrap_or(d.drain_timeout),
         mirror_check: mirror_check.unwrap_or(d.mirror_check),
+        scheduling: scheduling.unwrap_or(d.scheduling),
     }
 }
 

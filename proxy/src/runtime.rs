@@ -21,6 +21,7 @@ use crate::registry::set::FindNodes;
 use crate::registry::RegistrySet;
 use crate::stats::Stats;
 use distgate_config::{HostPort, PortRange};
+pub use distgate_config::Scheduling;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -68,6 +69,9 @@ pub struct Spec {
     /// How often the mirrors are checked and the missing ones made again (`[runtime]
     /// mirror_check`, see [`sweep_mirrors`]). Applied by a reload too.
     pub mirror_check: Duration,
+    /// The data-plane threads' scheduling policy (`[runtime] scheduling`). Applied by a
+    /// reload too.
+    pub scheduling: Scheduling,
     /// The policy handle of each route direction, by side indices; empty: nothing is judged.
     /// Links take their route's handles when they open; storing a new policy into a handle
     /// ([`crate::policy::RouteHandle::store`], [`Runtime::reload`]) applies to
@@ -190,6 +194,8 @@ pub(crate) struct Shared {
     drain_ms: AtomicU64,
     /// `Spec::mirror_check` in milliseconds; swapped by a reload.
     mirror_check_ms: AtomicU64,
+    /// The cores' scheduling policy (`Spec::scheduling`); a reload that changes it tells them.
+    scheduling: Mutex<Scheduling>,
     pub stats: Arc<Stats>,
     /// The policy handle of every connected pair. Swapped whole by a reload that connects a
     /// new pair (a handle, once made, stays: established links keep theirs).
@@ -255,11 +261,13 @@ impl Runtime {
             stopping: AtomicBool::new(false),
             drain_ms: AtomicU64::new(millis(spec.drain_timeout)),
             mirror_check_ms: AtomicU64::new(millis(spec.mirror_check)),
+            scheduling: Mutex::new(Scheduling::Normal),
             epmd_timeout: spec.epmd_timeout,
             stats,
             policies: arc_swap::ArcSwap::from_pointee(spec.policies.clone()),
             mirrors: Mutex::new(HashMap::new()),
         });
+        set_scheduling(&shared, spec.scheduling);
         let mut responder_threads = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
             let Some(l) = l else { continue };
@@ -296,6 +304,7 @@ impl Runtime {
         let sh = &self.shared;
         sh.drain_ms.store(millis(spec.drain_timeout), Ordering::Relaxed);
         sh.mirror_check_ms.store(millis(spec.mirror_check), Ordering::Relaxed);
+        set_scheduling(sh, spec.scheduling);
         // The running index of the new spec's side `k`, if that cluster runs.
         let running: Vec<Option<usize>> = spec.sides.iter().map(|n| sh.sides.iter().position(|s| s.name == n.name)).collect();
         if running.iter().any(Option::is_none) || spec.sides.len() != sh.sides.len() {
@@ -1017,9 +1026,25 @@ impl Spec {
             epmd_timeout: Duration::from_secs(5),
             drain_timeout: cfg.runtime.drain_timeout,
             mirror_check: cfg.runtime.mirror_check,
+            scheduling: cfg.runtime.scheduling,
             policies: PolicyTable::from_config(cfg, &registries.registries()),
             registries,
         })
+    }
+}
+
+/// Put the cores under `s` unless they already are. They start under the process's own
+/// policy, which is left alone while `normal` is asked for (whoever started distgate under
+/// `chrt` keeps what they chose).
+fn set_scheduling(sh: &Shared, s: Scheduling) {
+    let mut cur = sh.scheduling.lock().unwrap_or_else(|p| p.into_inner());
+    if *cur == s {
+        return;
+    }
+    *cur = s;
+    tracing::info!(scheduling = %s, cores = sh.cores.len(), "data-plane scheduling policy");
+    for c in &sh.cores {
+        let _ = c.set_scheduling(s);
     }
 }
 

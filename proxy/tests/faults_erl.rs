@@ -47,6 +47,7 @@ fn start() -> Runtime {
         epmd_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
         mirror_check: Duration::from_secs(10),
+        scheduling: distgate::runtime::Scheduling::Normal,
         policies: Default::default(),
         registries: Default::default(),
     })

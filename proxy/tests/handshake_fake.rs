@@ -58,6 +58,7 @@ fn spec(driver: DriverKind, drain_timeout: Duration, ca: &[u8], cb: &[u8]) -> Sp
         epmd_timeout: Duration::from_secs(10),
         drain_timeout,
         mirror_check: Duration::from_secs(10),
+        scheduling: distgate::runtime::Scheduling::Normal,
         policies: Default::default(),
         registries: Default::default(),
     }
@@ -259,6 +260,31 @@ fn unroutable_exchange(d: DriverKind, then: &[u8]) -> (Vec<u8>, Arc<Stats>) {
         c.shutdown(Duration::ZERO);
     }
     (got, stats)
+}
+
+/// `Spec::scheduling` on both drivers: the core threads run under `SCHED_BATCH` (policy 3)
+/// once started with it, under `SCHED_OTHER` (0) again after a reload to `Normal`. (The cores
+/// apply it from their command queue: polled, with a deadline.)
+#[test]
+fn the_cores_take_the_scheduling_policy_at_start_and_on_reload() {
+    use distgate::runtime::Scheduling;
+    use distgate_testkit::daemon::thread_policies;
+    let until = |d: DriverKind, want: u32| {
+        let t0 = Instant::now();
+        while thread_policies(std::process::id(), "core-") != [want] {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{d:?}: cores at {:?}, not {want}", thread_policies(std::process::id(), "core-"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    for d in [DriverKind::Poll, DriverKind::Uring] {
+        let mut s = spec(d, Duration::from_secs(5), CA, CB);
+        s.scheduling = Scheduling::Batch;
+        let rt = Runtime::start(s).unwrap();
+        until(d, 3);
+        rt.reload(&spec(d, Duration::from_secs(5), CA, CB));
+        until(d, 0);
+        drop(rt);
+    }
 }
 
 #[test]

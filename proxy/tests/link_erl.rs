@@ -43,6 +43,7 @@ fn spec(driver: DriverKind, sides: Vec<SideSpec>) -> Spec {
         epmd_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
         mirror_check: Duration::from_secs(10),
+        scheduling: distgate::runtime::Scheduling::Normal,
         policies: Default::default(),
         registries: Default::default(),
     }

@@ -2,7 +2,7 @@
 //! `/metrics` scraped and checked against the traffic sent, SIGHUP with a broken and then a
 //! changed file, SIGTERM draining and bringing nodedown.
 
-use distgate_testkit::daemon::{Epmd, free_port, sample, scrape, Daemon};
+use distgate_testkit::daemon::{Epmd, free_port, sample, scrape, thread_policies, Daemon};
 use distgate_testkit::{Node, NodeOptions, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_distgate");
@@ -399,4 +399,38 @@ fn the_mirror_keeper_makes_missing_mirrors_again() {
     until("mirrored again after b's epmd restarted", &listed);
     let m = scrape(mp);
     assert!(sample(&m, "distgate_events_total{event=\"mirror_lost\"}") >= 1.0, "{m}");
+}
+
+/// Waits until both cores have logged that they run under `which` (their lines may come
+/// before or after the one the last wait stopped at).
+fn cores_set(dg: &mut Daemon, which: &str) {
+    let count = |dg: &mut Daemon| dg.log().iter().filter(|l| l.contains("core scheduling set") && l.contains(which)).count();
+    while count(dg) < 2 {
+        dg.wait_for("core scheduling set");
+    }
+}
+
+/// `[runtime] scheduling = "batch"` puts the data-plane threads (and only those) under
+/// `SCHED_BATCH`; a SIGHUP back to the default puts them under `SCHED_OTHER` again, while the
+/// proxy keeps forwarding.
+#[test]
+fn scheduling_batch_applies_to_the_cores_and_a_reload_undoes_it() {
+    let dir = TempDir::new("dg_ops_sched");
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let cfg = config(&dir, ea, eb, mp, true);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{base}scheduling = \"batch\"\n")).unwrap();
+    let mut dg = Daemon::start(BIN, &cfg);
+    cores_set(&mut dg, "batch");
+    assert_eq!(thread_policies(dg.pid(), "core-"), [3, 3], "both cores under SCHED_BATCH");
+    assert_eq!(thread_policies(dg.pid(), "distgate"), [0], "the main thread keeps SCHED_OTHER");
+    let a = Node::start_with("sa", NodeOptions { cookie: "ops_cookie_a".into(), epmd_port: Some(ea), ..NodeOptions::default() });
+    let b = Node::start_with("sb", NodeOptions { cookie: "ops_cookie_b".into(), epmd_port: Some(eb), ..NodeOptions::default() });
+    assert_eq!(a.eval(&format!("net_adm:ping({}).", b.atom())), "pong");
+    std::fs::write(&cfg, &base).unwrap();
+    dg.signal("HUP");
+    dg.wait_for("SIGHUP: configuration reloaded");
+    cores_set(&mut dg, "normal");
+    assert_eq!(thread_policies(dg.pid(), "core-"), [0, 0], "both cores back under SCHED_OTHER");
+    assert_eq!(a.eval(&format!("rpc:call({}, erlang, node, []).", b.atom())), b.atom(), "the link still forwards");
 }

@@ -96,6 +96,7 @@ fn setup(policy_body: Option<&str>) -> Setup {
         epmd_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
         mirror_check: Duration::from_secs(10),
+        scheduling: distgate::runtime::Scheduling::Normal,
         policies: table,
         registries: Default::default(),
     };

@@ -88,6 +88,11 @@ impl Daemon {
         assert!(ok.success(), "kill -{sig} failed");
     }
 
+    /// The process id (to look at its threads in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the process to exit.
     pub fn wait(&mut self) -> ExitStatus {
         self.child.wait().expect("wait for distgate")
@@ -99,6 +104,25 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The scheduling policy (field 41 of `/proc/PID/task/TID/stat`: 0 `SCHED_OTHER`, 3
+/// `SCHED_BATCH`) of each of the process's threads whose name starts with `prefix`.
+pub fn thread_policies(pid: u32, prefix: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        // A thread that ended meanwhile has no policy to report.
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
+        // After the name in parentheses (which may hold spaces) come fields 3 onwards.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        out.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    out
 }
 
 /// `GET /metrics` on 127.0.0.1:`port`: the whole HTTP response (asserted to be a 200).

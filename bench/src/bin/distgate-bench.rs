@@ -15,8 +15,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "distgate-bench", about = "Side-by-side latency and throughput: direct, distgate, HAProxy, socat; Rust and real OTP nodes")]
 struct Args {
-    /// Targets, comma-separated: direct, distgate-mio, distgate-uring, distgate-mio+policy, haproxy, socat.
-    #[arg(long, value_delimiter = ',', default_value = "direct,distgate-mio,distgate-uring,distgate-mio+policy,haproxy,socat")]
+    /// Targets, comma-separated: direct, distgate-mio, distgate-uring, distgate-mio+policy, distgate-mio+batch, haproxy, socat.
+    #[arg(long, value_delimiter = ',', default_value = "direct,distgate-mio,distgate-uring,distgate-mio+policy,distgate-mio+batch,haproxy,socat")]
     targets: Vec<String>,
     /// Scenarios: ping-pong, flood.
     #[arg(long, value_delimiter = ',', default_value = "ping-pong,flood")]

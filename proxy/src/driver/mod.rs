@@ -13,6 +13,7 @@ pub mod uring;
 use crate::link::{CloseReason, LinkLimits};
 use crate::runtime::Route;
 use crate::stats::Stats;
+use distgate_config::Scheduling;
 use std::io;
 use std::net::TcpListener;
 use std::sync::mpsc::Sender;
@@ -44,6 +45,8 @@ pub enum Cmd {
     Limits(LinkLimits, usize),
     /// Close every link whose route was removed (`Route::open` cleared by a reload).
     CloseUnrouted,
+    /// Run the core's thread under this scheduling policy (start and reload).
+    Scheduling(Scheduling),
     /// Stop accepting; close each link once it is idle (see [`CoreHandle::shutdown`]), or when
     /// this long has passed; exit.
     Shutdown(std::time::Duration),
@@ -84,6 +87,11 @@ impl CoreHandle {
     /// Limits for links accepted from now on, and the per-link buffer for every link.
     pub fn set_limits(&self, limits: LinkLimits, link_buffer: usize) -> io::Result<()> {
         self.tx.send(Cmd::Limits(limits, link_buffer)).map_err(|_| io::Error::other("core stopped"))?;
+        self.waker.wake()
+    }
+    /// Run this core's thread under `s` (`[runtime] scheduling`), from its next loop turn.
+    pub fn set_scheduling(&self, s: Scheduling) -> io::Result<()> {
+        self.tx.send(Cmd::Scheduling(s)).map_err(|_| io::Error::other("core stopped"))?;
         self.waker.wake()
     }
     /// Close every link on this core whose route a reload removed (`Route::open`), counted
@@ -178,6 +186,19 @@ impl CoreHandle {
     }
     pub(crate) fn with_eventfd(tx: Sender<Cmd>, efd: Arc<std::fs::File>) -> Self {
         CoreHandle { tx, waker: Waker::EventFd(efd) }
+    }
+}
+
+/// What both drivers do on [`Cmd::Scheduling`]: put the calling core thread under `s`.
+/// A refusal (a seccomp profile that forbids the call) leaves the thread as it was, logged
+/// and counted (`scheduling_failed`): the data plane works either way.
+fn apply_scheduling(stats: &Stats, core: usize, s: Scheduling) {
+    match uring::set_thread_scheduling(s == Scheduling::Batch) {
+        Ok(()) => tracing::info!(core, scheduling = %s, "core scheduling set"),
+        Err(e) => {
+            stats.count("scheduling_failed");
+            tracing::warn!(core, scheduling = %s, error = %e, "cannot set the core's scheduling policy; it keeps its current one");
+        }
     }
 }
 

@@ -152,6 +152,7 @@ impl Core {
                 match rx.try_recv() {
                     Ok(Cmd::Listen(l, route)) => self.add_listener(l, route),
                     Ok(Cmd::Limits(limits, link_buffer)) => (self.limits, self.link_buffer) = (limits, link_buffer),
+                    Ok(Cmd::Scheduling(s)) => super::apply_scheduling(&self.stats, self.id, s),
                     Ok(Cmd::Shutdown(drain)) => self.begin_stop(drain),
                     Ok(Cmd::CloseUnrouted) => {
                         for i in 0..self.slots.len() {

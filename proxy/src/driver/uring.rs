@@ -99,6 +99,22 @@ pub struct Features {
     pub send_zc: bool,
 }
 
+/// Put the calling thread under `SCHED_BATCH` (`batch`) or `SCHED_OTHER`, priority 0 (see
+/// `[runtime] scheduling`). Here because this module holds the crate's `unsafe`: libc's call
+/// has no safe wrapper in the crates we use. Either policy is open to any unprivileged thread.
+pub(crate) fn set_thread_scheduling(batch: bool) -> io::Result<()> {
+    let policy = if batch { libc::SCHED_BATCH } else { libc::SCHED_OTHER };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is an initialised `sched_param` that outlives the call, which only reads
+    // it; pid 0 names the calling thread (Linux schedules threads, not processes).
+    let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Set up a ring and check everything this driver needs. The error says which step failed
 /// and why (e.g. `io_uring_setup: Operation not permitted` under Docker's default seccomp).
 pub fn probe() -> Result<Features, String> {
@@ -683,6 +699,7 @@ impl Core {
                 match rx.try_recv() {
                     Ok(Cmd::Listen(l, route)) => self.add_listener(l, route),
                     Ok(Cmd::Limits(limits, link_buffer)) => (self.limits, self.link_buffer) = (limits, link_buffer),
+                    Ok(Cmd::Scheduling(s)) => super::apply_scheduling(&self.stats, self.id, s),
                     Ok(Cmd::Shutdown(drain)) => self.begin_stop(drain),
                     Ok(Cmd::CloseUnrouted) => {
                         for i in 0..self.slots.len() {
