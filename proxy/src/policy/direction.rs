@@ -356,6 +356,25 @@ impl Direction {
                 }
             }
         }
+        self.judge(msg, p, held, now, funs, collected, denied, streamed)
+    }
+
+    /// The general path of [`Direction::message`]: findings, audit, edits, drops, replies.
+    /// Out of line: its set-up (a large stack frame, the funs' views) is paid only by the
+    /// messages that take it, not by every message the fast path above forwards.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn judge<'a>(
+        &mut self,
+        msg: &Message<'a>,
+        p: &Compiled,
+        held: Option<bool>,
+        now: Instant,
+        funs: &[FunSpan],
+        collected: distgate_codec::Result<()>,
+        denied: Option<engine::Judgement>,
+        streamed: Option<u64>,
+    ) -> distgate_codec::Result<FrameAct> {
         // Out of `self` while the closure below borrows it.
         let mut view = self.target.take();
         let mut views = recycle(std::mem::take(&mut self.views));

@@ -72,26 +72,43 @@ pub struct FunMemo {
 }
 
 /// A cheap mix of a name: its first and last 8 bytes (all of it when shorter) and its length.
+/// Names under 8 bytes (`lists`, `reverse`, most module and function names) are read as two
+/// overlapping halves, like [`same`] compares them: a byte loop here was a fifth of a probe.
+/// Only a slot hint: keys are compared in full.
+#[inline]
 fn name_hash(b: &[u8]) -> u64 {
     let n = b.len() as u64;
-    match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
-        (Some(head), Some(tail)) => u64::from_le_bytes(*head) ^ u64::from_le_bytes(*tail).rotate_left(29) ^ n.rotate_left(56),
-        _ => b.iter().fold(n.rotate_left(56), |h, &c| (h << 8) | c as u64),
-    }
+    let w = match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        (Some(head), Some(tail)) => u64::from_le_bytes(*head) ^ u64::from_le_bytes(*tail).rotate_left(29),
+        _ => match (halves::<4>(b), halves::<2>(b)) {
+            (Some((h, t)), _) => u32::from_le_bytes(h) as u64 | (u32::from_le_bytes(t) as u64) << 32,
+            (None, Some((h, t))) => u16::from_le_bytes(h) as u64 | (u16::from_le_bytes(t) as u64) << 16,
+            (None, None) => b.first().copied().unwrap_or(0) as u64,
+        },
+    };
+    w ^ n.rotate_left(56)
+}
+
+/// The first and the last `N` bytes of `b` (overlapping when `b` is shorter than `2 * N`).
+#[inline(always)]
+fn halves<const N: usize>(b: &[u8]) -> Option<([u8; N], [u8; N])> {
+    Some((*b.first_chunk::<N>()?, *b.last_chunk::<N>()?))
 }
 
 /// `a == b` for names, inline: a slice comparison calls `memcmp`, whose call and length
 /// dispatch cost more than comparing a module name of a dozen bytes, twice per fun probed.
-/// Lengths 8 to 16 compare as two overlapping words.
+/// Up to 16 bytes, two overlapping reads of each (words, halves or quarters by length) decide.
 #[inline]
 fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let word = |s: &[u8], at: usize| s.get(at..at + 8).and_then(|w| w.first_chunk::<8>()).map(|w| u64::from_le_bytes(*w));
     match a.len() {
-        0..8 => a.iter().zip(b).all(|(x, y)| x == y),
-        n @ 8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        0 => true,
+        1 => a[..1] == b[..1],
+        2..4 => halves::<2>(a) == halves::<2>(b),
+        4..8 => halves::<4>(a) == halves::<4>(b),
+        8..=16 => halves::<8>(a) == halves::<8>(b),
         _ => a == b,
     }
 }
