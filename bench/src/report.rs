@@ -740,7 +740,7 @@ erl comes from `apt-get install -y erlang-nox`, `rsvg-convert` from librsvg2-bin
 
 ```sh
 cargo build --release -p distgate-bench --bin distgate-bench
-target/release/distgate-bench --install --results-md bench/RESULTS.md       # everything, ~12 min on 2 vCPU
+target/release/distgate-bench --install --results-md bench/RESULTS.md       # everything, ~15 min on 2 vCPU
 target/release/distgate-bench --quick                                        # 100B/64KiB/1MiB, 1 conn, 2 reps of 0.5 s
 target/release/distgate-bench --nodes erl --payloads 100B,64KiB,1MiB        # issue 3's cells only
 target/release/distgate-bench --nodes rust --conns 1,16,100,1000 --payloads 100B --seconds 2
