@@ -102,7 +102,13 @@ fn init_logging(log: Option<&distgate_config::Log>) -> LogLevel {
     let pinned = from_env.is_some();
     let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(level)));
     let json = log.is_some_and(|l| l.format == distgate_config::LogFormat::Json);
-    let out = if json { fmt::layer().json().with_writer(std::io::stderr).boxed() } else { fmt::layer().with_writer(std::io::stderr).boxed() };
+    // Colours only on a terminal: a file, a pipe or journald would get the escape codes as text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let out = if json {
+        fmt::layer().json().with_writer(std::io::stderr).boxed()
+    } else {
+        fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed()
+    };
     let _ = tracing_subscriber::registry().with(filter).with(out).try_init();
     (!pinned).then_some(handle)
 }

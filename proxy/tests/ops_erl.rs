@@ -194,6 +194,17 @@ fn json_logs_are_one_object_per_line() {
     assert!(warn.contains("distgate.toml:3:1") && warn.contains("treads"), "{warn}");
 }
 
+/// Text logs going to a pipe (journald, a file, a log shipper) carry no terminal colour codes.
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let dir = TempDir::new("dg_ops_plain");
+    let (ea, eb, mp) = (free_port(), free_port(), free_port());
+    let mut dg = Daemon::start(BIN, &config(&dir, ea, eb, mp, true));
+    let log = dg.log();
+    assert!(log.iter().any(|l| l.contains("INFO distgate") && l.contains("distgate running")), "{log:?}");
+    assert!(!log.iter().any(|l| l.contains('\x1b')), "escape codes in {log:?}");
+}
+
 /// `[log] level` is applied at start and changed by a SIGHUP: at `warn` the informational
 /// start-up lines are not written; after a reload to `info`, the reload's own line is.
 #[test]
