@@ -160,10 +160,9 @@ impl Fleet {
                     }
                     Ok(())
                 }
-                Target::DistgateMio => f.start_distgate(t, DriverKind::Poll, Scheduling::Normal, false, ups, cookie, distgate_threads),
-                Target::DistgateUring => f.start_distgate(t, DriverKind::Uring, Scheduling::Normal, false, ups, cookie, distgate_threads),
-                Target::DistgateMioPolicy => f.start_distgate(t, DriverKind::Poll, Scheduling::Normal, true, ups, cookie, distgate_threads),
-                Target::DistgateMioBatch => f.start_distgate(t, DriverKind::Poll, Scheduling::Batch, false, ups, cookie, distgate_threads),
+                Target::DistgateMio | Target::DistgateUring | Target::DistgateMioPolicy | Target::DistgateMioBatch => {
+                    f.start_distgate(t, ups, cookie, distgate_threads)
+                }
                 Target::Haproxy => f.start_haproxy(ups, logs),
                 Target::Socat => f.start_socat(ups, logs),
             };
@@ -183,17 +182,11 @@ impl Fleet {
         targets.iter().copied().filter(|t| !self.unavailable.iter().any(|(u, _)| u == t)).collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn start_distgate(
-        &mut self,
-        t: Target,
-        driver: DriverKind,
-        scheduling: Scheduling,
-        policy: bool,
-        ups: &[Upstream],
-        cookie: &str,
-        threads: usize,
-    ) -> Result<(), String> {
+    /// One of the distgate targets: its driver, scheduling and policy follow from which.
+    fn start_distgate(&mut self, t: Target, ups: &[Upstream], cookie: &str, threads: usize) -> Result<(), String> {
+        let driver = if t == Target::DistgateUring { DriverKind::Uring } else { DriverKind::Poll };
+        let scheduling = if t == Target::DistgateMioBatch { Scheduling::Batch } else { Scheduling::Normal };
+        let policy = t == Target::DistgateMioPolicy;
         let side = |name: &str| SideSpec {
             name: name.into(),
             cookie: Cookie::new(cookie.as_bytes()),

@@ -98,13 +98,10 @@ impl FunSpan {
     /// `buf` (the walked buffer) with the walk's atom-cache ref count. Bytes the walk accepted
     /// read the same again, so this fails only when given another buffer.
     pub fn site<'a>(&self, buf: &'a [u8], cache_refs: Option<u16>) -> Result<FunSite<'a>> {
-        let kind = match crate::term::header(buf, self.at, cache_refs)?.0 {
-            Term::NewFun(f) => FunKind::New(f),
-            Term::OldFun(f) => FunKind::Old(f),
-            Term::Export(e) => FunKind::Export(e),
-            _ => return Err(Error::new(self.at, ErrorKind::UnknownTag(self.tag))),
-        };
-        Ok(FunSite { at: self.at, end: self.end, kind, nesting: self.nesting, part: self.part })
+        let term = crate::term::header(buf, self.at, cache_refs)?.0;
+        let mut site = FunSite::fun(self.at, &term, self.nesting, self.part).ok_or(Error::new(self.at, ErrorKind::UnknownTag(self.tag)))?;
+        site.set_end(self.end);
+        Ok(site)
     }
 
     /// [`FunSpan::site`] for a fun of `msg` (whose bytes were walked).
